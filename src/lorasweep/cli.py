@@ -15,10 +15,55 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import compose, config_hash
+
+    cfg = compose(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        print(f"# config hash: {config_hash(cfg)}")
+        return 0
+    from .train import train
+
+    metrics = train(cfg, force=args.force)
+    _print_result(cfg, metrics)
+    return 0 if metrics["status"] in ("completed", "reused", "stopped") else 1
+
+
+def _print_result(cfg, metrics: dict) -> None:
+    from pathlib import Path
+
+    run_dir = Path(cfg.run_root) / metrics["config_hash"]
+    if metrics["status"] == "reused":
+        print(f"config {metrics['config_hash']} already has a complete run in {run_dir} (use --force to rerun)")
+    lines = [
+        ("config hash", metrics["config_hash"]),
+        ("status", metrics["status"]),
+        ("trainable", f"{metrics['params/trainable']:,} / {metrics['params/total']:,} "
+                      f"({100 * metrics['params/trainable_fraction']:.3f}%)"),
+        ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB"),
+        ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
+    ]
+    if "eval/accuracy" in metrics:
+        lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}"))
+    lines.append(("run directory", str(run_dir)))
+    for key, value in lines:
+        print(f"{key + ':':<17}{value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorasweep", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lorasweep", description="Run, track and compare LoRA sweeps.")
     parser.add_argument("--version", action="version", version=f"lorasweep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="one LoRA run from conf/ plus Hydra overrides (key=value ...)")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. lora=all lora.rank=16 optim.lr=1e-3")
+    train.add_argument("--cfg", action="store_true", help="print the composed config and its hash; do not run")
+    train.add_argument("--force", action="store_true", help="rerun even if this config hash has a complete run")
+    train.set_defaults(func=_train)
+
     demo = sub.add_parser("demo", help="LoRA vs full fine-tuning on the packaged MiniLM: parameters and memory")
     demo.add_argument("--rank", type=int, default=8)
     demo.add_argument("--alpha", type=float, default=16)
@@ -26,12 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and load reports drown lorasweep's own output."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lorasweep: error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the library put in it
+        print(f"lorasweep: error: {message}", file=sys.stderr)
         return 2
 
 

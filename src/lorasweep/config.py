@@ -137,10 +137,27 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ValueError(_describe(exc)) from exc
     validate(cfg)
     return cfg
+
+
+def _describe(exc: BaseException) -> str:
+    """Hydra puts the useful part (which key, which type) in the exception's cause: one line with both."""
+    parts: list[str] = []
+    while exc is not None:
+        text = " ".join(str(exc).split())
+        if text and text not in parts:
+            parts.append(text)
+        exc = exc.__cause__
+    return ": ".join(parts)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -55,13 +55,20 @@ def _auto_class(task: str):
     return getattr(transformers, TASK_CLASSES[task])
 
 
-def load_pretrained(name_or_path: str | Path, task: str, num_labels: int | None = None) -> nn.Module:
+def load_pretrained(
+    name_or_path: str | Path, task: str, num_labels: int | None = None, revision: str | None = None
+) -> nn.Module:
     """A pretrained model from a local directory or a hub id (hub ids need network or a filled cache)."""
     kwargs = {"num_labels": num_labels} if task == "classification" and num_labels else {}
     local = Path(name_or_path).expanduser()
     if str(name_or_path).startswith((".", "/", "~")) and not local.is_dir():
         raise ValueError(f"model path not found: {local}")
-    return _auto_class(task).from_pretrained(str(local) if local.is_dir() else str(name_or_path), **kwargs)
+    if local.is_dir():
+        return _auto_class(task).from_pretrained(str(local), **kwargs)
+    try:
+        return _auto_class(task).from_pretrained(str(name_or_path), revision=revision, **kwargs)
+    except OSError as exc:  # not cached and offline, or no such repo
+        raise ValueError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None, **overrides) -> nn.Module:
@@ -76,3 +83,30 @@ def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
     return _auto_class(task).from_config(config)
+
+
+def build_model(model_cfg, task: str, num_labels: int):
+    """(model, tokenizer) for a model config. Tiny models borrow the packaged MiniLM tokenizer."""
+    from transformers import AutoTokenizer
+
+    if model_cfg.source == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
+        model = build_tiny(model_cfg.arch, task=task, num_labels=num_labels, vocab_size=len(tokenizer))
+    else:
+        path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
+        if path is None:
+            raise ValueError(f"model.name_or_path is required for model.source={model_cfg.source}")
+        tokenizer = _load_tokenizer(path, model_cfg.revision)
+        model = load_pretrained(path, task, num_labels=num_labels, revision=model_cfg.revision)
+    if tokenizer.pad_token is None:  # GPT-2/Llama tokenizers have none; pad with EOS (masked anyway)
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _load_tokenizer(path, revision=None):
+    from transformers import AutoTokenizer
+
+    local = Path(str(path)).expanduser()
+    return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else str(path), revision=revision)

@@ -1,0 +1,88 @@
+"""Training checkpoints: trainable weights, optimizer, scheduler, every RNG, and the data position.
+
+Only trainable tensors are saved (LoRA A/B and the head), not the frozen base: a checkpoint of a Llama-8B run
+is megabytes, not 16 GB. A checkpoint directory appears only once complete (written to a temp dir, renamed),
+so resume never reads half a checkpoint; the newest two are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KEEP = 2
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # micro-batches consumed in this epoch
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, position: Position, process_index: int,
+                    is_main: bool, loop_state: dict) -> None:
+    """Every process writes its own RNG state; the main process writes the rest and publishes the dir."""
+    tmp = directory / f".step_{position.step:08d}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(_rng_state(), tmp / f"rng_{process_index}.pt")
+    if is_main:
+        torch.save(
+            {
+                "model": trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "position": asdict(position),
+                "loop": loop_state,
+            },
+            tmp / "state.pt",
+        )
+
+
+def publish_checkpoint(directory: Path, step: int) -> None:
+    """Main process, after every process has written: make the checkpoint visible, drop old ones."""
+    tmp, final = directory / f".step_{step:08d}.tmp", directory / f"step_{step:08d}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in sorted(directory.glob("step_*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    done = sorted(p for p in directory.glob("step_*") if (p / "state.pt").is_file()) if directory.is_dir() else []
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, process_index: int) -> tuple[Position, dict]:
+    state = torch.load(path / "state.pt", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["model"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng_file = path / f"rng_{process_index}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return Position(**state["position"]), state["loop"]

@@ -1,0 +1,122 @@
+"""runs/<config hash>/: everything needed to find, compare and rerun a run.
+
+    config.yaml     the resolved config (what `reproduce` recomposes)
+    env.json        python/torch/transformers/lorasweep versions, git commit, device, seed
+    history.jsonl   one JSON object per logged step (and {"event": "resume", ...} markers)
+    metrics.json    final metrics; its presence marks the run complete
+    adapter/        the LoRA adapter in peft's format
+    checkpoints/    step_<N>/ while training (resume), removed when the run completes
+Every file is written atomically, so an interrupted write never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .fileio import atomic_write_json, atomic_write_text
+
+# Final metrics that depend only on the config and seed (bitwise on CPU); the rest (time, memory) do not.
+DETERMINISTIC_METRIC_PREFIXES = ("eval/", "train/loss", "params/", "memory/optimizer_state_bytes")
+
+
+def deterministic_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith(DETERMINISTIC_METRIC_PREFIXES)}
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def hash(self) -> str:
+        return self.path.name
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    history_file = property(lambda self: self.path / "history.jsonl")
+    env_file = property(lambda self: self.path / "env.json")
+    adapter_dir = property(lambda self: self.path / "adapter")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+
+    def is_complete(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_file.read_text())
+
+    def config(self) -> DictConfig:
+        if not self.config_file.is_file():
+            raise ValueError(f"run directory {self.path} has no config.yaml")
+        return OmegaConf.load(self.config_file)
+
+    def history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            return []
+        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+
+    def write_history(self, records: list[dict]) -> None:
+        atomic_write_text(self.history_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def append_history(self, record: dict) -> None:
+        # Appending one line is atomic enough for a log; the file is rewritten atomically on resume.
+        with open(self.history_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.metrics_file, metrics)
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run(self, config_hash: str) -> RunDir:
+        return RunDir(self.root / config_hash)
+
+    def begin(self, cfg: DictConfig, config_hash: str, env: dict) -> RunDir:
+        """Create (or reopen, for a resume) the run directory and record the config and environment."""
+        run = self.run(config_hash)
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(run.env_file, env)
+        return run
+
+    def runs(self) -> list[RunDir]:
+        if not self.root.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(self.root.iterdir()) if (p / "config.yaml").is_file()]
+
+
+def environment_record(seed: int, device: str, num_processes: int) -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lorasweep": __version__,
+        "git_commit": _git_commit(),
+        "device": device,
+        "num_processes": num_processes,
+        "platform": platform.platform(),
+        "seed": seed,
+    }
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None

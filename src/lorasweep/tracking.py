@@ -1,0 +1,97 @@
+"""Experiment tracking behind one small interface: W&B (offline by default) or nothing.
+
+Only the main process creates a tracker. Names logged (dashboards and tests rely on them):
+  each log step   train/loss, train/lr, perf/tokens_per_s, perf/step_time_s
+  each eval       eval/loss (+ eval/accuracy for classification)
+  summary         params/trainable, params/total, params/trainable_fraction,
+                  memory/optimizer_state_bytes, memory/peak_bytes, and the final eval metrics
+The W&B API key is read by wandb from its usual places; lorasweep never writes it anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def summary(self, metrics: dict[str, Any]) -> None: ...
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NullTracker:
+    def log(self, metrics, step):
+        pass
+
+    def summary(self, metrics):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
+    """Dotted keys (lora.rank, optim.lr, …) so W&B's grouping and parallel-coordinates panels work as is."""
+    flat: dict[str, Any] = {"config_hash": config_hash}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                flat[name] = value if not isinstance(value, list) else ",".join(map(str, value))
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    flat["model"], flat["data"] = cfg.model.name, cfg.data.name
+    return flat
+
+
+class WandbTracker:
+    def __init__(self, cfg: DictConfig, config_hash: str, run_id: str, root: Path):
+        import wandb
+
+        tracking = cfg.tracking
+        directory = Path(tracking.dir or root)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=tracking.project,
+            entity=tracking.entity,
+            mode=tracking.mode,
+            dir=str(directory),
+            id=run_id,
+            name=run_id,
+            group=cfg.sweep,
+            job_type="sweep-trial" if cfg.sweep else "train",
+            tags=[*tracking.tags, cfg.model.name, cfg.data.name, f"targets={_targets_tag(cfg)}"],
+            config=flat_config(cfg, config_hash),
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+
+    def log(self, metrics, step):
+        self.run.log(dict(metrics), step=step)
+
+    def summary(self, metrics):
+        for key, value in metrics.items():
+            self.run.summary[key] = value
+
+    def finish(self, exit_code=0):
+        self.run.finish(exit_code=exit_code)
+
+
+def _targets_tag(cfg: DictConfig) -> str:
+    targets = cfg.lora.targets
+    return targets if isinstance(targets, str) else "+".join(targets)
+
+
+def make_tracker(cfg: DictConfig, config_hash: str, run_id: str, root: Path) -> Tracker:
+    if cfg.tracking.backend == "none" or cfg.tracking.mode == "disabled":
+        return NullTracker()
+    return WandbTracker(cfg, config_hash, run_id, root)
