@@ -25,6 +25,7 @@ class ModelConfig:
     name_or_path: Optional[str] = None  # hub id or local hub-format directory (source=pretrained)
     arch: Optional[str] = None  # model_type for source=tiny: gpt2 | llama | gpt_neox | phi3
     revision: Optional[str] = None  # hub revision to pin, for reruns that must load the same weights
+    dropout: Optional[float] = None  # override every dropout probability in the base model; None: keep its own
 
 
 @dataclass
@@ -189,6 +190,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     if cfg.optim.lr <= 0:
         raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
+        raise ValueError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.data.max_length <= 0:
         raise ValueError(f"data.max_length must be > 0, got {cfg.data.max_length}")
     from .lora.scaling import validate_hyperparameters

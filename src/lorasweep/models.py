@@ -98,6 +98,8 @@ def build_model(model_cfg, task: str, num_labels: int):
             raise ValueError(f"model.name_or_path is required for model.source={model_cfg.source}")
         tokenizer = _load_tokenizer(path, model_cfg.revision)
         model = load_pretrained(path, task, num_labels=num_labels, revision=model_cfg.revision)
+    if model_cfg.dropout is not None:
+        set_dropout(model, model_cfg.dropout)
     if tokenizer.pad_token is None:  # GPT-2/Llama tokenizers have none; pad with EOS (masked anyway)
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
@@ -110,3 +112,13 @@ def _load_tokenizer(path, revision=None):
 
     local = Path(str(path)).expanduser()
     return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else str(path), revision=revision)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of the base model: nn.Dropout modules and the attention-dropout floats Llama-style
+    attention keeps. p=0 makes a multi-process run equal a single-process one (masks are drawn per process)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
