@@ -60,15 +60,20 @@ def load_pretrained(
 ) -> nn.Module:
     """A pretrained model from a local directory or a hub id (hub ids need network or a filled cache)."""
     kwargs = {"num_labels": num_labels} if task == "classification" and num_labels else {}
-    local = Path(name_or_path).expanduser()
+    return _from_hub_or_dir(_auto_class(task), name_or_path, revision, **kwargs)
+
+
+def _from_hub_or_dir(loader, name_or_path, revision=None, **kwargs):
+    """`loader.from_pretrained` on a local hub-format directory or a hub id, with one-line errors."""
+    local = Path(str(name_or_path)).expanduser()
     if str(name_or_path).startswith((".", "/", "~")) and not local.is_dir():
         raise ValueError(f"model path not found: {local}")
     if local.is_dir():
-        return _auto_class(task).from_pretrained(str(local), **kwargs)
+        return loader.from_pretrained(str(local), **kwargs)
     try:
-        return _auto_class(task).from_pretrained(str(name_or_path), revision=revision, **kwargs)
+        return loader.from_pretrained(str(name_or_path), revision=revision, **kwargs)
     except OSError as exc:  # not cached and offline, or no such repo
-        raise ValueError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None, **overrides) -> nn.Module:
@@ -110,8 +115,7 @@ def build_model(model_cfg, task: str, num_labels: int):
 def _load_tokenizer(path, revision=None):
     from transformers import AutoTokenizer
 
-    local = Path(str(path)).expanduser()
-    return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else str(path), revision=revision)
+    return _from_hub_or_dir(AutoTokenizer, path, revision)
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

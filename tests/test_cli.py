@@ -1,0 +1,41 @@
+"""The command line: one clear line and a non-zero exit on bad input, nothing half-written."""
+
+import pytest
+
+from lorasweep.cli import main
+
+FAST = ["trainer=smoke", "tracking=none", "data.max_train_examples=16", "data.max_eval_examples=8"]
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cfg_prints_config_and_hash(capsys):
+    code, out, _ = _run(capsys, "train", "--cfg", "lora=all", "lora.rank=4")
+    assert code == 0 and "rank: 4" in out and "targets: all" in out and "# config hash: " in out
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.rnk=3", "Key 'rnk' not in 'LoraConfig'"),
+        ("trainer.max_steps=-5", "trainer.max_steps must be > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size must be > 0"),
+        ("data.source=local", "data path not found"),
+        ("data.text_field=review", "review"),
+        ("model.source=pretrained", "model.name_or_path is required"),
+        ("model=roberta_base", "model path not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run_directory(capsys, tmp_path, override, message):
+    extra = ["data.path=/no/such/dir"] if override == "data.source=local" else []
+    if override == "model=roberta_base":
+        extra = ["model.name_or_path=/no/such/model"]
+    runs = tmp_path / "runs"
+    code, _, err = _run(capsys, "train", *FAST, f"run_root={runs}", override, *extra)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lorasweep: error: ") and message in err
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
