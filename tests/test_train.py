@@ -126,3 +126,35 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
     tokenizer.save_pretrained(hub_dir)
     metrics = train(_cfg(tmp_path, "model=roberta_base", f"model.name_or_path={hub_dir}", "lora=all"))
     assert metrics["status"] == "completed"
+
+
+def test_bf16_gradient_checkpointing_and_epochs_run_on_cpu(tmp_path):
+    plain = train(_cfg(tmp_path / "plain", "model.dropout=0.0"))
+    checkpointed = train(_cfg(tmp_path / "ckpt", "model.dropout=0.0", "trainer.gradient_checkpointing=true"))
+    assert checkpointed["eval/loss"] == pytest.approx(plain["eval/loss"], abs=1e-6)  # same math, recomputed
+    bf16 = train(_cfg(tmp_path / "bf16", "trainer.mixed_precision=bf16"))
+    assert bf16["status"] == "completed" and abs(bf16["eval/loss"] - plain["eval/loss"]) < 0.05
+    epochs = train(_cfg(tmp_path / "epochs", "trainer.max_steps=-1", "trainer.epochs=2", "trainer.eval_every=0"))
+    run = RunStore(tmp_path / "epochs" / "runs").run(epochs["config_hash"])
+    assert [h["step"] for h in run.history() if "eval/loss" in h] == [2 * 64 // 8]
+
+
+def test_eval_at_start_records_the_untrained_baseline(tmp_path):
+    metrics = train(_cfg(tmp_path, "trainer.eval_at_start=true"))
+    run = RunStore(tmp_path / "runs").run(metrics["config_hash"])
+    assert run.history()[0]["step"] == 0 and "eval/loss" in run.history()[0]
+    assert metrics["eval/initial_loss"] == run.history()[0]["eval/loss"]
+
+
+def test_local_config_group_is_optional_and_applied(tmp_path):
+    import shutil
+
+    from lorasweep.config import CONF_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf, ignore=shutil.ignore_patterns("local"))
+    assert compose(config_dir=conf).trainer.log_every == 10  # no local/ folder: fine
+    (conf / "local").mkdir()
+    (conf / "local" / "default.yaml").write_text("# @package _global_\ntrainer:\n  log_every: 7\nrun_root: /scratch\n")
+    cfg = compose(config_dir=conf)
+    assert cfg.trainer.log_every == 7 and cfg.run_root == "/scratch"

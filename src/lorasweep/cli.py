@@ -47,7 +47,9 @@ def _print_result(cfg, metrics: dict) -> None:
         ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
     ]
     if "eval/accuracy" in metrics:
-        lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}"))
+        initial = metrics.get("eval/initial_accuracy")
+        baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
+        lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}{baseline}"))
     lines.append(("run directory", str(run_dir)))
     for key, value in lines:
         print(f"{key + ':':<17}{value}")

@@ -83,6 +83,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # Below: settings that do not change results, so they are left out of the config hash.
     log_every: int = 10
+    eval_at_start: bool = False  # also evaluate the untrained model (step 0), for a baseline
     checkpoint_every: int = 0  # 0: no checkpoints
     num_workers: int = 0
     progress: bool = True
@@ -206,6 +207,7 @@ NON_SEMANTIC_KEYS = (
     "tracking",
     "cluster",
     "trainer.log_every",
+    "trainer.eval_at_start",
     "trainer.checkpoint_every",
     "trainer.num_workers",
     "trainer.progress",

@@ -39,6 +39,7 @@ class Callbacks:
 def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks | None = None,
           force: bool = False) -> dict:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     callbacks = callbacks or Callbacks()
@@ -48,6 +49,9 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     if run.is_complete() and not force:
         return {**run.metrics(), "status": "reused", "config_hash": digest}
 
+    # Accelerate keeps its settings in a process-wide singleton; a worker that runs trials with different
+    # settings must clear it (the process group, in PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     micro = cfg.trainer.batch_size // cfg.trainer.grad_accum
@@ -175,6 +179,7 @@ class _Loop:
         self.total_steps, self.run_dir, self.tracker, self.callbacks = total_steps, run, tracker, callbacks
         self.task, self.history = cfg.data.task, history
         self.last_eval: dict = {}
+        self.initial_eval: dict = {}  # eval/initial_loss, eval/initial_accuracy: the untrained baseline
         self.window: list[float] = []
         self.last_train_loss = float("nan")
         self.optimizer_bytes = 0
@@ -217,6 +222,9 @@ class _Loop:
         t = self.cfg.trainer
         accum = t.grad_accum
         self.model.train()
+        if t.eval_at_start and position.step == 0:
+            self.evaluate(0)
+            self.initial_eval = {k.replace("eval/", "eval/initial_"): v for k, v in self.last_eval.items()}
         progress = _progress(t.progress and self.acc.is_main_process, self.total_steps, position.step)
         step_start, tokens = time.perf_counter(), 0
         while position.step < self.total_steps:
@@ -288,14 +296,17 @@ class _Loop:
     def loop_state(self) -> dict:
         """What a resumed run needs besides weights and optimizer to log exactly what it would have."""
         return {"history_len": len(self.history), "window": list(self.window), "last_eval": dict(self.last_eval),
-                "last_train_loss": self.last_train_loss, "optimizer_bytes": self.optimizer_bytes}
+                "initial_eval": dict(self.initial_eval), "last_train_loss": self.last_train_loss,
+                "optimizer_bytes": self.optimizer_bytes}
 
     def restore(self, state: dict) -> None:
         self.window, self.last_eval = list(state["window"]), dict(state["last_eval"])
+        self.initial_eval = dict(state["initial_eval"])
         self.last_train_loss, self.optimizer_bytes = state["last_train_loss"], state["optimizer_bytes"]
 
     def final_metrics(self) -> dict:
         return {
+            **self.initial_eval,
             **self.last_eval,
             "train/loss": self.last_train_loss,
             "memory/optimizer_state_bytes": self.optimizer_bytes,
