@@ -158,3 +158,13 @@ def test_local_config_group_is_optional_and_applied(tmp_path):
     (conf / "local" / "default.yaml").write_text("# @package _global_\ntrainer:\n  log_every: 7\nrun_root: /scratch\n")
     cfg = compose(config_dir=conf)
     assert cfg.trainer.log_every == 7 and cfg.run_root == "/scratch"
+
+
+def test_reused_model_and_data_give_the_same_result_as_a_fresh_process(tmp_path):
+    from lorasweep.resources import Resources
+
+    shared = Resources()
+    train(_cfg(tmp_path / "shared", "lora.rank=4"), resources=shared)  # fills the cache
+    reused = train(_cfg(tmp_path / "shared", "lora=all", "lora.dropout=0.1"), resources=shared)
+    fresh = train(_cfg(tmp_path / "fresh", "lora=all", "lora.dropout=0.1"))
+    assert deterministic_metrics(reused) == deterministic_metrics(fresh)

@@ -26,12 +26,17 @@ class Position:
     batch: int = 0  # micro-batches consumed in this epoch
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def _set_rng_state(state: dict) -> None:
+def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
 
@@ -45,7 +50,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, position: Posi
     """Every process writes its own RNG state; the main process writes the rest and publishes the dir."""
     tmp = directory / f".step_{position.step:08d}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), tmp / f"rng_{process_index}.pt")
+    torch.save(capture_rng(), tmp / f"rng_{process_index}.pt")
     if is_main:
         torch.save(
             {
@@ -84,5 +89,5 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, process_index: int)
     scheduler.load_state_dict(state["scheduler"])
     rng_file = path / f"rng_{process_index}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        restore_rng(torch.load(rng_file, weights_only=False))
     return Position(**state["position"]), state["loop"]

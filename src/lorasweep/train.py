@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 from . import checkpoint as ckpt
 from .accounting import count_parameters, optimizer_state_bytes
 from .config import config_hash
-from .data import make_collator, tokenized_splits
+from .data import make_collator
 from .lora import apply_lora, save_adapter
-from .models import build_model
+from .resources import Resources
 from .runstore import RunDir, RunStore, environment_record
 from .tasks import evaluate, forward_loss
 from .tracking import Tracker, make_tracker
@@ -37,10 +37,10 @@ class Callbacks:
 
 
 def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks | None = None,
-          force: bool = False) -> dict:
+          force: bool = False, resources: Resources | None = None) -> dict:
+    """Train (or resume, or reuse) the run for `cfg`; `resources` lets a sweep worker reuse loaded models/data."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
 
     callbacks = callbacks or Callbacks()
     digest = config_hash(cfg)
@@ -58,8 +58,8 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     if micro % world:
         raise ValueError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the {world} processes")
 
-    set_seed(cfg.seed)  # before the head and the LoRA A matrices are drawn
-    model, tokenizer = build_model(cfg.model, cfg.data.task, cfg.data.num_labels)
+    resources = resources or Resources(keep=False)
+    model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
     head = cfg.lora.modules_to_save
     if head is None:
         head = _head_names(model) if cfg.data.task == "classification" else []
@@ -67,10 +67,8 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
                         cfg.lora.scaling, list(head))
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    cache = store.root / ".cache" / "tokenized"
     with accelerator.main_process_first():
-        train_set, eval_set = tokenized_splits(cfg.data, tokenizer, cache)
-    train_set, eval_set = train_set.to_list(), eval_set.to_list()  # row access from Arrow is slow
+        train_set, eval_set = resources.datasets(cfg, tokenizer, store.root / ".cache" / "tokenized")
     collate = make_collator(cfg.data.task, tokenizer)
 
     batches_per_epoch = len(train_set) // micro
