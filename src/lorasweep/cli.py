@@ -55,6 +55,43 @@ def _print_result(cfg, metrics: dict) -> None:
         print(f"{key + ':':<17}{value}")
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep.launch import run_sweep
+    from .sweep.report import format_table, leaderboard
+
+    study, spec = run_sweep(args.spec, args.overrides, workers=args.workers, n_trials=args.n_trials,
+                            storage=args.storage, study=args.study)
+    print(format_table(leaderboard(study, spec)))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .sweep.worker import run_worker
+
+    done = run_worker(args.study, args.storage)
+    print(f"worker finished: {done} trials")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sweep.report import format_table, leaderboard, log_summary_to_wandb, write_html_report
+    from .sweep.storage import default_storage_url
+    from .sweep.study import load_study
+
+    url = args.storage or default_storage_url(args.run_root)
+    study, spec, _ = load_study(args.study, url)
+    rows = leaderboard(study, spec)
+    print(format_table(rows))
+    out = Path(args.out or Path(args.run_root) / "reports" / args.study)
+    index = write_html_report(study, spec, out)
+    print(f"report: {index}")
+    if args.wandb != "none":
+        log_summary_to_wandb(study, spec, rows, Path(args.run_root), mode=args.wandb)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorasweep", description="Run, track and compare LoRA sweeps.")
     parser.add_argument("--version", action="version", version=f"lorasweep {__version__}")
@@ -65,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cfg", action="store_true", help="print the composed config and its hash; do not run")
     train.add_argument("--force", action="store_true", help="rerun even if this config hash has a complete run")
     train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="an Optuna sweep from sweeps/SPEC.yaml with K local workers")
+    sweep.add_argument("spec", help="sweep spec, e.g. sweeps/rank_alpha_targets.yaml")
+    sweep.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
+    sweep.add_argument("--workers", type=int, default=1)
+    sweep.add_argument("--n-trials", type=int, default=None, help="trial budget (default: the spec's)")
+    sweep.add_argument("--storage", default=None, help="sqlite:///F, journal:///F or postgresql://... "
+                                                      "(default: sqlite under the run root)")
+    sweep.add_argument("--study", default=None, help="study name (default: the spec's)")
+    sweep.set_defaults(func=_sweep)
+
+    worker = sub.add_parser("worker", help="one sweep worker on an existing study (for SLURM or any launcher)")
+    worker.add_argument("--study", required=True)
+    worker.add_argument("--storage", required=True)
+    worker.set_defaults(func=_worker)
+
+    report = sub.add_parser("report", help="leaderboard, HTML report with plots, W&B summary run")
+    report.add_argument("--study", required=True)
+    report.add_argument("--storage", default=None)
+    report.add_argument("--run-root", default="runs")
+    report.add_argument("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
+    report.add_argument("--wandb", default="offline", choices=["offline", "online", "none"])
+    report.set_defaults(func=_report)
 
     demo = sub.add_parser("demo", help="LoRA vs full fine-tuning on the packaged MiniLM: parameters and memory")
     demo.add_argument("--rank", type=int, default=8)

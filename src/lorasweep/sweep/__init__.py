@@ -1,0 +1,1 @@
+"""Optuna sweeps over LoRA rank, α and target sets on top of train(cfg)."""

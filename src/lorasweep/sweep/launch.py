@@ -1,0 +1,51 @@
+"""`lorasweep sweep SPEC`: validate the spec, create (or continue) the study, run K local workers on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+from ..config import compose
+from .spec import SweepSpec, load_spec, validate_against_config
+from .storage import default_storage_url
+from .study import create_study
+
+
+def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, storage: str | None = None,
+            study: str | None = None) -> tuple[SweepSpec, str]:
+    """The validated spec (with command-line choices applied) and the storage URL; nothing runs yet."""
+    spec = load_spec(spec_path)
+    spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study)
+    if spec.n_trials <= 0:
+        raise ValueError(f"--n-trials must be > 0, got {spec.n_trials}")
+    validate_against_config(spec, overrides)
+    url = storage or spec.storage or default_storage_url(compose([*spec.fixed, *overrides]).run_root)
+    return spec, url
+
+
+def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: int | None = None,
+              storage: str | None = None, study: str | None = None):
+    """Run the sweep to its budget with `workers` local processes; returns (study, spec)."""
+    if workers <= 0:
+        raise ValueError(f"--workers must be > 0, got {workers}")
+    spec, url = prepare(spec_path, overrides, n_trials, storage, study)
+    optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before training
+    if workers == 1:
+        from .worker import run_worker
+
+        run_worker(spec.study, url)
+        return optuna_study, spec
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lorasweep.cli", "worker", "--study", spec.study, "--storage", url],
+            env={**os.environ, "LORASWEEP_WORKER_INDEX": str(i), "OMP_NUM_THREADS": str(threads)},
+        )
+        for i in range(workers)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"worker exit codes {codes}: see their output above")
+    return optuna_study, spec

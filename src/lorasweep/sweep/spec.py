@@ -1,0 +1,193 @@
+"""Sweep specs (sweeps/*.yaml): what to search, the objective, sampler, pruner and budget — validated whole
+before any trial starts.
+
+    study: rank_alpha_targets
+    n_trials: 12
+    objectives: [{metric: eval/loss, direction: minimize}]
+    sampler: {name: tpe, seed: 0}                   # tpe | random | grid? no: tpe | random
+    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}   # median | hyperband | none
+    fixed: [trainer.max_steps=60]                   # overrides for every trial
+    params:
+      lora.rank: {type: categorical, choices: [2, 4, 8, 16]}
+      lora.alpha: {type: float, low: 0.5, high: 4, log: true, per_rank: true}   # α = value × rank
+      lora.targets: {type: categorical, choices: [qv, all]}
+      optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+PARAM_TYPES = ("int", "float", "categorical")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+_PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
+_SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description"}
+
+
+def reported_metrics(task: str) -> set[str]:
+    """Final metrics a trial can be optimised on (what train() returns)."""
+    accuracy = "eval/accuracy" if task == "classification" else "eval/token_accuracy"
+    return {"eval/loss", accuracy, "train/loss", "params/trainable", "params/trainable_fraction", "params/lora",
+            "memory/optimizer_state_bytes"}
+
+
+@dataclass
+class Param:
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+    per_rank: bool = False  # lora.alpha only: the sampled value is α/r, so α = value × rank
+
+    def suggest(self, trial) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+@dataclass
+class Objective:
+    metric: str
+    direction: str = "minimize"
+
+
+@dataclass
+class SweepSpec:
+    study: str
+    n_trials: int
+    objectives: list[Objective]
+    params: list[Param]
+    fixed: list[str] = field(default_factory=list)
+    sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: dict = field(default_factory=lambda: {"name": "median"})
+    storage: str | None = None
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepSpec":
+        return cls(**{**data, "objectives": [Objective(**o) for o in data["objectives"]],
+                      "params": [Param(**p) for p in data["params"]]})
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """Hydra overrides for one trial's sampled values."""
+        out = list(self.fixed)
+        rank = values.get("lora.rank")
+        for param in self.params:
+            value = values[param.key]
+            if param.per_rank:
+                value = float(value) * float(rank)
+            out.append(f"{param.key}={_override_value(value)}")
+        return out
+
+
+def _override_value(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep spec not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    return parse_spec(data, default_study=path.stem, source=str(path))
+
+
+def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
+    where = source or "sweep spec"
+    unknown = set(data) - _SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}")
+    params = []
+    for key, body in (data.get("params") or {}).items():
+        params.append(_parse_param(key, body or {}, where))
+    if not params:
+        raise ValueError(f"{where}: no params to search")
+    objectives = data.get("objectives") or [{"metric": "eval/loss", "direction": "minimize"}]
+    spec = SweepSpec(
+        study=str(data.get("study") or default_study),
+        n_trials=int(data.get("n_trials", 10)),
+        objectives=[Objective(**o) for o in objectives],
+        params=params,
+        fixed=[str(f) for f in data.get("fixed") or []],
+        sampler={"name": "tpe", "seed": 0, **(data.get("sampler") or {})},
+        pruner={"name": "median", **(data.get("pruner") or {})},
+        storage=data.get("storage"),
+        source=source,
+    )
+    if spec.n_trials <= 0:
+        raise ValueError(f"{where}: n_trials must be > 0, got {spec.n_trials}")
+    for o in spec.objectives:
+        if o.direction not in ("minimize", "maximize"):
+            raise ValueError(f"{where}: objective direction must be minimize or maximize, got {o.direction!r}")
+    if spec.sampler["name"] not in SAMPLERS:
+        raise ValueError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {spec.sampler['name']!r}")
+    if spec.pruner["name"] not in PRUNERS:
+        raise ValueError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {spec.pruner['name']!r}")
+    if len(spec.objectives) > 1 and spec.pruner["name"] != "none":
+        raise ValueError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
+    return spec
+
+
+def _parse_param(key: str, body: dict, where: str) -> Param:
+    unknown = set(body) - _PARAM_KEYS
+    if unknown:
+        raise ValueError(f"{where}: param {key}: unknown field(s) {', '.join(sorted(unknown))}")
+    kind = body.get("type")
+    if kind not in PARAM_TYPES:
+        raise ValueError(f"{where}: param {key}: type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+    param = Param(key=key, **{k: v for k, v in body.items()})
+    if kind == "categorical":
+        if not param.choices:
+            raise ValueError(f"{where}: param {key}: categorical needs a non-empty choices list")
+        if any(not isinstance(c, (str, int, float, bool)) for c in param.choices):
+            raise ValueError(f"{where}: param {key}: choices must be strings or numbers")
+    else:
+        if param.low is None or param.high is None:
+            raise ValueError(f"{where}: param {key}: {kind} needs low and high")
+        if param.low > param.high:
+            raise ValueError(f"{where}: param {key}: low ({param.low}) > high ({param.high})")
+        if param.log and param.low <= 0:
+            raise ValueError(f"{where}: param {key}: log scale needs low > 0")
+    if param.per_rank and key != "lora.alpha":
+        raise ValueError(f"{where}: param {key}: per_rank applies to lora.alpha only")
+    return param
+
+
+def validate_against_config(spec: SweepSpec, overrides: list[str]) -> None:
+    """Every searched key exists in the composed config and every objective is a metric train() reports."""
+    from ..config import compose
+
+    cfg = compose([*spec.fixed, *overrides])
+    for param in spec.params:
+        if OmegaConf.select(cfg, param.key, default="__missing__") == "__missing__":
+            raise ValueError(f"sweep param {param.key!r} is not a key of the training config")
+    if any(p.per_rank for p in spec.params) and not any(p.key == "lora.rank" for p in spec.params):
+        raise ValueError("lora.alpha with per_rank needs lora.rank among the searched params")
+    known = reported_metrics(cfg.data.task)
+    for o in spec.objectives:
+        if o.metric not in known:
+            raise ValueError(f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "
+                             f"choose from {', '.join(sorted(known))}")
+    if spec.pruner["name"] != "none" and not spec.objectives[0].metric.startswith("eval/"):
+        raise ValueError(f"pruning reports eval metrics during training; {spec.objectives[0].metric} is not one")

@@ -1,0 +1,65 @@
+"""Study storages from one URL:
+
+    sqlite:///runs/optuna.db          one machine (the default, under the run root)
+    journal:///shared/fs/study.log    clusters with only a shared filesystem (file journal, NFS-safe open lock)
+    postgresql://user@host/db         large clusters: heartbeats mark a killed worker's trial failed and retry it
+                                      (RetryHeartbeatStaleTrialCallback, keeping its intermediate values)
+
+optuna-dashboard opens the same URLs: `optuna-dashboard sqlite:///runs/optuna.db`, `optuna-dashboard
+postgresql://...`, and for a journal file `optuna-dashboard runs/study.log`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 30
+MAX_RETRY = 3
+
+
+def default_storage_url(run_root: str | Path) -> str:
+    return f"sqlite:///{Path(run_root).resolve() / 'optuna.db'}"
+
+
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S):
+    """An Optuna storage for `url`; ValueError (one line) when it cannot be reached or parsed."""
+    import warnings
+
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats and retries are "experimental"
+
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = url[len("journal://"):]
+        if not Path(path).parent.is_dir():
+            raise ValueError(f"journal storage folder does not exist: {Path(path).parent}")
+        backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise ValueError(f"unsupported storage URL {url!r}: use sqlite:///FILE, journal:///FILE or postgresql://...")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True),
+        )
+    except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
+        first = " ".join(str(exc).split())[:300]
+        raise ValueError(f"cannot open study storage {url}: {first}") from None
+
+
+def is_single_machine(url: str) -> bool:
+    """SQLite files are not safe across nodes (NFS locking): refuse them for multi-node arrays."""
+    return url.startswith("sqlite:")

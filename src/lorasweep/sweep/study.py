@@ -1,0 +1,77 @@
+"""A study in its storage: created once with its spec, then filled with a fixed budget of queued trials.
+
+The budget is enforced by queueing: `lorasweep sweep` (or a rerun of it) enqueues exactly as many trials as the
+budget still lacks, and workers only ever take queued trials. So K workers on one storage run exactly n_trials
+trials, with no race on "one more?"; a heartbeat-stale trial is failed and re-queued by the storage's callback.
+The spec and the command-line overrides are stored on the study, so `lorasweep worker --study S --storage URL`
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from .spec import SweepSpec
+from .storage import open_storage
+
+SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
+
+
+def make_sampler(spec: SweepSpec):
+    seed = spec.sampler.get("seed")
+    if spec.sampler["name"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler.get("n_startup_trials", 4),
+                                      multivariate=len(spec.params) > 1)
+
+
+def make_pruner(spec: SweepSpec):
+    options = {k: v for k, v in spec.pruner.items() if k != "name"}
+    if spec.pruner["name"] == "median":
+        return optuna.pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 0, **options})
+    if spec.pruner["name"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
+    """Create or reopen the study and queue trials up to its budget."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(
+        study_name=spec.study,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        directions=[o.direction for o in spec.objectives],
+        load_if_exists=True,
+    )
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(OVERRIDES_ATTR, list(overrides))
+    study.set_user_attr(BUDGET_ATTR, spec.n_trials)
+    for _ in range(spec.n_trials - budget_used(study)):
+        study.enqueue_trial({})
+    return study
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Trials that count toward the budget: all but failures that were re-queued (their retry counts)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def load_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SweepSpec, list[str]]:
+    storage = open_storage(storage_url)
+    try:
+        summary = optuna.study.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ValueError(f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}") from None
+    attrs = summary.user_attrs
+    if SPEC_ATTR not in attrs:
+        raise ValueError(f"study {study_name!r} was not created by lorasweep (no spec stored on it)")
+    spec = SweepSpec.from_dict(attrs[SPEC_ATTR])
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec),
+                              pruner=make_pruner(spec))
+    return study, spec, list(attrs.get(OVERRIDES_ATTR, []))

@@ -1,0 +1,124 @@
+"""A sweep worker: takes queued trials from the study until none is left; each trial is one train() run.
+
+The worker keeps base models and tokenised data between its trials (Resources). A trial that raises, hits a
+non-finite loss or runs out of memory ends FAIL with the reason on the trial (user attr `fail_reason`); the
+worker goes on. Under torchrun / accelerate launch, rank 0 talks to Optuna and broadcasts each trial's
+overrides, so all ranks train the same config together.
+"""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import compose, config_hash
+from ..resources import Resources
+from ..train import Callbacks, train
+from .spec import SweepSpec
+from .study import load_study
+
+STOP = None  # broadcast to the other ranks: no trial left
+
+
+def worker_index() -> int:
+    """Distinguishes workers' sampler seeds: the SLURM array task, or the local launcher's index."""
+    return int(os.environ.get("LORASWEEP_WORKER_INDEX", os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
+
+
+def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> list[str]:
+    """Spec's fixed overrides < the command line's < the trial's sampled values."""
+    return [*spec.fixed, *cli_overrides, *spec.overrides(values), f"sweep={spec.study}"]
+
+
+def run_worker(study_name: str, storage_url: str, resources: Resources | None = None,
+               should_stop=None) -> int:
+    """Run queued trials until none is left; returns how many this worker ran (on rank 0)."""
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group when launched by torchrun / accelerate launch
+    resources = resources or Resources()
+    if state.num_processes > 1 and not state.is_main_process:
+        return _follow(state, resources, should_stop)
+    study, spec, cli_overrides = load_study(study_name, storage_url)
+    if worker_index():
+        study.sampler = _reseeded(study.sampler, spec, worker_index())
+    done = 0
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        trial_id = study._pop_waiting_trial_id()  # only queued trials: the budget is the queue (study.py)
+        if trial_id is None:
+            _broadcast(state, STOP)
+            return done
+        trial = optuna.Trial(study, trial_id)
+        from optuna.storages._heartbeat import get_heartbeat_thread  # Optuna's own heartbeat for one trial
+
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
+        if outcome is None:  # interrupted (preemption): leave it RUNNING; its heartbeat goes stale, it is retried
+            _broadcast(state, STOP)
+            return done
+        state_, values = outcome
+        study.tell(trial, values=values, state=state_)
+        done += 1
+
+
+def _reseeded(sampler, spec: SweepSpec, index: int):
+    from .study import make_sampler
+
+    shifted = SweepSpec.from_dict({**spec.to_dict(), "sampler": {**spec.sampler,
+                                   "seed": (spec.sampler.get("seed") or 0) + 1000 * index}})
+    return make_sampler(shifted)
+
+
+def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_stop):
+    objective = spec.objectives[0].metric
+    try:
+        values = {p.key: p.suggest(trial) for p in spec.params}
+        overrides = trial_overrides(spec, cli_overrides, values)
+        trial.set_user_attr("overrides", overrides)
+        cfg = compose(overrides)
+        trial.set_user_attr("config_hash", config_hash(cfg))
+        _broadcast(state, overrides)
+
+        def on_eval(step: int, metrics: dict) -> bool:
+            trial.report(metrics[objective], step)
+            return trial.should_prune()
+
+        metrics = train(cfg, callbacks=Callbacks(on_eval=on_eval if len(spec.objectives) == 1 else None,
+                                                 should_stop=should_stop), resources=resources)
+    except Exception as exc:  # noqa: BLE001 - any failure ends this trial, never the sweep
+        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        return TrialState.FAIL, None
+    trial.set_user_attr("status", metrics["status"])
+    if metrics["status"] == "interrupted":
+        return None
+    if metrics["status"] == "stopped":
+        return TrialState.PRUNED, None
+    trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return TrialState.COMPLETE, [metrics[o.metric] for o in spec.objectives]
+
+
+def _broadcast(state, payload):
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [payload]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return payload
+
+
+def _follow(state, resources, should_stop) -> int:
+    """Ranks other than 0: train whatever config rank 0 sends, until it sends STOP."""
+    done = 0
+    while True:
+        overrides = _broadcast(state, STOP)
+        if overrides is STOP:
+            return done
+        try:
+            train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
+        except Exception:  # noqa: BLE001 - rank 0 records the failure; stay in step with it
+            pass
+        done += 1
