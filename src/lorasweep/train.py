@@ -211,6 +211,8 @@ class _Loop:
     def evaluate(self, step: int) -> bool:
         reduce = lambda t: self.acc.reduce(t.to(self.acc.device), reduction="sum").cpu()  # noqa: E731
         self.last_eval = evaluate(self.model, self._eval_batches(), self.task, reduce)
+        if not math.isfinite(self.last_eval["eval/loss"]):
+            raise FloatingPointError(f"non-finite eval loss ({self.last_eval['eval/loss']}) at step {step}")
         self._record({"step": step, **self.last_eval})
         stop = bool(self.callbacks.on_eval(step, dict(self.last_eval))) if (
             self.callbacks.on_eval and self.acc.is_main_process) else False

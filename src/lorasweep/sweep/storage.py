@@ -11,10 +11,13 @@ postgresql://...`, and for a journal file `optuna-dashboard runs/study.log`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-HEARTBEAT_INTERVAL_S = 10
-GRACE_PERIOD_S = 30
+
+# A worker writes a heartbeat every interval; a RUNNING trial silent for the grace period is failed and re-queued.
+HEARTBEAT_INTERVAL_S = int(os.environ.get("LORASWEEP_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD_S = int(os.environ.get("LORASWEEP_GRACE_PERIOD", "30"))
 MAX_RETRY = 3
 
 

@@ -30,6 +30,8 @@ def make_pruner(spec: SweepSpec):
     options = {k: v for k, v in spec.pruner.items() if k != "name"}
     if spec.pruner["name"] == "median":
         return optuna.pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 0, **options})
+    if spec.pruner["name"] == "threshold":  # stop any trial whose value leaves [lower, upper]
+        return optuna.pruners.ThresholdPruner(**options)
     if spec.pruner["name"] == "hyperband":
         return optuna.pruners.HyperbandPruner(**options)
     return optuna.pruners.NopPruner()

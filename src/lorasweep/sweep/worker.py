@@ -8,6 +8,7 @@ overrides, so all ranks train the same config together.
 
 from __future__ import annotations
 
+import math
 import os
 
 import optuna
@@ -96,8 +97,13 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         return None
     if metrics["status"] == "stopped":
         return TrialState.PRUNED, None
-    trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    return TrialState.COMPLETE, [metrics[o.metric] for o in spec.objectives]
+    trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))
+                                    and math.isfinite(v)})
+    values = [metrics[o.metric] for o in spec.objectives]
+    if not all(math.isfinite(v) for v in values):
+        trial.set_user_attr("fail_reason", f"non-finite objective values {values}")
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, values
 
 
 def _broadcast(state, payload):
