@@ -6,7 +6,7 @@ TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,13 +18,16 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/lorasweep demo
+	$(VENV)/bin/lorasweep train trainer.eval_at_start=true
 
+# The default run (what a developer runs; ~10 min on 2 cores). CI also runs `make test-slow`.
 test: setup
-	$(PY) -m pytest -q
-
-test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# End-to-end checks: 2-process training, 4 workers x 10 trials per storage, killed workers (PostgreSQL when
+# LORASWEEP_TEST_POSTGRES_URL is set: scripts/ci/start_postgres.sh prints one).
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) benchmarks/lora_step.py

@@ -156,7 +156,7 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     url = _fresh_postgres_url()
     env = {**os.environ, "LORASWEEP_HEARTBEAT_INTERVAL": "1", "LORASWEEP_GRACE_PERIOD": "4"}
     body = BASIC.replace("n_trials: 4", "n_trials: 3")
-    fast = [*FAST, "trainer.max_steps=60", "trainer.eval_every=2", "trainer.log_every=1",
+    fast = [*FAST, "trainer.max_steps=16", "trainer.eval_every=2", "trainer.log_every=1",
             f"run_root={tmp_path / 'runs'}"]
     spec_path = _spec(tmp_path, body)
     spec, _ = prepare(spec_path, fast)
