@@ -188,3 +188,24 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     retry = [t for t in complete if t.system_attrs.get("failed_trial") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params
     assert set(failed[0].intermediate_values) <= set(retry[0].intermediate_values)  # kept, then continued
+
+
+@pytest.mark.slow
+def test_worker_under_torchrun_trains_each_trial_on_two_processes(tmp_path):
+    """Rank 0 talks to Optuna and broadcasts each trial's overrides; both ranks train it together."""
+    from lorasweep.sweep.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fast = [*FAST, "trainer.batch_size=8", "model.dropout=0.0", f"run_root={tmp_path / 'runs'}"]
+    spec, _ = prepare(_spec(tmp_path, BASIC.replace("n_trials: 4", "n_trials: 2")), fast)
+    create_study(spec, url, fast)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="basic", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        run = RunStore(tmp_path / "runs").run(t.user_attrs["config_hash"])
+        assert run.is_complete() and '"num_processes": 2' in run.env_file.read_text()

@@ -36,9 +36,11 @@ def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> 
 def run_worker(study_name: str, storage_url: str, resources: Resources | None = None,
                should_stop=None) -> int:
     """Run queued trials until none is left; returns how many this worker ran (on rank 0)."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()  # joins the process group when launched by torchrun / accelerate launch
+    # Joins the process group when launched by torchrun / accelerate launch (gloo on CPU needs cpu=True).
+    state = PartialState(cpu=not torch.cuda.is_available())
     resources = resources or Resources()
     if state.num_processes > 1 and not state.is_main_process:
         return _follow(state, resources, should_stop)
