@@ -92,6 +92,40 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import fetch_wandb_config, format_comparison, reproduce
+
+    stored = fetch_wandb_config(args.wandb, args.hash) if args.wandb else None
+    comparison, target, _ = reproduce(args.hash, args.run_root, args.tolerance, stored_config=stored)
+    print(format_comparison(comparison, target))
+    return 0 if comparison.matches else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .compare import format_rows, list_runs
+
+    print(format_rows(list_runs(args.run_root, args.study, args.sort)))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .compare import compare_runs
+    from .runstore import RunStore
+
+    store = RunStore(args.run_root)
+    if args.study:
+        runs = [r for r in store.runs() if r.config().sweep == args.study]
+    else:
+        runs = [store.find(h) for h in args.hashes]
+    out = Path(args.out or Path(args.run_root) / "compare" / "-".join(r.hash[:6] for r in runs[:6]))
+    text, index = compare_runs(runs, out)
+    print(text)
+    print(f"\nloss curves and page: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorasweep", description="Run, track and compare LoRA sweeps.")
     parser.add_argument("--version", action="version", version=f"lorasweep {__version__}")
@@ -125,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
     report.add_argument("--wandb", default="offline", choices=["offline", "online", "none"])
     report.set_defaults(func=_report)
+
+    repro = sub.add_parser("reproduce", help="rerun a run from its config hash and compare every metric")
+    repro.add_argument("hash", help="config hash or a unique prefix of one")
+    repro.add_argument("--run-root", default="runs")
+    repro.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
+                       help="find the config in W&B (config.config_hash == HASH) instead of the run store")
+    repro.add_argument("--tolerance", type=float, default=None,
+                       help="relative tolerance (default: bitwise on CPU, 1e-4 on GPU)")
+    repro.set_defaults(func=_reproduce)
+
+    runs = sub.add_parser("runs", help="a table of the runs in the run store")
+    runs.add_argument("--run-root", default="runs")
+    runs.add_argument("--study", default=None)
+    runs.add_argument("--sort", default=None, metavar="COLUMN", help="e.g. eval/loss or rank")
+    runs.set_defaults(func=_runs)
+
+    compare = sub.add_parser("compare", help="config differences, metrics side by side, loss curves")
+    compare.add_argument("hashes", nargs="*")
+    compare.add_argument("--study", default=None)
+    compare.add_argument("--run-root", default="runs")
+    compare.add_argument("--out", default=None)
+    compare.set_defaults(func=_compare)
 
     demo = sub.add_parser("demo", help="LoRA vs full fine-tuning on the packaged MiniLM: parameters and memory")
     demo.add_argument("--rank", type=int, default=8)

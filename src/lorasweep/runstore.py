@@ -67,6 +67,16 @@ class RunDir:
         with open(self.history_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def begin(self, cfg: DictConfig, env: dict) -> "RunDir":
+        """Create (or reopen, for a resume) the directory and record the config and environment."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(self.env_file, env)
+        return self
+
+    def env(self) -> dict:
+        return json.loads(self.env_file.read_text()) if self.env_file.is_file() else {}
+
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.metrics_file, metrics)
 
@@ -78,13 +88,17 @@ class RunStore:
     def run(self, config_hash: str) -> RunDir:
         return RunDir(self.root / config_hash)
 
-    def begin(self, cfg: DictConfig, config_hash: str, env: dict) -> RunDir:
-        """Create (or reopen, for a resume) the run directory and record the config and environment."""
-        run = self.run(config_hash)
-        run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
-        atomic_write_json(run.env_file, env)
-        return run
+
+    def find(self, prefix: str) -> RunDir:
+        """The run whose hash starts with `prefix`; ValueError naming the candidates if none or several."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix.lower()):
+            raise ValueError(f"{prefix!r} is not a config hash (hex digits)")
+        matches = [r for r in self.runs() if r.hash.startswith(prefix.lower())]
+        if not matches:
+            raise ValueError(f"no run with hash {prefix!r} in {self.root}")
+        if len(matches) > 1:
+            raise ValueError(f"hash prefix {prefix!r} is ambiguous: {', '.join(r.hash for r in matches)}")
+        return matches[0]
 
     def runs(self) -> list[RunDir]:
         if not self.root.is_dir():

@@ -43,8 +43,10 @@ def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(value, name + ".")
+            elif name == "lora.targets" and isinstance(value, list):
+                flat[name] = "[" + ",".join(value) + "]"  # one categorical value for W&B's panels
             else:
-                flat[name] = value if not isinstance(value, list) else ",".join(map(str, value))
+                flat[name] = value
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     flat["model"], flat["data"] = cfg.model.name, cfg.data.name

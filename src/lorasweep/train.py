@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import resource
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -37,15 +38,16 @@ class Callbacks:
 
 
 def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks | None = None,
-          force: bool = False, resources: Resources | None = None) -> dict:
-    """Train (or resume, or reuse) the run for `cfg`; `resources` lets a sweep worker reuse loaded models/data."""
+          force: bool = False, resources: Resources | None = None, run_dir: Path | None = None) -> dict:
+    """Train (or resume, or reuse) the run for `cfg`; `resources` lets a sweep worker reuse loaded models/data.
+    `run_dir` puts the run somewhere other than <run_root>/<hash> (reproductions)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     callbacks = callbacks or Callbacks()
     digest = config_hash(cfg)
     store = RunStore(cfg.run_root)
-    run = store.run(digest)
+    run = RunDir(run_dir) if run_dir else store.run(digest)
     if run.is_complete() and not force:
         return {**run.metrics(), "status": "reused", "config_hash": digest}
 
@@ -84,7 +86,8 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     scheduler = _scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run = store.begin(cfg, digest, environment_record(cfg.seed, str(accelerator.device), world)) if main else run
+    if main:
+        run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), world))
     accelerator.wait_for_everyone()
     position, history, loop_state = ckpt.Position(), [], None
     latest = ckpt.latest_checkpoint(run.checkpoints_dir)
@@ -181,6 +184,7 @@ class _Loop:
         self.window: list[float] = []
         self.last_train_loss = float("nan")
         self.optimizer_bytes = 0
+        self.loop_time = 0.0
 
     def _local(self, indices: list[int]) -> list[int]:
         share = len(indices) // self.acc.num_processes
@@ -219,6 +223,14 @@ class _Loop:
         return self._agree(stop)
 
     def run(self, position: ckpt.Position) -> str:
+        """The loop, timed: perf/loop_time_s is what a sweep's overhead is measured against."""
+        start = time.perf_counter()
+        try:
+            return self._run(position)
+        finally:
+            self.loop_time = time.perf_counter() - start
+
+    def _run(self, position: ckpt.Position) -> str:
         t = self.cfg.trainer
         accum = t.grad_accum
         self.model.train()
@@ -311,6 +323,7 @@ class _Loop:
             "train/loss": self.last_train_loss,
             "memory/optimizer_state_bytes": self.optimizer_bytes,
             "memory/peak_bytes": peak_memory_bytes(self.acc.device),
+            "perf/loop_time_s": self.loop_time,
         }
 
 

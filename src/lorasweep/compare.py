@@ -1,0 +1,128 @@
+"""`lorasweep runs` (a table of runs) and `lorasweep compare` (config differences, metrics side by side, loss
+curves as PNG and HTML)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .fileio import atomic_write_text
+from .runstore import RunDir, RunStore
+
+COLUMNS = ("hash", "model", "targets", "rank", "alpha", "trainable_fraction", "optimizer_bytes", "eval/loss",
+           "eval/accuracy", "state")
+
+
+def run_row(run: RunDir) -> dict:
+    cfg = run.config()
+    metrics = run.metrics() if run.is_complete() else {}
+    targets = cfg.lora.targets
+    return {
+        "hash": run.hash,
+        "model": cfg.model.name,
+        "targets": targets if isinstance(targets, str) else "+".join(targets),
+        "rank": cfg.lora.rank,
+        "alpha": cfg.lora.alpha,
+        "trainable_fraction": metrics.get("params/trainable_fraction"),
+        "optimizer_bytes": metrics.get("memory/optimizer_state_bytes"),
+        "eval/loss": metrics.get("eval/loss"),
+        "eval/accuracy": metrics.get("eval/accuracy"),
+        "state": "complete" if metrics else "incomplete",
+        "sweep": cfg.sweep,
+    }
+
+
+def list_runs(run_root: str | Path, study: str | None = None, sort: str | None = None) -> list[dict]:
+    rows = [run_row(r) for r in RunStore(run_root).runs()]
+    if study:
+        rows = [r for r in rows if r["sweep"] == study]
+    if sort:
+        if rows and sort not in rows[0]:
+            raise ValueError(f"cannot sort by {sort!r}: choose one of {', '.join(COLUMNS)}")
+        rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else 0))
+    return rows
+
+
+def format_rows(rows: list[dict], columns=COLUMNS) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
+    return "\n".join(lines)
+
+
+def _flat(cfg) -> dict:
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def config_differences(runs: list[RunDir]) -> dict[str, list]:
+    """Only the keys whose value differs between the runs."""
+    flats = [_flat(r.config()) for r in runs]
+    keys = sorted(set().union(*flats))
+    return {k: [f.get(k) for f in flats] for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
+
+
+def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
+    """A text summary (differences and metrics) and an HTML page with the overlaid loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two runs")
+    diffs = config_differences(runs)
+    metrics = [r.metrics() if r.is_complete() else {} for r in runs]
+    keys = sorted({k for m in metrics for k in m if k.startswith(("eval/", "train/loss", "params/", "memory/"))})
+    head = "".join(f"{r.hash:>14}" for r in runs)
+    lines = ["config differences:", f"{'key':<28}{head}"]
+    lines += [f"{k:<28}" + "".join(f"{str(v):>14}" for v in values) for k, values in diffs.items()]
+    lines += ["", "final metrics:", f"{'metric':<28}{head}"]
+    lines += [f"{k:<28}" + "".join(f"{_num(m.get(k)):>14}" for m in metrics) for k in keys]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        history = run.history()
+        train_points = [(h["step"], h["train/loss"]) for h in history if "train/loss" in h]
+        eval_points = [(h["step"], h["eval/loss"]) for h in history if "eval/loss" in h]
+        if train_points:
+            axes[0].plot(*zip(*train_points), label=run.hash)
+        if eval_points:
+            axes[1].plot(*zip(*eval_points), "o-", label=run.hash)
+    for ax, title in zip(axes, ("train/loss", "eval/loss")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.savefig(out_dir / "loss_curves.png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    text = "\n".join(lines)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title></head><body>"
+            f"<h1>Runs {html.escape(', '.join(r.hash for r in runs))}</h1><pre>{html.escape(text)}</pre>"
+            f"<img src='loss_curves.png' alt='loss curves'></body></html>")
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return text, index
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
