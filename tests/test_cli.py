@@ -39,3 +39,11 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(capsys, tmp_path, ove
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("lorasweep: error: ") and message in err
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+
+
+def test_demo_compares_lora_with_full_fine_tuning(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    full, qv, everything = [line.split() for line in out.splitlines()[1:4]]
+    assert full[0] == "full" and qv[:2] == ["LoRA", "qv"] and everything[:2] == ["LoRA", "all"]
+    assert float(qv[-1].rstrip("%")) < 1.0  # AdamW state shrinks with the trainable count: >99% saved

@@ -102,9 +102,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from .compare import format_rows, list_runs
+    from .compare import format_runs, list_runs
 
-    print(format_rows(list_runs(args.run_root, args.study, args.sort)))
+    print(format_runs(list_runs(args.run_root, args.study, args.sort)))
     return 0
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
+from .tables import format_rows
 
 COLUMNS = ("hash", "model", "targets", "rank", "alpha", "trainable_fraction", "optimizer_bytes", "eval/loss",
            "eval/accuracy", "state")
@@ -45,17 +46,8 @@ def list_runs(run_root: str | Path, study: str | None = None, sort: str | None =
     return rows
 
 
-def format_rows(rows: list[dict], columns=COLUMNS) -> str:
-    def cell(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    table = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
-    return "\n".join(lines)
+def format_runs(rows: list[dict]) -> str:
+    return format_rows(rows, COLUMNS)
 
 
 def _flat(cfg) -> dict:

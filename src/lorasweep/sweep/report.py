@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..fileio import atomic_write_text
+from ..tables import cell, format_rows
 from .spec import SweepSpec
 
 
@@ -48,19 +49,7 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no trials)"
     columns = [c for c in rows[0] if c != "note"] + (["note"] if any("note" in r for r in rows) else [])
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_rows(rows, columns)
 
 
 def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: Path) -> Path:
@@ -115,7 +104,7 @@ def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: Path) -> Pa
         save(ovm.plot_pareto_front(study, target_names=names), "pareto.png", "Pareto front")
 
     table = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in rows[0]) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in rows[0]) + "</tr>" for r in rows
     ) if rows else ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in (rows[0] if rows else []))
     images = "".join(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for n, t in plots)
