@@ -67,7 +67,7 @@ def test_non_semantic_keys_keep_the_hash(override):
 @pytest.mark.parametrize(
     "override",
     ["lora.rank=16", "lora.alpha=32", "lora=all", "lora.scaling=rslora", "optim.lr=1e-3", "seed=1",
-     "model=tiny_gpt2", "trainer.max_steps=10", "data.max_length=96", "lora.dropout=0.1"],
+     "model=tiny_gpt2", "data=synth_sft", "trainer.max_steps=10", "data.max_length=96", "lora.dropout=0.1"],
 )
 def test_semantic_keys_change_the_hash(override):
     assert config_hash(compose([override])) != config_hash(compose())

@@ -79,10 +79,15 @@ def test_bad_hashes_and_broken_runs_are_one_line_errors(two_runs, capsys, tmp_pa
     root, a, b = two_runs
     assert main(["reproduce", "ffffffffffff", "--run-root", str(root)]) == 2
     assert "no run with hash" in capsys.readouterr().err
-    common = os.path.commonprefix([a["config_hash"], b["config_hash"]])
-    assert main(["reproduce", common or "", "--run-root", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert ("ambiguous" in err and a["config_hash"] in err) or "not a config hash" in err
+    store = tmp_path / "runs"
+    for name in ("abc111111111", "abc222222222"):
+        (store / name).mkdir(parents=True)
+        (store / name / "config.yaml").write_text((root / a["config_hash"] / "config.yaml").read_text())
+    assert main(["reproduce", "abc", "--run-root", str(store)]) == 2
+    assert "ambiguous: abc111111111, abc222222222" in capsys.readouterr().err
+    (store / "dd0000000000").mkdir()
+    assert main(["reproduce", "dd", "--run-root", str(store)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
     broken = tmp_path / "runs" / "abcdef123456"
     broken.mkdir(parents=True)
     stored = yaml.safe_load((root / a["config_hash"] / "config.yaml").read_text())

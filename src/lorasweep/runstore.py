@@ -93,11 +93,14 @@ class RunStore:
         """The run whose hash starts with `prefix`; ValueError naming the candidates if none or several."""
         if not prefix or not all(c in "0123456789abcdef" for c in prefix.lower()):
             raise ValueError(f"{prefix!r} is not a config hash (hex digits)")
-        matches = [r for r in self.runs() if r.hash.startswith(prefix.lower())]
+        candidates = [RunDir(p) for p in sorted(self.root.iterdir()) if p.is_dir()] if self.root.is_dir() else []
+        matches = [r for r in candidates if r.hash.startswith(prefix.lower())]
         if not matches:
             raise ValueError(f"no run with hash {prefix!r} in {self.root}")
         if len(matches) > 1:
             raise ValueError(f"hash prefix {prefix!r} is ambiguous: {', '.join(r.hash for r in matches)}")
+        if not matches[0].config_file.is_file():
+            raise ValueError(f"run directory {matches[0].path} has no config.yaml")
         return matches[0]
 
     def runs(self) -> list[RunDir]:
