@@ -31,6 +31,8 @@ test-slow: setup
 
 bench: setup
 	$(PY) benchmarks/lora_step.py
+	$(PY) benchmarks/sweep_overhead.py
+	$(PY) benchmarks/pruning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
