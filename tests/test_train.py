@@ -168,3 +168,18 @@ def test_reused_model_and_data_give_the_same_result_as_a_fresh_process(tmp_path)
     reused = train(_cfg(tmp_path / "shared", "lora=all", "lora.dropout=0.1"), resources=shared)
     fresh = train(_cfg(tmp_path / "fresh", "lora=all", "lora.dropout=0.1"))
     assert deterministic_metrics(reused) == deterministic_metrics(fresh)
+
+
+def test_wandb_run_is_finished_when_training_fails(tmp_path):
+    cfg = _cfg(tmp_path, tracking="wandb")
+
+    def boom(step, metrics):
+        raise RuntimeError("evaluation hook failed")
+
+    with pytest.raises(RuntimeError, match="evaluation hook failed"):
+        train(cfg, callbacks=Callbacks(on_eval=boom))
+    (wandb_file,) = find_runs(cfg.run_root)
+    assert read_run(wandb_file).exit_code == 1
+    from lorasweep.config import config_hash
+
+    assert not RunStore(cfg.run_root).run(config_hash(cfg)).is_complete()
