@@ -126,6 +126,15 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import parse_adapter_specs, predict_file
+
+    adapters = parse_adapter_specs(args.adapter, args.run_root)
+    predict_file(adapters, args.input, args.output, base=args.base, run_root=args.run_root,
+                 batch_size=args.batch_size)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorasweep", description="Run, track and compare LoRA sweeps.")
     parser.add_argument("--version", action="version", version=f"lorasweep {__version__}")
@@ -181,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--run-root", default="runs")
     compare.add_argument("--out", default=None)
     compare.set_defaults(func=_compare)
+
+    predict = sub.add_parser("predict", help="one pass over a batch whose lines each use their own adapter")
+    predict.add_argument("--adapter", action="append", default=[], metavar="NAME=HASH_OR_DIR",
+                         help="an adapter (a run hash, a run directory or an adapter directory); repeatable")
+    predict.add_argument("--input", required=True, help='JSON lines: {"text": ..., "adapter": NAME or "base"}')
+    predict.add_argument("--output", default=None, help="JSON lines out (default: stdout)")
+    predict.add_argument("--base", default="minilm", help="base model: minilm (packaged) or a hub-format dir")
+    predict.add_argument("--run-root", default="runs")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(func=_predict)
 
     demo = sub.add_parser("demo", help="LoRA vs full fine-tuning on the packaged MiniLM: parameters and memory")
     demo.add_argument("--rank", type=int, default=8)

@@ -1,0 +1,165 @@
+"""`lorasweep predict`: many adapters, one base model, one mixed batch at a time.
+
+Input: JSON lines {"text": ..., "adapter": NAME} (NAME one of the loaded adapters, or "base" for none).
+Output: one JSON line per input line, in order — classification: {"adapter", "label", "probabilities"};
+causal_lm: {"adapter", "generation"} (greedy, the prompt formatted as in SFT training).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .fileio import atomic_write_text
+from .lora.adapter_io import CONFIG_NAME, PREFIX, WEIGHTS_NAME
+from .lora.multi import BASE, load_adapters
+
+TASK_TYPES = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
+
+
+def resolve_adapter_path(spec: str | Path, run_root: str | Path = "runs") -> Path:
+    """An adapter directory, a run directory (its adapter/), or a config hash under run_root."""
+    path = Path(spec).expanduser()
+    for candidate in (path, path / "adapter", Path(run_root) / str(spec) / "adapter"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise ValueError(f"adapter {str(spec)!r} is neither an adapter directory nor a run hash with an adapter under "
+                     f"{run_root}")
+
+
+def parse_adapter_specs(specs: list[str], run_root: str | Path = "runs") -> dict[str, Path]:
+    """["NAME=HASH_OR_DIR", ...] -> {NAME: adapter directory}; duplicate or malformed names are errors."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        if not sep or not name or not target:
+            raise ValueError(f"--adapter {spec!r}: expected NAME=HASH_OR_DIR")
+        if name in out:
+            raise ValueError(f"duplicate adapter name {name!r}")
+        if name == BASE:
+            raise ValueError(f"adapter name {BASE!r} is reserved for the bare base model")
+        out[name] = resolve_adapter_path(target, run_root)
+    return out
+
+
+def read_requests(input_file: str | Path, known: set[str]) -> list[tuple[str, str]]:
+    """[(text, adapter)] from the JSON lines; every line is checked (and unknown adapters named) before use."""
+    requests, unknown = [], {}
+    for n, line in enumerate(Path(input_file).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{input_file}:{n}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ValueError(f"{input_file}:{n}: expected an object with a string \"text\"")
+        adapter = row.get("adapter", BASE)
+        if not isinstance(adapter, str):
+            raise ValueError(f"{input_file}:{n}: \"adapter\" must be a name, got {adapter!r}")
+        if adapter != BASE and adapter not in known:
+            unknown.setdefault(adapter, n)
+        requests.append((row["text"], adapter))
+    if unknown:
+        listed = ", ".join(f"{a!r} (line {n})" for a, n in unknown.items())
+        raise ValueError(f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} "
+                         f"(or {BASE!r})")
+    return requests
+
+
+def _adapter_facts(paths: Mapping[str, Path]) -> tuple[set, int | None]:
+    """The task types the adapters declare and the label count of a saved classifier head, if any."""
+    from safetensors import safe_open
+
+    tasks, labels = set(), None
+    for path in paths.values():
+        tasks.add(json.loads((path / CONFIG_NAME).read_text()).get("task_type"))
+        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
+            for key in f.keys():
+                if key[len(PREFIX):] in ("classifier.weight", "score.weight", "classifier.out_proj.weight"):
+                    labels = f.get_slice(key).get_shape()[0]
+    return tasks - {None}, labels
+
+
+def _load_base(base: str | Path, task: str, num_labels: int | None):
+    from transformers import AutoTokenizer
+
+    from .models import load_pretrained, packaged_minilm_dir
+
+    path = packaged_minilm_dir() if str(base) == "minilm" else base
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    torch.manual_seed(0)  # a head no adapter saved is drawn at random: the same draw every run
+    model = load_pretrained(path, task, num_labels=num_labels).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def predict_file(adapters: Mapping[str, str | Path], input_file: str | Path, output_file: str | Path | None = None,
+                 base: str | Path = "minilm", task: str | None = None, batch_size: int = 32,
+                 max_new_tokens: int = 32, max_length: int = 512, run_root: str | Path = "runs") -> list[dict]:
+    """Predict every input line with its own adapter, batches mixing adapters freely; returns the predictions
+    and writes them as JSON lines to output_file (stdout when None)."""
+    paths = {name: resolve_adapter_path(spec, run_root) for name, spec in adapters.items()}
+    requests = read_requests(input_file, set(paths))
+    tasks, num_labels = _adapter_facts(paths)
+    if task is None:
+        if len(tasks) > 1:
+            raise ValueError(f"the adapters were trained for different tasks: {sorted(tasks)}")
+        task = TASK_TYPES.get(next(iter(tasks), "SEQ_CLS"), "classification")
+    model, tokenizer = _load_base(base, task, num_labels)
+    loaded = load_adapters(model, paths) if paths else None
+    out = []
+    for start in range(0, len(requests), batch_size):
+        texts, names = zip(*requests[start : start + batch_size])
+        run = _classify if task == "classification" else _generate
+        out.extend(run(model, tokenizer, loaded, list(texts), list(names), max_length, max_new_tokens))
+    lines = "".join(json.dumps(p) + "\n" for p in out)
+    if output_file is None:
+        sys.stdout.write(lines)
+    else:
+        atomic_write_text(output_file, lines)
+    return out
+
+
+def _selected(loaded, names):
+    from contextlib import nullcontext
+
+    return loaded.use(names) if loaded is not None else nullcontext()
+
+
+@torch.no_grad()
+def _classify(model, tokenizer, loaded, texts, names, max_length, _):
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with _selected(loaded, names):
+        probs = model(**batch).logits.float().softmax(-1)
+    return [{"adapter": n, "label": int(p.argmax()), "probabilities": p.tolist()} for n, p in zip(names, probs)]
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens):
+    from .data import SFT_SEPARATOR, _end_token
+
+    end, bos = _end_token(tokenizer), tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and bos != end else []
+    prompts = [prefix + ids for ids in tokenizer([t + SFT_SEPARATOR for t in texts], add_special_tokens=False)[
+        "input_ids"]]
+    prompts = [p[-max_length:] for p in prompts]
+    width = max(len(p) for p in prompts)  # left padding: every prompt ends where generation starts
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p)
+        attention_mask[i, width - len(p) :] = 1
+    with _selected(loaded, names):
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, num_beams=1, eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
+    result = []
+    for n, row in zip(names, generated[:, width:].tolist()):
+        row = row[: row.index(end)] if end in row else row
+        result.append({"adapter": n, "generation": tokenizer.decode(row, skip_special_tokens=True)})
+    return result
