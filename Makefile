@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/lora_step.py
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/mixed_batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

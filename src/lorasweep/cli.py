@@ -130,8 +130,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import parse_adapter_specs, predict_file
 
     adapters = parse_adapter_specs(args.adapter, args.run_root)
-    predict_file(adapters, args.input, args.output, base=args.base, run_root=args.run_root,
-                 batch_size=args.batch_size)
+    predict_file(adapters, args.input, args.output, base=args.base, task=args.task, run_root=args.run_root,
+                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     return 0
 
 
@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, help="JSON lines out (default: stdout)")
     predict.add_argument("--base", default="minilm", help="base model: minilm (packaged) or a hub-format dir")
     predict.add_argument("--run-root", default="runs")
+    predict.add_argument("--task", choices=["classification", "causal_lm"], default=None,
+                         help="default: from the adapters' task_type")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--max-new-tokens", type=int, default=32)
     predict.set_defaults(func=_predict)
 
     demo = sub.add_parser("demo", help="LoRA vs full fine-tuning on the packaged MiniLM: parameters and memory")
