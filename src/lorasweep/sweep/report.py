@@ -66,8 +66,8 @@ def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: Path) -> Pa
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     metric = spec.objectives[0].metric
 
-    def save(fig_or_ax, name: str, title: str) -> None:
-        fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") and not hasattr(fig_or_ax, "savefig") else fig_or_ax
+    def save(plot, name: str, title: str) -> None:
+        fig = plot if hasattr(plot, "savefig") else plot.figure  # optuna's plots return Axes
         fig.savefig(out_dir / name, dpi=90, bbox_inches="tight")
         plt.close(fig)
         plots.append((name, title))
