@@ -73,8 +73,10 @@ def test_sweep_runs_trials_as_runs_and_continues_to_budget(tmp_path):
         run = store.run(t.user_attrs["config_hash"])
         assert run.is_complete() and run.config().sweep == "basic"
         assert t.values[0] == run.metrics()["eval/loss"]
-    study, _ = run_sweep(path, [*FAST, f"run_root={root}"])  # rerun: continue up to the spec's 4
-    assert len(study.get_trials()) == 4
+    study, _ = run_sweep(path, [*FAST, f"run_root={root}"], workers=0)  # queue up to the spec's 4, run none
+    assert [t.state for t in study.get_trials()][3:] == [TrialState.WAITING]
+    study, _ = run_sweep(path, [*FAST, f"run_root={root}"])  # rerun: continue up to the budget
+    assert len(study.get_trials()) == 4 and all(t.state == TrialState.COMPLETE for t in study.get_trials())
     rows = leaderboard(study, spec)
     assert rows[0]["eval/loss"] == min(t.values[0] for t in study.get_trials())
     index = write_html_report(study, spec, tmp_path / "report")

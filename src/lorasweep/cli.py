@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="an Optuna sweep from sweeps/SPEC.yaml with K local workers")
     sweep.add_argument("spec", help="sweep spec, e.g. sweeps/rank_alpha_targets.yaml")
     sweep.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
-    sweep.add_argument("--workers", type=int, default=1)
+    sweep.add_argument("--workers", type=int, default=1, help="local worker processes; 0: create and queue only")
     sweep.add_argument("--n-trials", type=int, default=None, help="trial budget (default: the spec's)")
     sweep.add_argument("--storage", default=None, help="sqlite:///F, journal:///F or postgresql://... "
                                                       "(default: sqlite under the run root)")

@@ -28,10 +28,12 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
 def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: int | None = None,
               storage: str | None = None, study: str | None = None):
     """Run the sweep to its budget with `workers` local processes; returns (study, spec)."""
-    if workers <= 0:
-        raise ValueError(f"--workers must be > 0, got {workers}")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
     spec, url = prepare(spec_path, overrides, n_trials, storage, study)
     optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before training
+    if workers == 0:  # queue only: workers are started elsewhere (`lorasweep worker`, a SLURM array)
+        return optuna_study, spec
     if workers == 1:
         from .worker import run_worker
 
