@@ -51,7 +51,7 @@ def test_run_is_filed_under_its_hash_and_tracked_in_wandb(tmp_path, monkeypatch)
     assert {"train/lr", "perf/tokens_per_s", "perf/step_time_s"} <= set(logged.history[0])
     for key in ("params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "eval/accuracy"):
         assert logged.summary[key] == stored[key]
-    for path in cfg.run_root and (tmp_path / "runs").rglob("*"):
+    for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
 
