@@ -6,8 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from .config import flatten
 from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
 from .tables import format_rows
@@ -50,23 +49,9 @@ def format_runs(rows: list[dict]) -> str:
     return format_rows(rows, COLUMNS)
 
 
-def _flat(cfg) -> dict:
-    out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
 def config_differences(runs: list[RunDir]) -> dict[str, list]:
     """Only the keys whose value differs between the runs."""
-    flats = [_flat(r.config()) for r in runs]
+    flats = [flatten(r.config()) for r in runs]
     keys = sorted(set().union(*flats))
     return {k: [f.get(k) for f in flats] for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
 

@@ -214,6 +214,21 @@ NON_SEMANTIC_KEYS = (
 )
 
 
+def flatten(cfg: DictConfig) -> dict:
+    """The resolved config as {"lora.rank": 8, ...}: dotted keys, leaves as values."""
+    flat: dict = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
 def semantic_config(cfg: DictConfig | dict) -> dict:
     """The resolved config without NON_SEMANTIC_KEYS, as plain Python data."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
 class Tracker(Protocol):
@@ -36,19 +36,12 @@ class NullTracker:
 
 def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
     """Dotted keys (lora.rank, optim.lr, …) so W&B's grouping and parallel-coordinates panels work as is."""
-    flat: dict[str, Any] = {"config_hash": config_hash}
+    from .config import flatten
 
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + ".")
-            elif name == "lora.targets" and isinstance(value, list):
-                flat[name] = "[" + ",".join(value) + "]"  # one categorical value for W&B's panels
-            else:
-                flat[name] = value
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    flat: dict[str, Any] = {"config_hash": config_hash, **flatten(cfg)}
+    targets = flat.get("lora.targets")
+    if isinstance(targets, list):
+        flat["lora.targets"] = "[" + ",".join(targets) + "]"  # one categorical value for W&B's panels
     flat["model"], flat["data"] = cfg.model.name, cfg.data.name
     return flat
 
