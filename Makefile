@@ -6,7 +6,7 @@ TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-slurm slurm-up slurm-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,12 +22,20 @@ demo: setup
 
 # The default run (what a developer runs; ~10 min on 2 cores). CI also runs `make test-slow`.
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not slurm"
 
 # End-to-end checks: 2-process training, 4 workers x 10 trials per storage, killed workers (PostgreSQL when
 # LORASWEEP_TEST_POSTGRES_URL is set: scripts/ci/start_postgres.sh prints one).
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not slurm"
+
+# Sweeps on a real single-node SLURM (Debian's slurmctld/slurmd/munge, installed and started if needed).
+slurm-up:
+	bash scripts/ci/start_slurm.sh
+slurm-down:
+	bash scripts/ci/stop_slurm.sh
+test-slurm: setup slurm-up
+	LORASWEEP_TEST_SLURM=1 $(PY) -m pytest -q -m slurm
 
 bench: setup
 	$(PY) benchmarks/lora_step.py

@@ -20,6 +20,10 @@ def _train(args: argparse.Namespace) -> int:
 
     from .config import compose, config_hash
 
+    if args.slurm:
+        from .submit import submit_train
+
+        return _print_submission(submit_train(args.overrides, dry_run=args.dry_run), args.dry_run)
     cfg = compose(args.overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
@@ -27,7 +31,10 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from .train import train
 
-    metrics = train(cfg, force=args.force)
+    from .signals import StopOnSignal
+    from .train import Callbacks
+
+    metrics = train(cfg, force=args.force, callbacks=Callbacks(should_stop=StopOnSignal().install()))
     _print_result(cfg, metrics)
     return 0 if metrics["status"] in ("completed", "reused", "stopped") else 1
 
@@ -55,7 +62,27 @@ def _print_result(cfg, metrics: dict) -> None:
         print(f"{key + ':':<17}{value}")
 
 
+def _print_submission(result: dict, dry_run: bool) -> int:
+    if dry_run:
+        print(result["script"], end="")
+        return 0
+    what = f"array job {result['job_id']} ({result['array']} workers) for study {result['study']}" if "study" in \
+        result else f"job {result['job_id']} for config {result['config_hash']}"
+    print(f"submitted {what}; script: {result['path']}")
+    if "study" in result:
+        print(f"follow it: lorasweep status --study {result['study']} --storage {result['storage']}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    if args.slurm or args.dry_run or args.array is not None:
+        if not args.slurm:
+            raise ValueError("--array and --dry-run go with --slurm")
+        from .submit import submit_sweep
+
+        return _print_submission(submit_sweep(args.spec, args.overrides, array=args.array, n_trials=args.n_trials,
+                                              storage=args.storage, study=args.study, dry_run=args.dry_run),
+                                 args.dry_run)
     from .sweep.launch import run_sweep
     from .sweep.report import format_table, leaderboard
 
@@ -68,8 +95,22 @@ def _sweep(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from .sweep.worker import run_worker
 
-    done = run_worker(args.study, args.storage)
-    print(f"worker finished: {done} trials")
+    from .signals import StopOnSignal
+
+    stop = StopOnSignal().install()
+    done = run_worker(args.study, args.storage, should_stop=stop)
+    reason = f"stopped by {stop.received}" if stop.received else "finished"
+    print(f"worker {reason}: {done} trials")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .sweep.status import study_status
+    from .sweep.storage import default_storage_url
+    from .sweep.study import load_study
+
+    study, spec, _ = load_study(args.study, args.storage or default_storage_url(args.run_root))
+    print(study_status(study, spec))
     return 0
 
 
@@ -144,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. lora=all lora.rank=16 optim.lr=1e-3")
     train.add_argument("--cfg", action="store_true", help="print the composed config and its hash; do not run")
     train.add_argument("--force", action="store_true", help="rerun even if this config hash has a complete run")
+    train.add_argument("--slurm", action="store_true", help="submit slurm/train.sbatch (cluster=... settings)")
+    train.add_argument("--dry-run", action="store_true", help="with --slurm: print the script, submit nothing")
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="an Optuna sweep from sweeps/SPEC.yaml with K local workers")
@@ -154,12 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", default=None, help="sqlite:///F, journal:///F or postgresql://... "
                                                       "(default: sqlite under the run root)")
     sweep.add_argument("--study", default=None, help="study name (default: the spec's)")
+    sweep.add_argument("--slurm", action="store_true",
+                       help="queue the trials, submit slurm/sweep_array.sbatch and return (cluster=... settings)")
+    sweep.add_argument("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
+    sweep.add_argument("--dry-run", action="store_true", help="with --slurm: print the script, submit nothing")
     sweep.set_defaults(func=_sweep)
 
     worker = sub.add_parser("worker", help="one sweep worker on an existing study (for SLURM or any launcher)")
     worker.add_argument("--study", required=True)
     worker.add_argument("--storage", required=True)
     worker.set_defaults(func=_worker)
+
+    status = sub.add_parser("status", help="trial states of a study next to its SLURM jobs' queue state")
+    status.add_argument("--study", required=True)
+    status.add_argument("--storage", default=None, help="default: sqlite under the run root")
+    status.add_argument("--run-root", default="runs")
+    status.set_defaults(func=_status)
 
     report = sub.add_parser("report", help="leaderboard, HTML report with plots, W&B summary run")
     report.add_argument("--study", required=True)
@@ -229,7 +282,15 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Hydra overrides may come after flags (`sweep SPEC --slurm cluster=slurm`): argparse stops collecting
+    # positionals at the first flag, so gather the key=value leftovers; anything else is still an error.
+    strays = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     try:
         return args.func(args)

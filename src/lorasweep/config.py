@@ -101,14 +101,20 @@ class TrackingConfig:
 
 @dataclass
 class ClusterConfig:
+    """Where runs execute. `local` runs here; the SLURM fields fill slurm/*.sbatch (lorasweep/cluster.py)."""
     name: str = "local"
-    partition: Optional[str] = None
+    # Required of every SLURM cluster file (so a forgotten one is an error, not a surprise partition):
+    partition: Optional[str] = MISSING  # null: the cluster's default partition
+    time: Optional[str] = MISSING  # per array task (worker) or per run: [D-]HH:MM:SS
     account: Optional[str] = None
-    time: str = "01:00:00"
-    nodes: int = 1  # nodes per trial
+    nodes: int = 1  # nodes per trial (> 1: one trial spans nodes through torchrun)
+    processes_per_node: int = 1  # training processes per node: usually gpus_per_node
     gpus_per_node: int = 0
-    cpus_per_task: int = 2
-    mem: Optional[str] = None
+    cpus_per_task: int = 2  # CPUs per node for the trial's processes
+    mem: Optional[str] = None  # per node, SLURM syntax (e.g. 32G); None: the partition's default
+    array: int = 2  # sweep workers (array tasks) when `lorasweep sweep --slurm` gets no --array
+    signal_seconds: int = 120  # SLURM signals the worker this long before the time limit: checkpoint, requeue
+    log_dir: str = "slurm-logs"
     setup: List[str] = field(default_factory=list)  # shell lines run before lorasweep (module load, venv)
 
 

@@ -70,15 +70,30 @@ class WandbTracker:
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
+    # Tracking never ends a run: SLURM signals every process of a job, W&B's service among them, so on a
+    # preemption the service can die before the trainer checkpoints. The run store keeps the full history anyway.
     def log(self, metrics, step):
-        self.run.log(dict(metrics), step=step)
+        self._guarded(lambda: self.run.log(dict(metrics), step=step))
 
     def summary(self, metrics):
-        for key, value in metrics.items():
-            self.run.summary[key] = value
+        def update():
+            for key, value in metrics.items():
+                self.run.summary[key] = value
+
+        self._guarded(update)
 
     def finish(self, exit_code=0):
-        self.run.finish(exit_code=exit_code)
+        self._guarded(lambda: self.run.finish(exit_code=exit_code))
+
+    def _guarded(self, call) -> None:
+        if self.run is None:
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - see above
+            print(f"W&B tracking stopped ({type(exc).__name__}: {exc}); training goes on, the run store keeps "
+                  "its history", flush=True)
+            self.run = None
 
 
 def _targets_tag(cfg: DictConfig) -> str:

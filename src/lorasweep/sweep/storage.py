@@ -16,8 +16,10 @@ from pathlib import Path
 
 
 # A worker writes a heartbeat every interval; a RUNNING trial silent for the grace period is failed and re-queued.
-HEARTBEAT_INTERVAL_S = int(os.environ.get("LORASWEEP_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD_S = int(os.environ.get("LORASWEEP_GRACE_PERIOD", "30"))
+# The grace is long on purpose: a heartbeat can wait behind SQLite's write lock (timeout 60 s) on a busy machine,
+# and a live trial wrongly failed costs a whole retry. Killed workers are rare; a late retry is cheap.
+HEARTBEAT_INTERVAL_S = int(os.environ.get("LORASWEEP_HEARTBEAT_INTERVAL", "20"))
+GRACE_PERIOD_S = int(os.environ.get("LORASWEEP_GRACE_PERIOD", "180"))
 MAX_RETRY = 3
 
 

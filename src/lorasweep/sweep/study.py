@@ -16,6 +16,7 @@ from .spec import SweepSpec
 from .storage import open_storage
 
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
+SLURM_JOBS_ATTR = "slurm_jobs"  # array job ids submitted for this study (`lorasweep status` asks squeue)
 
 
 def make_sampler(spec: SweepSpec):

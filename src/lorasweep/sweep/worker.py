@@ -2,7 +2,10 @@
 
 The worker keeps base models and tokenised data between its trials (Resources). A trial that raises, hits a
 non-finite loss or runs out of memory ends FAIL with the reason on the trial (user attr `fail_reason`); the
-worker goes on. Under torchrun / accelerate launch, rank 0 talks to Optuna and broadcasts each trial's
+worker goes on. A trial stopped by a signal (SLURM preemption or time limit) is checkpointed, marked FAIL and
+re-queued with the same parameters at once, so whichever worker takes it next resumes it from its checkpoint
+(same config hash, same run directory). A trial another worker failed as heartbeat-stale is given up quietly:
+its retry is already queued and will reuse this worker's run directory. Under torchrun / accelerate launch, rank 0 talks to Optuna and broadcasts each trial's
 overrides, so all ranks train the same config together.
 """
 
@@ -10,8 +13,11 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import compose, config_hash
@@ -21,11 +27,20 @@ from .spec import SweepSpec
 from .study import load_study
 
 STOP = None  # broadcast to the other ranks: no trial left
+# A preempted trial is re-queued however often it is preempted; it inherits its reported values for the pruner.
+REQUEUE_PREEMPTED = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
 
 
 def worker_index() -> int:
     """Distinguishes workers' sampler seeds: the SLURM array task, or the local launcher's index."""
     return int(os.environ.get("LORASWEEP_WORKER_INDEX", os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
+
+
+def worker_label() -> str:
+    """Who runs a trial: the SLURM array task (for `lorasweep status` and `scontrol`), else host:pid."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> list[str]:
@@ -49,22 +64,40 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
         study.sampler = _reseeded(study.sampler, spec, worker_index())
     done = 0
     while True:
+        if should_stop is not None and should_stop():  # a signal between trials: take no new one
+            _broadcast(state, STOP)
+            return done
         optuna.storages.fail_stale_trials(study)
         trial_id = study._pop_waiting_trial_id()  # only queued trials: the budget is the queue (study.py)
         if trial_id is None:
             _broadcast(state, STOP)
             return done
         trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr("worker", worker_label())
         from optuna.storages._heartbeat import get_heartbeat_thread  # Optuna's own heartbeat for one trial
 
-        with get_heartbeat_thread(trial._trial_id, study._storage):
-            outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
-        if outcome is None:  # interrupted (preemption): leave it RUNNING; its heartbeat goes stale, it is retried
-            _broadcast(state, STOP)
-            return done
-        state_, values = outcome
-        study.tell(trial, values=values, state=state_)
+        try:
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
+            if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
+                _requeue(study, trial)
+                _broadcast(state, STOP)
+                return done
+            state_, values = outcome
+            study.tell(trial, values=values, state=state_)
+        except UpdateFinishedTrialError:
+            print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued",
+                  flush=True)
+            continue
         done += 1
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    trial.set_user_attr("fail_reason", "interrupted by a signal (preemption or time limit); re-queued")
+    study.tell(trial, state=TrialState.FAIL)
+    frozen = study._storage.get_trial(trial._trial_id)
+    REQUEUE_PREEMPTED(study, frozen)
+    print(f"trial {trial.number} interrupted: checkpointed and re-queued", flush=True)
 
 
 def _reseeded(sampler, spec: SweepSpec, index: int):
@@ -91,6 +124,8 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
 
         metrics = train(cfg, callbacks=Callbacks(on_eval=on_eval if len(spec.objectives) == 1 else None,
                                                  should_stop=should_stop), resources=resources)
+    except UpdateFinishedTrialError:
+        raise  # not this trial's failure: another worker already failed it as stale (run_worker)
     except Exception as exc:  # noqa: BLE001 - any failure ends this trial, never the sweep
         trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
         return TrialState.FAIL, None

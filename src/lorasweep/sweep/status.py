@@ -1,0 +1,32 @@
+"""`lorasweep status --study NAME`: trial states from the storage next to the SLURM array's queue state."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+
+from ..cluster import queue_states
+from .report import format_table, leaderboard
+from .spec import SweepSpec
+from .study import BUDGET_ATTR, SLURM_JOBS_ATTR
+
+
+def study_status(study: optuna.Study, spec: SweepSpec) -> str:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    counts = Counter(t.state.name.lower() for t in trials.values())
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trials"
+    lines = [f"study {study.study_name}: {summary} (budget {study.user_attrs.get(BUDGET_ATTR, '?')} trials)"]
+    rows = leaderboard(study, spec)
+    for row in rows:
+        trial = trials[row["trial"]]
+        row["worker"] = trial.user_attrs.get("worker", "")
+        row["last step"] = max(trial.intermediate_values, default=None)
+    lines.append(format_table(rows))
+    jobs = study.user_attrs.get(SLURM_JOBS_ATTR, [])
+    if jobs:
+        queued = queue_states(jobs)
+        lines.append(f"SLURM jobs {', '.join(jobs)}: "
+                     + ("; ".join(f"{job} {state} ({where})" for job, state, where in queued)
+                        if queued else "none left in squeue (finished or cancelled)"))
+    return "\n".join(lines)
