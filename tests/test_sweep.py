@@ -55,6 +55,8 @@ def test_shipped_specs_validate(path):
          "params: {lora.rank: {type: int, low: 1, high: 4}}", "pruning needs a single objective"),
         ("params: {lora.alpha: {type: float, low: 1, high: 4, per_rank: true}}", "needs lora.rank"),
         ("n_trial: 3\nparams: {lora.rank: {type: int, low: 1, high: 4}}", "unknown key"),
+        ("pruner: {name: median, n_warmup: 3}\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
+         "pruner median: .*n_warmup"),
     ],
 )
 def test_bad_specs_fail_before_any_trial(tmp_path, body, message):

@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..config import compose
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
-from .study import create_study
+from .study import create_study, make_pruner
 
 
 def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, storage: str | None = None,
@@ -21,6 +21,7 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
     if spec.n_trials <= 0:
         raise ValueError(f"--n-trials must be > 0, got {spec.n_trials}")
     validate_against_config(spec, overrides)
+    make_pruner(spec)  # a pruner option Optuna does not take fails here, not in the first worker
     url = storage or spec.storage or default_storage_url(compose([*spec.fixed, *overrides]).run_root)
     return spec, url
 

@@ -5,7 +5,8 @@ before any trial starts.
     n_trials: 12
     objectives: [{metric: eval/loss, direction: minimize}]
     sampler: {name: tpe, seed: 0}                   # tpe | random
-    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}   # median | hyperband | threshold | none
+    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}
+                    # median | successive_halving | hyperband | threshold | none (options: Optuna's arguments)
     fixed: [trainer.max_steps=60]                   # overrides for every trial
     params:
       lora.rank: {type: categorical, choices: [2, 4, 8, 16]}
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 
 PARAM_TYPES = ("int", "float", "categorical")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "threshold", "none")
+PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
 _SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description"}
 

@@ -29,13 +29,18 @@ def make_sampler(spec: SweepSpec):
 
 def make_pruner(spec: SweepSpec):
     options = {k: v for k, v in spec.pruner.items() if k != "name"}
-    if spec.pruner["name"] == "median":
-        return optuna.pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 0, **options})
-    if spec.pruner["name"] == "threshold":  # stop any trial whose value leaves [lower, upper]
-        return optuna.pruners.ThresholdPruner(**options)
-    if spec.pruner["name"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(**options)
-    return optuna.pruners.NopPruner()
+    name = spec.pruner["name"]
+    kinds = {
+        "median": lambda **o: optuna.pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 0, **o}),
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,  # at each rung only the best 1/factor go on
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "threshold": optuna.pruners.ThresholdPruner,  # stop any trial whose value leaves [lower, upper]
+        "none": optuna.pruners.NopPruner,
+    }
+    try:
+        return kinds[name](**options)
+    except TypeError as exc:  # an option the pruner does not take
+        raise ValueError(f"pruner {name}: {exc}") from None
 
 
 def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
