@@ -153,4 +153,4 @@ def test_multi_process_trial_through_the_template_launcher(tmp_path):
     assert trial.state == TrialState.COMPLETE, _logs(tmp_path)
     env = json.loads((tmp_path / "runs" / trial.user_attrs["config_hash"] / "env.json").read_text())
     assert env["num_processes"] == 2
-    assert "torch.distributed.run" in Path(tmp_path / "slurm-logs" / "multi.sbatch").read_text()
+    assert "accelerate.commands.launch --multi_gpu" in Path(tmp_path / "slurm-logs" / "multi.sbatch").read_text()

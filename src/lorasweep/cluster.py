@@ -60,7 +60,7 @@ def sbatch_lines(settings: dict, kind: str, array: int | None, job_name: str) ->
         ("partition", settings["partition"]),
         ("account", settings["account"]),
         ("nodes", settings["nodes"]),
-        ("ntasks-per-node", 1),  # one launcher per node: torchrun starts processes_per_node under it
+        ("ntasks-per-node", 1),  # one launcher per node: accelerate launch starts processes_per_node
         ("cpus-per-task", settings["cpus_per_task"]),
         ("gpus-per-node", settings["gpus_per_node"] or None),
         ("mem", settings["mem"]),

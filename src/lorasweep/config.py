@@ -107,7 +107,7 @@ class ClusterConfig:
     partition: Optional[str] = MISSING  # null: the cluster's default partition
     time: Optional[str] = MISSING  # per array task (worker) or per run: [D-]HH:MM:SS
     account: Optional[str] = None
-    nodes: int = 1  # nodes per trial (> 1: one trial spans nodes through torchrun)
+    nodes: int = 1  # nodes per trial (> 1: one trial spans nodes through accelerate launch)
     processes_per_node: int = 1  # training processes per node: usually gpus_per_node
     gpus_per_node: int = 0
     cpus_per_task: int = 2  # CPUs per node for the trial's processes
