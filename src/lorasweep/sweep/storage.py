@@ -53,7 +53,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
@@ -63,6 +63,27 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         first = " ".join(str(exc).split())[:300]
         raise ValueError(f"cannot open study storage {url}: {first}") from None
+    if url.startswith("sqlite"):
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make Optuna's read-then-write steps atomic on SQLite. Python's sqlite3 opens a transaction only at the
+    first write, so two workers can both read a trial as WAITING and both take it (Optuna's row lock, SELECT ...
+    FOR UPDATE, does not exist in SQLite). BEGIN IMMEDIATE takes the write lock when a transaction starts
+    (SQLAlchemy's recipe for pysqlite); the 60 s busy timeout makes the others wait, not fail."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below opens every transaction
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables predate the listeners
 
 
 def is_single_machine(url: str) -> bool:
