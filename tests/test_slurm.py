@@ -154,3 +154,23 @@ def test_multi_process_trial_through_the_template_launcher(tmp_path):
     env = json.loads((tmp_path / "runs" / trial.user_attrs["config_hash"] / "env.json").read_text())
     assert env["num_processes"] == 2
     assert "accelerate.commands.launch --multi_gpu" in Path(tmp_path / "slurm-logs" / "multi.sbatch").read_text()
+
+
+def test_time_limit_signal_checkpoints_requeues_and_the_same_task_resumes(tmp_path):
+    overrides = [*CLUSTER, *SMALL, "trainer.max_steps=60", "trainer.eval_every=2", "tracking=none"]
+    job_id, study = _submit(tmp_path, "timelimit", 2, overrides, array=1)  # one worker: it must resume itself
+    deadline, victim = time.time() + 300, None
+    while victim is None and time.time() < deadline:
+        victim = next((t for t in study.get_trials()
+                       if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3), None)
+        time.sleep(0.5)
+    assert victim is not None, _logs(tmp_path)
+    # What --signal=B:USR1@120 does before the time limit, sent now: USR1 to the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", victim.user_attrs["worker"]], check=True)
+    _wait_for_job(job_id, tmp_path)
+    logs = _logs(tmp_path)
+    assert "restart 1" in logs and "received SIGTERM" in logs, logs
+    trials = study.get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2, logs
+    run = RunStore(tmp_path / "runs").run(victim.user_attrs["config_hash"])
+    assert [r["event"] for r in run.history() if "event" in r] == ["resume"] and run.is_complete()

@@ -213,3 +213,20 @@ def test_worker_under_torchrun_trains_each_trial_on_two_processes(tmp_path):
     for t in trials:
         run = RunStore(tmp_path / "runs").run(t.user_attrs["config_hash"])
         assert run.is_complete() and '"num_processes": 2' in run.env_file.read_text()
+
+
+def test_restarted_array_task_requeues_the_trial_it_left_running(tmp_path, monkeypatch):
+    from lorasweep.sweep.study import load_study
+    from lorasweep.sweep.worker import run_worker
+
+    url = f"journal://{tmp_path / 'study.log'}"  # no heartbeats here: only the task itself can know
+    run_sweep(_spec(tmp_path, BASIC), [*FAST, f"run_root={tmp_path / 'runs'}"], workers=0, n_trials=1, storage=url)
+    study, _, _ = load_study("basic", url)
+    orphan = optuna.Trial(study, study._pop_waiting_trial_id())  # taken, then the task was SIGKILLed
+    orphan.set_user_attr("worker", "77_1")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert run_worker("basic", url) == 1
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL and "left running by an earlier run of 77_1" in first.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == first.number

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -28,7 +29,9 @@ from .study import load_study
 
 STOP = None  # broadcast to the other ranks: no trial left
 # A preempted trial is re-queued however often it is preempted; it inherits its reported values for the pruner.
-REQUEUE_PREEMPTED = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
+with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    REQUEUE_PREEMPTED = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
 
 
 def worker_index() -> int:
@@ -62,6 +65,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
     study, spec, cli_overrides = load_study(study_name, storage_url)
     if worker_index():
         study.sampler = _reseeded(study.sampler, spec, worker_index())
+    _reclaim_orphans(study)
     done = 0
     while True:
         if should_stop is not None and should_stop():  # a signal between trials: take no new one
@@ -80,7 +84,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
-                _requeue(study, trial)
+                _requeue(study, trial._trial_id, "interrupted by a signal (preemption or time limit)")
                 _broadcast(state, STOP)
                 return done
             state_, values = outcome
@@ -92,12 +96,25 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
         done += 1
 
 
-def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    trial.set_user_attr("fail_reason", "interrupted by a signal (preemption or time limit); re-queued")
-    study.tell(trial, state=TrialState.FAIL)
-    frozen = study._storage.get_trial(trial._trial_id)
+def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
+    """Fail the trial and queue a copy with the same parameters (Optuna's retry attributes link the two)."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, "fail_reason", f"{reason}; re-queued")
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    frozen = storage.get_trial(trial_id)
     REQUEUE_PREEMPTED(study, frozen)
-    print(f"trial {trial.number} interrupted: checkpointed and re-queued", flush=True)
+    print(f"trial {frozen.number} {reason}: re-queued", flush=True)
+
+
+def _reclaim_orphans(study: optuna.Study) -> None:
+    """A SLURM array task runs once at a time, so RUNNING trials under its label are its own from before a
+    SIGKILL (no chance to checkpoint or re-queue): re-queue them. Journal storages have no heartbeats."""
+    if not os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return
+    me = worker_label()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == me:
+            _requeue(study, trial._trial_id, f"left running by an earlier run of {me}")
 
 
 def _reseeded(sampler, spec: SweepSpec, index: int):
