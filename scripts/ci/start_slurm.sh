@@ -20,7 +20,7 @@ chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/
 chmod 400 /etc/munge/munge.key
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=lorasweep-ci
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 AuthType=auth/munge
 # A requeued job waits cred_expire seconds before it may start again (default 120).
 AuthInfo=cred_expire=10
@@ -46,7 +46,7 @@ MinJobAge=600
 KillWait=30
 # Jobs that ask no memory get a CPU's share, so array tasks run side by side (not one per node).
 DefMemPerCPU=$(( MEM_MB / CPUS ))
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 pgrep -x munged >/dev/null || su munge -s /bin/sh -c "/usr/sbin/munged" || /usr/sbin/munged --force
