@@ -58,6 +58,7 @@ def test_cli_takes_overrides_after_flags(capsys):
         (["cluster=local"], {}, "cluster=local has no SLURM settings"),
         (["cluster=slurm"], {}, "cluster.partition is required"),
         ([*CLUSTER[:2], "cluster.time=soon"], {}, "cluster.time must be SLURM time"),
+        ([*CLUSTER[:2], "cluster.time=14400"], {}, "cluster.time must be SLURM time"),  # YAML's reading of 4:00:00
         ([*CLUSTER[:3], "cluster.nodes=0"], {}, "cluster.nodes must be >= 1"),
         (CLUSTER[:3], {"array": 0}, "--array must be > 0"),
         ([*CLUSTER[:3], "cluster.nodes=2"], {"storage": None}, "SQLite study storage is not safe"),

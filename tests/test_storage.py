@@ -42,3 +42,23 @@ def test_each_queued_trial_is_taken_once_by_concurrent_workers(tmp_path, kind):
     taken = [int(n) for out, _ in outputs for n in out.split()]
     assert sorted(taken) == list(range(120))  # none lost, none taken twice
     assert all(t.state.name == "COMPLETE" for t in study.get_trials())
+
+
+def test_requeued_copies_drop_the_attempt_and_count_stale_failures_apart():
+    from lorasweep.sweep.retry import MAX_STALE_RETRIES, requeue_copy
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0}, user_attrs={"overrides": ["lora.rank=4"]})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    trial.set_user_attr("worker", "77_1")
+    trial.report(0.5, step=2)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    current = study.trials[-1]
+    for _ in range(5):  # preemptions: always retried
+        assert requeue_copy(study, current)
+        current = study.trials[-1]
+    assert current.user_attrs == {"overrides": ["lora.rank=4"]} and "worker" not in current.user_attrs
+    assert current.params == {"x": 1.0} and current.intermediate_values == {2: 0.5}
+    assert current.system_attrs["failed_trial"] == 0 and current.system_attrs["retry_history"] == [0, 1, 2, 3, 4]
+    stale = [requeue_copy(study, study.trials[-1], stale=True) for _ in range(MAX_STALE_RETRIES + 1)]
+    assert stale == [True] * MAX_STALE_RETRIES + [False]

@@ -40,7 +40,7 @@ SlurmdLogFile=$SLURM_ROOT/log/slurmd.log
 ReturnToService=2
 MpiDefault=none
 SchedulerType=sched/backfill
-# Requeued jobs may start again at once (the default holds them for 60+ s).
+# Batch jobs are requeueable unless they say otherwise (the templates say --requeue anyway).
 JobRequeue=1
 MinJobAge=600
 KillWait=30

@@ -268,7 +268,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+    from optuna.exceptions import StorageInternalError
+
+    # StorageInternalError: the study database refused (read-only file, lost connection): one line, not a trace.
+    return (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException, StorageInternalError)
 
 
 def _quiet_libraries() -> None:

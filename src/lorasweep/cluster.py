@@ -20,7 +20,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
-_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # SLURM's [D-]HH[:MM[:SS]] / minutes
+# SLURM's D-HH[:MM[:SS]] or HH:MM[:SS]. Bare minutes are refused: YAML reads an unquoted 4:00:00 as the number
+# 14400 (base 60), which SLURM would take as 14400 minutes.
+_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d{1,2}(:\d{2}){1,2})$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ def slurm_settings(cluster: DictConfig) -> dict:
         raise ValueError(f"cluster.{key} is required by conf/cluster/{cluster.name}.yaml: "
                          f"pass cluster.{key}=VALUE") from None
     if not values["time"] or not _TIME.match(str(values["time"])):
-        raise ValueError(f"cluster.time must be SLURM time like 04:00:00 or 1-00:00:00, got {values['time']!r}")
+        raise ValueError(f"cluster.time must be SLURM time like '04:00:00' or '1-00:00:00' (quoted in YAML), "
+                         f"got {values['time']!r}")
     for key, low in (("nodes", 1), ("processes_per_node", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
                      ("array", 1), ("signal_seconds", 0)):
         if values[key] < low:
@@ -116,9 +119,17 @@ def require_sbatch() -> str:
 
 def check_with_sbatch(script: str) -> None:
     """`sbatch --test-only`: SLURM validates the request (partition, GPUs, time) and submits nothing."""
-    done = subprocess.run([require_sbatch(), "--test-only"], input=script, capture_output=True, text=True)
+    done = _slurm([require_sbatch(), "--test-only"], input=script)
     if done.returncode:
         raise ValueError(f"sbatch rejects this job: {_first_error(done.stderr or done.stdout)}")
+
+
+def _slurm(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a SLURM client command; a controller that does not answer is an error, not a hang."""
+    try:
+        return subprocess.run(command, input=input, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{Path(command[0]).name} did not answer within 120 s (is slurmctld reachable?)") from None
 
 
 def _first_error(text: str) -> str:
@@ -128,7 +139,7 @@ def _first_error(text: str) -> str:
 
 def submit(path: Path) -> str:
     """sbatch the script and return its job id at once (the job runs on its own)."""
-    done = subprocess.run([require_sbatch(), "--parsable", str(path)], capture_output=True, text=True)
+    done = _slurm([require_sbatch(), "--parsable", str(path)])
     if done.returncode:
         raise ValueError(f"sbatch failed: {_first_error(done.stderr or done.stdout)}")
     return done.stdout.strip().split(";")[0]
@@ -138,7 +149,7 @@ def partition_nodes(partition: str | None) -> int | None:
     """How many nodes the partition (or the default one) has; None when sinfo cannot tell."""
     if not shutil.which("sinfo"):
         return None
-    done = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True)
+    done = _slurm(["sinfo", "-h", "-o", "%P %D"])
     if done.returncode:
         return None
     for line in done.stdout.splitlines():
@@ -164,6 +175,7 @@ def queue_states(job_ids: list[str]) -> list[tuple[str, str, str]]:
     """(job id, state, reason or node) for each array task still in squeue."""
     if not job_ids or not shutil.which("squeue"):
         return []
-    done = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%R"], capture_output=True,
-                          text=True)
+    done = _slurm(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%R"])
+    if done.returncode and "Invalid job id" not in done.stderr:  # finished jobs are "invalid" once purged
+        raise ValueError(f"squeue failed: {_first_error(done.stderr)}")
     return [tuple(line.split("|", 2)) for line in done.stdout.splitlines() if line.count("|") == 2]

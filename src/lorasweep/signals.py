@@ -12,6 +12,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class StopOnSignal:
     def __init__(self) -> None:
         self.received: str | None = None
+        self._told = False
 
     def install(self) -> "StopOnSignal":
         for sig in STOP_SIGNALS:
@@ -19,9 +20,10 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        if self.received is None:
-            print(f"received {signal.Signals(signum).name}: checkpointing at the next step", flush=True)
-        self.received = signal.Signals(signum).name
+        self.received = self.received or signal.Signals(signum).name  # no I/O here: print() is not reentrant
 
     def __call__(self) -> bool:
+        if self.received and not self._told:
+            self._told = True
+            print(f"received {self.received}: checkpointing and stopping", flush=True)
         return self.received is not None

@@ -3,7 +3,7 @@
     sqlite:///runs/optuna.db          one machine (the default, under the run root)
     journal:///shared/fs/study.log    clusters with only a shared filesystem (file journal, NFS-safe open lock)
     postgresql://user@host/db         large clusters: heartbeats mark a killed worker's trial failed and retry it
-                                      (RetryHeartbeatStaleTrialCallback, keeping its intermediate values)
+                                      (a WAITING copy with its intermediate values: sweep/retry.py)
 
 optuna-dashboard opens the same URLs: `optuna-dashboard sqlite:///runs/optuna.db`, `optuna-dashboard
 postgresql://...`, and for a journal file `optuna-dashboard runs/study.log`.
@@ -20,7 +20,6 @@ from pathlib import Path
 # and a live trial wrongly failed costs a whole retry. Killed workers are rare; a late retry is cheap.
 HEARTBEAT_INTERVAL_S = int(os.environ.get("LORASWEEP_HEARTBEAT_INTERVAL", "20"))
 GRACE_PERIOD_S = int(os.environ.get("LORASWEEP_GRACE_PERIOD", "180"))
-MAX_RETRY = 3
 
 
 def default_storage_url(run_root: str | Path) -> str:
@@ -33,7 +32,9 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
 
     import optuna
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
+
+    from .retry import retry_stale
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats and retries are "experimental"
 
@@ -58,7 +59,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True),
+            heartbeat_stale_trial_callback=retry_stale,
         )
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         first = " ".join(str(exc).split())[:300]

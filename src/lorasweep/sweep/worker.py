@@ -14,24 +14,19 @@ from __future__ import annotations
 import math
 import os
 import socket
-import warnings
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import compose, config_hash
 from ..resources import Resources
 from ..train import Callbacks, train
+from .retry import requeue_copy
 from .spec import SweepSpec
 from .study import load_study
 
 STOP = None  # broadcast to the other ranks: no trial left
-# A preempted trial is re-queued however often it is preempted; it inherits its reported values for the pruner.
-with warnings.catch_warnings():  # "experimental" since Optuna 2.8
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    REQUEUE_PREEMPTED = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
 
 
 def worker_index() -> int:
@@ -42,7 +37,9 @@ def worker_index() -> int:
 def worker_label() -> str:
     """Who runs a trial: the SLURM array task (for `lorasweep status` and `scontrol`), else host:pid."""
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        label = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        local = os.environ.get("LORASWEEP_WORKER_INDEX")  # several local workers inside one array task
+        return f"{label}/{local}" if local else label
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -63,8 +60,10 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
     if state.num_processes > 1 and not state.is_main_process:
         return _follow(state, resources, should_stop)
     study, spec, cli_overrides = load_study(study_name, storage_url)
-    if worker_index():
-        study.sampler = _reseeded(study.sampler, spec, worker_index())
+    # Parallel workers, and a requeued array task restarting, must not replay the same sampler stream.
+    offset = worker_index() + 1000 * int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if offset:
+        study.sampler = _reseeded(study.sampler, spec, offset)
     _reclaim_orphans(study)
     done = 0
     while True:
@@ -77,10 +76,10 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
             _broadcast(state, STOP)
             return done
         trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr("worker", worker_label())
         from optuna.storages._heartbeat import get_heartbeat_thread  # Optuna's own heartbeat for one trial
 
         try:
+            trial.set_user_attr("worker", worker_label())
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
@@ -102,7 +101,7 @@ def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
     storage.set_trial_user_attr(trial_id, "fail_reason", f"{reason}; re-queued")
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
     frozen = storage.get_trial(trial_id)
-    REQUEUE_PREEMPTED(study, frozen)
+    requeue_copy(study, frozen)
     print(f"trial {frozen.number} {reason}: re-queued", flush=True)
 
 
@@ -114,7 +113,10 @@ def _reclaim_orphans(study: optuna.Study) -> None:
     me = worker_label()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == me:
-            _requeue(study, trial._trial_id, f"left running by an earlier run of {me}")
+            try:
+                _requeue(study, trial._trial_id, f"left running by an earlier run of {me}")
+            except UpdateFinishedTrialError:
+                pass  # another worker failed it as stale meanwhile and queued its retry
 
 
 def _reseeded(sampler, spec: SweepSpec, index: int):
