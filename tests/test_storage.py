@@ -62,3 +62,27 @@ def test_requeued_copies_drop_the_attempt_and_count_stale_failures_apart():
     assert current.system_attrs["failed_trial"] == 0 and current.system_attrs["retry_history"] == [0, 1, 2, 3, 4]
     stale = [requeue_copy(study, study.trials[-1], stale=True) for _ in range(MAX_STALE_RETRIES + 1)]
     assert stale == [True] * MAX_STALE_RETRIES + [False]
+
+
+def test_heartbeat_keeps_beating_through_storage_errors(tmp_path, capsys):
+    import time
+
+    from lorasweep.sweep.heartbeat import Heartbeat
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    real, calls = storage.record_heartbeat, []
+
+    def flaky(trial_id):  # the first two beats hit a locked database
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise optuna.exceptions.StorageInternalError("database is locked")
+        real(trial_id)
+
+    storage.record_heartbeat = flaky
+    with Heartbeat(storage, trial._trial_id):
+        time.sleep(3.5)
+    assert len(calls) >= 3  # Optuna's own thread would have stopped at the first error
+    assert "heartbeat of trial id" in capsys.readouterr().out
+    assert storage._get_stale_trial_ids(study._study_id) == []  # its later beats were recorded

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from ..config import compose, config_hash
 from ..resources import Resources
 from ..train import Callbacks, train
+from .heartbeat import Heartbeat
 from .retry import requeue_copy
 from .spec import SweepSpec
 from .study import load_study
@@ -76,11 +77,9 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
             _broadcast(state, STOP)
             return done
         trial = optuna.Trial(study, trial_id)
-        from optuna.storages._heartbeat import get_heartbeat_thread  # Optuna's own heartbeat for one trial
-
         try:
             trial.set_user_attr("worker", worker_label())
-            with get_heartbeat_thread(trial._trial_id, study._storage):
+            with Heartbeat(study._storage, trial._trial_id):
                 outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
                 _requeue(study, trial._trial_id, "interrupted by a signal (preemption or time limit)")
