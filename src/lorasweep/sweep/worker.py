@@ -5,8 +5,8 @@ non-finite loss or runs out of memory ends FAIL with the reason on the trial (us
 worker goes on. A trial stopped by a signal (SLURM preemption or time limit) is checkpointed, marked FAIL and
 re-queued with the same parameters at once, so whichever worker takes it next resumes it from its checkpoint
 (same config hash, same run directory). A trial another worker failed as heartbeat-stale is given up quietly:
-its retry is already queued and will reuse this worker's run directory. Under torchrun / accelerate launch, rank 0 talks to Optuna and broadcasts each trial's
-overrides, so all ranks train the same config together.
+its retry is already queued and will reuse this worker's run directory. Under torchrun / accelerate launch,
+rank 0 talks to Optuna and broadcasts each trial's overrides, so all ranks train the same config together.
 """
 
 from __future__ import annotations
