@@ -29,10 +29,8 @@ def _train(args: argparse.Namespace) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         print(f"# config hash: {config_hash(cfg)}")
         return 0
-    from .train import train
-
     from .signals import StopOnSignal
-    from .train import Callbacks
+    from .train import Callbacks, train
 
     metrics = train(cfg, force=args.force, callbacks=Callbacks(should_stop=StopOnSignal().install()))
     _print_result(cfg, metrics)
@@ -93,9 +91,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .sweep.worker import run_worker
-
     from .signals import StopOnSignal
+    from .sweep.worker import run_worker
 
     stop = StopOnSignal().install()
     done = run_worker(args.study, args.storage, should_stop=stop)

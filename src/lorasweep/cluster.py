@@ -13,24 +13,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from .fileio import atomic_write_text
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 # SLURM's D-HH[:MM[:SS]] or HH:MM[:SS]. Bare minutes are refused: YAML reads an unquoted 4:00:00 as the number
 # 14400 (base 60), which SLURM would take as 14400 minutes.
 _TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d{1,2}(:\d{2}){1,2})$")
-
-
-@dataclass(frozen=True)
-class Job:
-    kind: str  # "sweep_array" | "train"
-    script: str  # the rendered script
-    path: Path  # where it is saved before submission
-    array: int | None = None  # array tasks (workers), sweeps only
 
 
 def slurm_settings(cluster: DictConfig) -> dict:
@@ -101,13 +94,9 @@ def render(kind: str, settings: dict, variables: dict[str, str], job_name: str, 
 
 
 def save_script(job_text: str, directory: Path, name: str) -> Path:
-    """Atomically write the rendered script where its logs go; it is what was submitted."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(job_text)
-    os.replace(tmp, path)
-    return path
+    """Write the rendered script where its logs go (this also makes the folder sbatch will open the logs in)."""
+    atomic_write_text(directory / name, job_text)
+    return directory / name
 
 
 def require_sbatch() -> str:
