@@ -86,8 +86,9 @@ class SweepSpec:
                       "params": [Param(**p) for p in data["params"]]})
 
     def overrides(self, values: dict[str, Any]) -> list[str]:
-        """Hydra overrides for one trial's sampled values."""
-        out = list(self.fixed)
+        """Hydra overrides for one trial's sampled values (only those: the caller orders them after `fixed`
+        and the command line, see sweep.worker.trial_overrides)."""
+        out = []
         rank = values.get("lora.rank")
         for param in self.params:
             value = values[param.key]

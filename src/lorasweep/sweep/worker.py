@@ -45,7 +45,8 @@ def worker_label() -> str:
 
 
 def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> list[str]:
-    """Spec's fixed overrides < the command line's < the trial's sampled values."""
+    """Precedence, lowest first: schema defaults < config groups < the spec's `fixed` < the command line <
+    the trial's sampled values (Hydra applies overrides in order, so a later one wins)."""
     return [*spec.fixed, *cli_overrides, *spec.overrides(values), f"sweep={spec.study}"]
 
 
