@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--slurm", action="store_true", help="submit slurm/train.sbatch (cluster=... settings)")
     train.add_argument("--dry-run", action="store_true", help="with --slurm: print the script, submit nothing")
     train.set_defaults(func=_train)
+    _add_source_options(train, run_root_override=True)
 
     sweep = sub.add_parser("sweep", help="an Optuna sweep from sweeps/SPEC.yaml with K local workers")
     sweep.add_argument("spec", help="sweep spec, e.g. sweeps/rank_alpha_targets.yaml")
@@ -199,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
     sweep.add_argument("--dry-run", action="store_true", help="with --slurm: print the script, submit nothing")
     sweep.set_defaults(func=_sweep)
+    _add_source_options(sweep, run_root_override=True)
 
     worker = sub.add_parser("worker", help="one sweep worker on an existing study (for SLURM or any launcher)")
     worker.add_argument("--study", required=True)
     worker.add_argument("--storage", required=True)
     worker.set_defaults(func=_worker)
+    _add_source_options(worker)
 
     status = sub.add_parser("status", help="trial states of a study next to its SLURM jobs' queue state")
     status.add_argument("--study", required=True)
@@ -227,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--tolerance", type=float, default=None,
                        help="relative tolerance (default: bitwise on CPU, 1e-4 on GPU)")
     repro.set_defaults(func=_reproduce)
+    _add_source_options(repro)
 
     runs = sub.add_parser("runs", help="a table of the runs in the run store")
     runs.add_argument("--run-root", default="runs")
@@ -281,8 +285,42 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _add_source_options(parser: argparse.ArgumentParser, run_root_override: bool = False) -> None:
+    """--config-dir on every command that composes configs; --run-root as a synonym of run_root=DIR."""
+    parser.add_argument("--config-dir", default=None, metavar="DIR",
+                        help="config groups searched before ./conf and the packaged ones (model/my_llama.yaml ...)")
+    if run_root_override:
+        parser.add_argument("--run-root", default=None, metavar="DIR", help="the same as the override run_root=DIR")
+
+
+def _one_run_root_spelling(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`run_root=DIR` also works where the option is `--run-root DIR` (runs, report, compare, ...)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in commands or "overrides" in {a.dest for a in commands[command]._actions}:
+        return argv  # train/sweep: run_root=DIR is a Hydra override; --run-root is turned into one in main
+    out = []
+    for arg in argv:
+        out += ["--run-root", arg.split("=", 1)[1]] if arg.startswith("run_root=") else [arg]
+    return out
+
+
+def _apply_source_options(args: argparse.Namespace) -> None:
+    import os
+
+    from .sources import CONFIG_DIR_ENV, find_spec, user_config_dirs
+
+    if getattr(args, "config_dir", None):  # exported: local workers and SLURM jobs compose from it too
+        os.environ[CONFIG_DIR_ENV] = str(user_config_dirs(args.config_dir)[0])
+    if hasattr(args, "overrides") and getattr(args, "run_root", None):
+        args.overrides = [*args.overrides, f"run_root={args.run_root}"]
+    if getattr(args, "spec", None):
+        args.spec = str(find_spec(args.spec))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _one_run_root_spelling(parser, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     # Hydra overrides may come after flags (`sweep SPEC --slurm cluster=slurm`): argparse stops collecting
     # positionals at the first flag, so gather the key=value leftovers; anything else is still an error.
@@ -293,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     try:
+        _apply_source_options(args)
         return args.func(args)
     except _user_errors() as exc:
         message = " ".join(str(exc).split())  # one line, whatever the library put in it

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from .fileio import atomic_write_text
+from .sources import CONFIG_DIR_ENV, TEMPLATE_DIR  # TEMPLATE_DIR: the packaged slurm/*.sbatch
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 # SLURM's D-HH[:MM[:SS]] or HH:MM[:SS]. Bare minutes are refused: YAML reads an unquoted 4:00:00 as the number
 # 14400 (base 60), which SLURM would take as 14400 minutes.
 _TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d{1,2}(:\d{2}){1,2})$")
@@ -81,6 +81,8 @@ def render(kind: str, settings: dict, variables: dict[str, str], job_name: str, 
         (body if body or (head and not line.startswith("#")) else head).append(line)
     python = "python3" if settings["setup"] else sys.executable  # no setup: the Python that rendered this
     fixed = {**variables, "PROCS_PER_NODE": str(settings["processes_per_node"]), "PYTHON": python}
+    if os.environ.get(CONFIG_DIR_ENV):  # --config-dir: the job composes from the same folders
+        fixed[CONFIG_DIR_ENV] = str(Path(os.environ[CONFIG_DIR_ENV]).resolve())
     prelude = [f"export {k}={shlex.quote(v)}" for k, v in fixed.items()]
     if args:
         prelude.append("set -- " + " ".join(shlex.quote(a) for a in args))

@@ -1,0 +1,1 @@
+"""Packaged as lorasweep.conf: Hydra finds these config groups as pkg://lorasweep.conf (see README)."""

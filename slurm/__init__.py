@@ -1,0 +1,1 @@
+"""Packaged as lorasweep.slurm_templates: the sbatch templates lorasweep/cluster.py renders."""
