@@ -105,6 +105,10 @@ def build_model(model_cfg, task: str, num_labels: int):
         model = load_pretrained(path, task, num_labels=num_labels, revision=model_cfg.revision)
     if model_cfg.dropout is not None:
         set_dropout(model, model_cfg.dropout)
+    if model_cfg.get("quantization", "none") != "none":  # after loading: see quantize.py
+        from .quantize import quantize_model
+
+        quantize_model(model, model_cfg.quantization, model_cfg.double_quant, model_cfg.compute_dtype)
     if tokenizer.pad_token is None:  # GPT-2/Llama tokenizers have none; pad with EOS (masked anyway)
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

@@ -89,6 +89,9 @@ def apply_lora(
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     for name in to_save:
         for parameter in model.get_submodule(name).parameters():
+            if not parameter.dtype.is_floating_point:
+                raise ValueError(f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
+                                 "trained; quantization keeps only the task head and lm_head in full precision")
             parameter.requires_grad_(True)
     setattr(
         model,

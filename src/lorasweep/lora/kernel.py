@@ -142,3 +142,71 @@ def low_rank_linear(
                 cast(x), cast(x_lora), cast(weight_t), cast(bias), cast(lora_A), cast(lora_B), scale, tuple(slices)
             )
     return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, scale, tuple(slices))
+
+
+class LowRankAdd(torch.autograd.Function):
+    """y += scale·(x·Aᵀ)·Bᵀ in place on a base output computed elsewhere (a quantized base's own forward).
+
+    The base's autograd node gives the input gradient through its (dequantized) weight; this node adds only
+    the thin low-rank terms: the input gradient scale·(g·B)·A and the gradients of A and B. y is modified in
+    place (no second full-size output, no full-size add), as in LowRankLinear.
+    """
+
+    @staticmethod
+    def forward(ctx, y, x, lora_A, lora_B, scale, slices):
+        d_in = x.shape[-1]
+        x2 = x.reshape(-1, d_in)
+        y2 = y.view(-1, y.shape[-1])
+        xa = x2 @ lora_A.t()
+        rank = lora_A.shape[0] // len(slices)
+        _add_low_rank(y2, xa, lora_B, slices, rank, scale)
+        ctx.mark_dirty(y)
+        ctx.save_for_backward(x2, lora_A, lora_B, xa)
+        ctx.scale, ctx.slices, ctx.rank, ctx.lead = scale, slices, rank, x.shape[:-1]
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, lora_A, lora_B, xa = ctx.saved_tensors
+        scale, slices, rank = ctx.scale, ctx.slices, ctx.rank
+        _, need_x, need_A, need_B = ctx.needs_input_grad[:4]
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        g_slices = _slice_grads(g, slices)
+        row, gb_parts = 0, []
+        for g_j, sl in zip(g_slices, slices):
+            gb_parts.append(torch.mm(lora_B[row : row + sl.rows].t().contiguous(), g_j.t()).t())
+            row += sl.rows
+        gb = gb_parts[0] if len(gb_parts) == 1 else torch.cat(gb_parts, dim=1)
+        grad_x = grad_A = grad_B = None
+        if need_x:
+            grad_x = (gb @ lora_A).mul_(scale).view(*ctx.lead, -1)
+        if need_A:
+            grad_A = (gb.t() @ x2).mul_(scale)
+        if need_B:
+            parts = [
+                torch.mm(xa[:, j * rank : (j + 1) * rank].t(), g_j).mul_(scale).t() for j, g_j in enumerate(g_slices)
+            ]
+            grad_B = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
+        return grad_y, grad_x, grad_A, grad_B, None, None
+
+
+def low_rank_add(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scale: float,
+    slices: Sequence[OutputSlice],
+) -> torch.Tensor:
+    """y (..., d_out), the base's output for x (..., d_in), plus the low-rank term, in y's dtype.
+
+    The LoRA operands are cast to y's dtype (a bf16 compute dtype or autocast gives a bf16 y; the fp32 LoRA
+    parameters then get fp32 gradients through the cast, as under autocast elsewhere).
+    """
+    dtype = y.dtype
+    device_type = x.device.type
+    cast = lambda t: t if t.dtype == dtype else t.to(dtype)  # noqa: E731
+    if y._base is not None or not y.is_contiguous():  # a view (or strided) output cannot be modified in place
+        y = y.contiguous() if not y.is_contiguous() else y.clone()
+    with torch.autocast(device_type, enabled=False):
+        return LowRankAdd.apply(y, cast(x), cast(lora_A), cast(lora_B), scale, tuple(slices))

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .kernel import OutputSlice, full_output, low_rank_linear
+from .kernel import OutputSlice, full_output, low_rank_add, low_rank_linear
 from .scaling import lora_scale, validate_hyperparameters
 
 try:  # GPT-2 style layers store the weight as (d_in, d_out)
@@ -24,6 +24,11 @@ except ImportError:  # pragma: no cover - transformers is a dependency
 
 def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (bool(Conv1D) and isinstance(module, Conv1D))
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A bitsandbytes Linear4bit / Linear8bitLt: its weight is packed integers, only its own forward reads it."""
+    return type(module).__module__.startswith("bitsandbytes") and isinstance(module, nn.Linear)
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
@@ -61,14 +66,17 @@ class LoraLayer(nn.Module):
             )
         self.base_layer = base_layer
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
+        self.quantized = is_quantized(base_layer)
         self.d_in, self.d_out = d_in, d_out
         self.rank, self.alpha, self.scaling_mode = rank, alpha, scaling
         self.scale = lora_scale(alpha, rank, scaling)
         self.dropout_p = dropout
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(len(self.slices) * rank, d_in, dtype=weight.dtype, device=weight.device))
+        # A quantized base holds integers: LoRA is trained in float32 there (QLoRA's choice).
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        self.lora_A = nn.Parameter(torch.empty(len(self.slices) * rank, d_in, dtype=dtype, device=weight.device))
         self.lora_B = nn.Parameter(
-            torch.zeros(sum(s.rows for s in self.slices), rank, dtype=weight.dtype, device=weight.device)
+            torch.zeros(sum(s.rows for s in self.slices), rank, dtype=dtype, device=weight.device)
         )
         for block in self.lora_A.data.split(rank):
             nn.init.kaiming_uniform_(block, a=math.sqrt(5))
@@ -86,6 +94,11 @@ class LoraLayer(nn.Module):
         x_lora = None
         if self.dropout_p > 0 and self.training:
             x_lora = nn.functional.dropout(x, self.dropout_p, training=True)
+        if self.quantized:
+            # The base through bitsandbytes (its autograd gives the input gradient through the dequantized
+            # weight); the low-rank term accumulated into its output in place by lorasweep's kernel.
+            return low_rank_add(self.base_layer(x), x if x_lora is None else x_lora, self.lora_A, self.lora_B,
+                                self.scale, self.slices)
         return low_rank_linear(
             x, x_lora, self.weight_t(), self.base_layer.bias, self.lora_A, self.lora_B, self.scale, self.slices
         )
@@ -100,6 +113,12 @@ class LoraLayer(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if self.quantized:
+            raise ValueError(
+                "cannot merge LoRA into a quantized base (model.quantization): requantizing W0 + scale·B·A would "
+                "round most of the small update away and add a fresh quantization error, so the merged model "
+                "would not compute what was trained; load the base unquantized, load_adapter, then merge"
+            )
         if not self.merged:
             self._shift_base(+1)
             self.merged = True
