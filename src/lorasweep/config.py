@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -15,7 +16,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from .sources import CONF_DIR, search_path  # noqa: F401  (CONF_DIR: the packaged config groups)
 
 
 @dataclass
@@ -147,23 +148,45 @@ def register_configs() -> None:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
-    """The composed, validated config for `lorasweep train <overrides>` (Hydra's override grammar)."""
+    """The composed, validated config for `lorasweep train <overrides>` (Hydra's override grammar). Config files
+    are searched in config_dir (or $LORASWEEP_CONFIG_DIR), ./conf, then the packaged conf (lorasweep/sources.py)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import version
+    from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
-            cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    register_configs()
+    GlobalHydra.instance().clear()
+    version.setbase("1.3")
+    try:  # what hydra.initialize_config_dir does, with our search path (Hydra's API takes only one folder)
+        Hydra.create_main_hydra2(task_name="lorasweep", config_search_path=search_path(config_dir))
+        cfg = hydra_compose(config_name="train", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ValueError(_describe(exc)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    check_keys(cfg)
     validate(cfg)
     return cfg
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key is one of the schema's: Hydra lets `+lora.rnk=4` append a key to a typed group (it would train
+    the default rank under a new hash), so that is refused here, one line."""
+    import dataclasses
+    import typing
+
+    groups = {k: t for k, t in typing.get_type_hints(TrainConfig).items() if dataclasses.is_dataclass(t)}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [k for k in cfg if k not in known]
+    for group, schema in groups.items():
+        fields = {f.name for f in dataclasses.fields(schema)}
+        unknown += [f"{group}.{k}" for k in cfg[group] if k not in fields]
+    if unknown:
+        raise ValueError(f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
+                         f"(a `+key=value` override cannot add one)")
 
 
 def _describe(exc: BaseException) -> str:
@@ -171,6 +194,7 @@ def _describe(exc: BaseException) -> str:
     parts: list[str] = []
     while exc is not None:
         text = " ".join(str(exc).split())
+        text = re.sub(r"\. To append to your config use \S+", "", text)  # adding keys is refused: no hint
         if text and text not in parts:
             parts.append(text)
         exc = exc.__cause__
