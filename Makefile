@@ -6,9 +6,9 @@ TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-slow test-slurm slurm-up slurm-down bench clean
+.PHONY: setup demo test test-wheel test-slow test-slurm slurm-up slurm-down bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	# Without a GPU take the CPU wheel first, so the range in pyproject pulls no CUDA build.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "$(TORCH_CPU)"; fi
@@ -23,6 +23,11 @@ demo: setup
 # The default run (what a developer runs; ~10 min on 2 cores). CI also runs `make test-slow`.
 test: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
+
+# The wheel outside the repository: built, installed with its dependencies into a fresh virtualenv, then
+# `lorasweep train --cfg`, a 3-step run and a SLURM dry run from an empty directory (~3 min).
+test-wheel:
+	bash scripts/ci/test_wheel.sh
 
 # End-to-end checks: 2-process training, 4 workers x 10 trials per storage, killed workers (PostgreSQL when
 # LORASWEEP_TEST_POSTGRES_URL is set: scripts/ci/start_postgres.sh prints one).

@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an adapter (a run hash, a run directory or an adapter directory); repeatable")
     predict.add_argument("--input", required=True, help='JSON lines: {"text": ..., "adapter": NAME or "base"}')
     predict.add_argument("--output", default=None, help="JSON lines out (default: stdout)")
-    predict.add_argument("--base", default="minilm", help="base model: minilm (packaged) or a hub-format dir")
+    predict.add_argument("--base", default=None, help="base model: a model config name (minilm, tiny_gpt2, ...) or a "
+                         "hub-format dir (default: the adapters' runs' model, else the packaged minilm)")
     predict.add_argument("--run-root", default="runs")
     predict.add_argument("--task", choices=["classification", "causal_lm"], default=None,
                          help="default: from the adapters' task_type")

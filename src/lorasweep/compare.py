@@ -68,11 +68,11 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     diffs = config_differences(runs)
     metrics = [r.metrics() if r.is_complete() else {} for r in runs]
     keys = sorted({k for m in metrics for k in m if k.startswith(("eval/", "train/loss", "params/", "memory/"))})
-    head = "".join(f"{r.hash:>14}" for r in runs)
-    lines = ["config differences:", f"{'key':<28}{head}"]
-    lines += [f"{k:<28}" + "".join(f"{str(v):>14}" for v in values) for k, values in diffs.items()]
-    lines += ["", "final metrics:", f"{'metric':<28}{head}"]
-    lines += [f"{k:<28}" + "".join(f"{_num(m.get(k)):>14}" for m in metrics) for k in keys]
+    names = [r.hash for r in runs]  # one column per run, separated however long the values (tables.py)
+    diff_rows = [{"key": k, **{n: _num(v) for n, v in zip(names, values)}} for k, values in diffs.items()]
+    metric_rows = [{"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys]
+    lines = ["config differences:", format_rows(diff_rows, ["key", *names]), "",
+             "final metrics:", format_rows(metric_rows, ["metric", *names])]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -85,25 +85,66 @@ def _adapter_facts(paths: Mapping[str, Path]) -> tuple[set, int | None]:
     return tasks - {None}, labels
 
 
-def _load_base(base: str | Path, task: str, num_labels: int | None):
-    from transformers import AutoTokenizer
+def run_config(adapter_dir: Path):
+    """The config of the run an adapter was trained in (runs/<hash>/adapter -> runs/<hash>/config.yaml), or None."""
+    from omegaconf import OmegaConf
 
-    from .models import load_pretrained, packaged_minilm_dir
+    config = adapter_dir.parent / "config.yaml"
+    return OmegaConf.load(config) if adapter_dir.name == "adapter" and config.is_file() else None
 
-    path = packaged_minilm_dir() if str(base) == "minilm" else base
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    torch.manual_seed(0)  # a head no adapter saved is drawn at random: the same draw every run
-    model = load_pretrained(path, task, num_labels=num_labels).eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+
+def _model_config(base: str):
+    """--base: a model config name (conf/model/NAME.yaml, e.g. minilm or tiny_gpt2) or a hub-format dir / hub id."""
+    from omegaconf import OmegaConf
+
+    from .config import ModelConfig, compose
+
+    if "/" in base or Path(base).expanduser().exists():
+        path = Path(base).expanduser()
+        return OmegaConf.structured(ModelConfig(name=path.name, source="pretrained", name_or_path=str(path)))
+    return compose([f"model={base}"]).model
+
+
+def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labels: int | None):
+    """What to build the base model from: the adapters' runs' model config (and seed: a tiny model's weights are
+    drawn from it), unless --base overrides it; without either, the packaged MiniLM."""
+    from omegaconf import OmegaConf
+
+    runs = {name: cfg for name, cfg in ((n, run_config(p)) for n, p in paths.items()) if cfg is not None}
+
+    def identity(cfg):  # what fixes the base weights
+        model = OmegaConf.to_container(cfg.model)
+        return json.dumps([model, cfg.seed if model.get("source") == "tiny" else None], sort_keys=True)
+
+    bases = {identity(cfg): cfg for cfg in runs.values()}
+    if base is None and len(bases) > 1:
+        listed = ", ".join(f"{n}: {cfg.model.name} (seed {cfg.seed})" for n, cfg in runs.items())
+        raise ValueError(f"the adapters come from runs on different base models ({listed}): serve them separately, "
+                         "or pass --base")
+    first = next(iter(bases.values()), None)
+    model = _model_config(base) if base is not None else first.model if first is not None else _model_config("minilm")
+    seeds = {cfg.seed for cfg in runs.values()}
+    return OmegaConf.create({
+        "model": model,
+        "data": {"task": task, "num_labels": num_labels or (first.data.num_labels if first is not None else 2)},
+        "seed": seeds.pop() if len(seeds) == 1 else 0,
+    })
+
+
+def _load_base(cfg):
+    """The base model exactly as training built it (seeded, lorasweep.models.build_model), in eval mode."""
+    from .resources import Resources
+
+    model, tokenizer = Resources(keep=False).model(cfg)
+    return model.eval(), tokenizer
 
 
 def predict_file(adapters: Mapping[str, str | Path], input_file: str | Path, output_file: str | Path | None = None,
-                 base: str | Path = "minilm", task: str | None = None, batch_size: int = 32,
+                 base: str | None = None, task: str | None = None, batch_size: int = 32,
                  max_new_tokens: int = 32, max_length: int = 512, run_root: str | Path = "runs") -> list[dict]:
     """Predict every input line with its own adapter, batches mixing adapters freely; returns the predictions
-    and writes them as JSON lines to output_file (stdout when None)."""
+    and writes them as JSON lines to output_file (stdout when None). The base model is the adapters' runs' (or
+    `base`: a model config name or a hub-format directory)."""
     paths = {name: resolve_adapter_path(spec, run_root) for name, spec in adapters.items()}
     requests = read_requests(input_file, set(paths))
     tasks, num_labels = _adapter_facts(paths)
@@ -111,7 +152,7 @@ def predict_file(adapters: Mapping[str, str | Path], input_file: str | Path, out
         if len(tasks) > 1:
             raise ValueError(f"the adapters were trained for different tasks: {sorted(tasks)}")
         task = TASK_TYPES.get(next(iter(tasks), "SEQ_CLS"), "classification")
-    model, tokenizer = _load_base(base, task, num_labels)
+    model, tokenizer = _load_base(base_config(paths, None if base is None else str(base), task, num_labels))
     loaded = load_adapters(model, paths) if paths else None
     out = []
     for start in range(0, len(requests), batch_size):

@@ -119,7 +119,10 @@ def fetch_wandb_config(entity_project: str, hash_prefix: str) -> dict:
     """The nested config of the W&B run whose config.config_hash is HASH (needs network and a login)."""
     import wandb
 
-    runs = list(wandb.Api().runs(entity_project, filters={"config.config_hash": hash_prefix}))
+    try:
+        runs = list(wandb.Api().runs(entity_project, filters={"config.config_hash": hash_prefix}))
+    except wandb.errors.Error as exc:  # no API key, unknown project, no network: one line, not a traceback
+        raise ValueError(f"W&B ({entity_project}): {' '.join(str(exc).split())}") from None
     if not runs:
         raise ValueError(f"no W&B run in {entity_project} with config_hash {hash_prefix}")
     flat = dict(runs[0].config)
