@@ -82,7 +82,8 @@ def test_sweep_runs_trials_as_runs_and_continues_to_budget(tmp_path):
     rows = leaderboard(study, spec)
     assert rows[0]["eval/loss"] == min(t.values[0] for t in study.get_trials())
     index = write_html_report(study, spec, tmp_path / "report")
-    assert {"history.png", "metric_vs_rank.png"} <= {p.name for p in index.parent.iterdir()}
+    assert {"index.html", "plotly.min.js"} == {p.name for p in index.parent.iterdir()}
+    assert "plot-parallel" in index.read_text() and "plot-rank" in index.read_text()
 
 
 def test_failures_end_the_trial_not_the_sweep(tmp_path):

@@ -114,19 +114,31 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .sweep.report import format_table, leaderboard, log_summary_to_wandb, write_html_report
+    from .sweep.report import (format_pivot, format_table, leaderboard, log_summary_to_wandb, prepare_report,
+                               write_html_report)
     from .sweep.storage import default_storage_url
     from .sweep.study import load_study
 
     url = args.storage or default_storage_url(args.run_root)
     study, spec, _ = load_study(args.study, url)
-    rows = leaderboard(study, spec)
-    print(format_table(rows))
+    data, pivot = prepare_report(study, spec, args.run_root, args.table)  # bad --table, nothing finished: errors
+    print(format_table(leaderboard(study, spec)))
+    if pivot is not None:
+        print()
+        print(format_pivot(pivot))
     out = Path(args.out or Path(args.run_root) / "reports" / args.study)
-    index = write_html_report(study, spec, out)
+    index = write_html_report(study, spec, out, prepared=(data, pivot))
     print(f"report: {index}")
     if args.wandb != "none":
-        log_summary_to_wandb(study, spec, rows, Path(args.run_root), mode=args.wandb)
+        log_summary_to_wandb(study, spec, data, Path(args.run_root), pivot=pivot, mode=args.wandb)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from .sweep.dashboard import serve
+    from .sweep.storage import default_storage_url
+
+    serve(args.study, args.storage or default_storage_url(args.run_root), port=args.port)
     return 0
 
 
@@ -220,7 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run-root", default="runs")
     report.add_argument("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
     report.add_argument("--wandb", default="offline", choices=["offline", "online", "none"])
+    report.add_argument("--table", nargs=2, default=None, metavar=("ROW", "COL"),
+                        help="paper-style pivot: rows one searched param, columns another, cells the best objective")
     report.set_defaults(func=_report)
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1, live on the study's storage")
+    dashboard.add_argument("--study", required=True)
+    dashboard.add_argument("--storage", default=None, help="default: sqlite under the run root")
+    dashboard.add_argument("--run-root", default="runs")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(func=_dashboard)
 
     repro = sub.add_parser("reproduce", help="rerun a run from its config hash and compare every metric")
     repro.add_argument("hash", help="config hash or a unique prefix of one")

@@ -1,6 +1,7 @@
 """Which modules get LoRA: presets resolved per architecture, or an explicit list of module-name suffixes.
 
 Presets name roles inside a transformer block:
+  q, k, v, o — one attention matrix (on a fused q|k|v module: that slice alone)
   qv   — attention query and value (the LoRA paper's choice)
   qkvo — all four attention projections
   all  — qkvo plus every MLP matrix: 6 matrices per block on BERT-style, GPT-2 and OPT models, but 7 on
@@ -26,6 +27,10 @@ from .kernel import OutputSlice
 from .layer import is_adaptable, linear_dims
 
 PRESETS: dict[str, tuple[str, ...]] = {
+    "q": ("q",),  # single matrices, as the LoRA paper's Table 5 compares them (fused modules: that slice only)
+    "k": ("k",),
+    "v": ("v",),
+    "o": ("o",),
     "qv": ("q", "v"),
     "qkvo": ("q", "k", "v", "o"),
     "all": ("q", "k", "v", "o", "mlp"),

@@ -4,7 +4,7 @@ before any trial starts.
     study: rank_alpha_targets
     n_trials: 12
     objectives: [{metric: eval/loss, direction: minimize}]
-    sampler: {name: tpe, seed: 0}                   # tpe | random
+    sampler: {name: tpe, seed: 0}                   # tpe | random | qmc | nsga2 | grid (options: Optuna's)
     pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}
                     # median | successive_halving | hyperband | threshold | none (options: Optuna's arguments)
     fixed: [trainer.max_steps=60]                   # overrides for every trial
@@ -13,6 +13,10 @@ before any trial starts.
       lora.alpha: {type: float, low: 0.5, high: 4, log: true, per_rank: true}   # α = value × rank
       lora.targets: {type: categorical, choices: [qv, all]}
       optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+
+`sampler: {name: grid}` runs every point of the product of the (categorical) params exactly once: the budget
+is the grid's size, so n_trials may be left out and must equal it when given; every point is queued with its
+values fixed, so any number of workers run each point once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import yaml
 from omegaconf import OmegaConf
 
 PARAM_TYPES = ("int", "float", "categorical")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "qmc", "nsga2", "grid")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
 _SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description"}
@@ -126,13 +130,17 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     if not params:
         raise ValueError(f"{where}: no params to search")
     objectives = data.get("objectives") or [{"metric": "eval/loss", "direction": "minimize"}]
+    sampler = {"name": "tpe", "seed": 0, **(data.get("sampler") or {})}
+    if sampler["name"] not in SAMPLERS:
+        raise ValueError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler['name']!r}")
+    default_budget = len(grid_points(params, where)) if sampler["name"] == "grid" else 10
     spec = SweepSpec(
         study=str(data.get("study") or default_study),
-        n_trials=int(data.get("n_trials", 10)),
+        n_trials=int(data.get("n_trials", default_budget)),
         objectives=[Objective(**o) for o in objectives],
         params=params,
         fixed=[str(f) for f in data.get("fixed") or []],
-        sampler={"name": "tpe", "seed": 0, **(data.get("sampler") or {})},
+        sampler=sampler,
         pruner={"name": "median", **(data.get("pruner") or {})},
         storage=data.get("storage"),
         source=source,
@@ -142,13 +150,33 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     for o in spec.objectives:
         if o.direction not in ("minimize", "maximize"):
             raise ValueError(f"{where}: objective direction must be minimize or maximize, got {o.direction!r}")
-    if spec.sampler["name"] not in SAMPLERS:
-        raise ValueError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {spec.sampler['name']!r}")
+    check_grid_budget(spec, where)
     if spec.pruner["name"] not in PRUNERS:
         raise ValueError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {spec.pruner['name']!r}")
     if len(spec.objectives) > 1 and spec.pruner["name"] != "none":
         raise ValueError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
     return spec
+
+
+def grid_points(params: list[Param], where: str = "sweep spec") -> list[dict]:
+    """Every point of a grid sampler's space, in spec order (the first param varies slowest)."""
+    import itertools
+
+    for param in params:
+        if param.type != "categorical":
+            raise ValueError(f"{where}: sampler grid needs categorical params; {param.key} is a {param.type} range "
+                             f"(list its values: {{type: categorical, choices: [...]}})")
+    return [dict(zip([p.key for p in params], values)) for values in itertools.product(*(p.choices for p in params))]
+
+
+def check_grid_budget(spec: SweepSpec, where: str = "sweep spec") -> None:
+    """A grid's budget is its size: a different n_trials (spec or --n-trials) is an error, not a partial grid."""
+    if spec.sampler["name"] != "grid":
+        return
+    size = len(grid_points(spec.params, where))
+    if spec.n_trials != size:
+        raise ValueError(f"{where}: sampler grid runs each of its {size} points once; n_trials {spec.n_trials} "
+                         f"differs (leave n_trials out)")
 
 
 def _parse_param(key: str, body: dict, where: str) -> Param:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from .spec import SweepSpec
+from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import open_storage
 
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
@@ -21,10 +21,24 @@ SLURM_JOBS_ATTR = "slurm_jobs"  # array job ids submitted for this study (`loras
 
 def make_sampler(spec: SweepSpec):
     seed = spec.sampler.get("seed")
-    if spec.sampler["name"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler.get("n_startup_trials", 4),
-                                      multivariate=len(spec.params) > 1)
+    name = spec.sampler["name"]
+    options = {k: v for k, v in spec.sampler.items() if k not in ("name", "seed")}
+    kinds = {
+        "random": optuna.samplers.RandomSampler,
+        "tpe": lambda **o: optuna.samplers.TPESampler(**{"n_startup_trials": 4,
+                                                         "multivariate": len(spec.params) > 1, **o}),
+        "qmc": lambda **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False,
+                                                         **o}),
+        "nsga2": optuna.samplers.NSGAIISampler,  # multi-objective (a genetic algorithm; fine for one too)
+        # Grid points are queued with fixed values (create_study), so the sampler only names the space.
+        "grid": lambda **o: optuna.samplers.GridSampler({p.key: list(p.choices) for p in spec.params}, **o),
+    }
+    if name not in kinds:
+        raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(kinds)}")
+    try:
+        return kinds[name](seed=seed, **options)
+    except TypeError as exc:  # an option the sampler does not take
+        raise ValueError(f"sampler {name}: {exc}") from None
 
 
 def make_pruner(spec: SweepSpec):
@@ -45,6 +59,8 @@ def make_pruner(spec: SweepSpec):
 
 def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
     """Create or reopen the study and queue trials up to its budget."""
+    check_grid_budget(spec, "--n-trials")  # the spec's own n_trials was checked when it was parsed
+    make_sampler(spec)  # a sampler option Optuna does not take fails here, before the storage is touched
     storage = open_storage(storage_url)
     study = optuna.create_study(
         study_name=spec.study,
@@ -57,9 +73,28 @@ def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> opt
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(OVERRIDES_ATTR, list(overrides))
     study.set_user_attr(BUDGET_ATTR, spec.n_trials)
-    for _ in range(spec.n_trials - budget_used(study)):
-        study.enqueue_trial({})
+    if spec.sampler["name"] == "grid":
+        _enqueue_grid(study, spec)
+    else:
+        for _ in range(spec.n_trials - budget_used(study)):
+            study.enqueue_trial({})
     return study
+
+
+def _enqueue_grid(study: optuna.Study, spec: SweepSpec) -> None:
+    """Queue each grid point that no counted trial holds yet, its values fixed: exactly once per point."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    keys = [p.key for p in spec.params]
+    taken = set()
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue
+        values = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        taken.add(tuple(repr(values.get(k)) for k in keys))
+    for point in grid_points(spec.params):
+        if tuple(repr(point[k]) for k in keys) not in taken:
+            study.enqueue_trial(point, skip_if_exists=False)
 
 
 def budget_used(study: optuna.Study) -> int:

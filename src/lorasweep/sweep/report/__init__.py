@@ -1,0 +1,43 @@
+"""`lorasweep report --study NAME [--table ROW COL]`: the leaderboard, an interactive offline HTML page
+(plotly) and a W&B summary run, from one collection of the study's trials (data.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from ..spec import SweepSpec
+from .data import ReportData, TrialRow, collect
+from .leaderboard import format_table, leaderboard
+from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
+from .wandb_summary import log_summary_to_wandb
+
+__all__ = ["ReportData", "TrialRow", "Pivot", "collect", "format_table", "leaderboard", "check_table_keys",
+           "format_pivot", "make_pivot", "log_summary_to_wandb", "prepare_report", "write_html_report"]
+
+
+def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs",
+                   table: list[str] | None = None) -> tuple[ReportData, Pivot | None]:
+    """Everything the report shows; ValueError (one line) for a bad --table or a study with nothing finished.
+    Nothing is written yet."""
+    if table:
+        check_table_keys(spec, table)
+    data = collect(study, spec, run_root)
+    if not data.finished:
+        states: dict[str, int] = {}
+        for row in data.rows:
+            states[row.state.lower()] = states.get(row.state.lower(), 0) + 1
+        found = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
+        raise ValueError(f"study {study.study_name!r} has no finished trial yet ({found}); nothing to report")
+    return data, (make_pivot(data, *table) if table else None)
+
+
+def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: str | Path, run_root: str | Path = "runs",
+                      table: list[str] | None = None, prepared: tuple | None = None) -> Path:
+    """out_dir/index.html (+ plotly.min.js), replaced whole; returns the index path."""
+    from .figures import build_figures
+    from .page import render_page, write_folder
+
+    data, pivot = prepared or prepare_report(study, spec, run_root, table)
+    return write_folder(Path(out_dir), render_page(data, build_figures(study, data), pivot))

@@ -1,0 +1,171 @@
+"""What a report shows, collected once: one row per trial with its parameters, status, objectives and costs.
+
+Figures come from the trial's user attrs (`metrics`, set for complete trials) first, then from the run store
+(`<run root>/<config hash>/metrics.json`, which also records pruned, failed and interrupted runs); a figure
+found in neither is None (shown as '-').
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..spec import SweepSpec
+
+COSTS = {  # metric -> column title
+    "params/trainable_fraction": "trainable fraction",
+    "memory/optimizer_state_bytes": "optimizer bytes",
+    "memory/peak_bytes": "peak memory bytes",
+    "perf/loop_time_s": "loop time s",
+}
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str  # Optuna's: COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    status: str  # for people: complete / pruned at step N / failed: reason / running / waiting
+    params: dict  # searched values as sampled (α/r for a per_rank lora.alpha)
+    objectives: dict  # metric -> value (complete trials only)
+    metrics: dict  # every known final figure (attrs, else metrics.json)
+    config_hash: str
+    run_dir: str | None  # the run's folder when it exists
+    curve: list = field(default_factory=list)  # [(step, first objective)] from the intermediate values
+    alpha: float | None = None  # the actual α when the spec searches α/r
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "COMPLETE"
+
+    def as_columns(self, spec: SweepSpec) -> dict:
+        """The table's columns, in order (the page, the terminal and the W&B table all use these)."""
+        row = {"trial": self.number, "status": self.status}
+        for param in spec.params:
+            row[param.key] = self.params.get(param.key)
+        if any(p.per_rank for p in spec.params):
+            row["α"] = self.alpha
+        for objective in spec.objectives:
+            row[objective.metric] = self.objectives.get(objective.metric)
+        for metric, title in COSTS.items():
+            row[title] = self.metrics.get(metric)
+        row["config hash"] = self.config_hash or None
+        row["run directory"] = self.run_dir
+        return row
+
+
+@dataclass
+class ReportData:
+    study_name: str
+    spec: SweepSpec
+    rows: list[TrialRow]
+    directions: list[str]
+    pareto: set[int]  # trial numbers on the Pareto front (the best trial for one objective)
+
+    @property
+    def finished(self) -> list[TrialRow]:
+        return [r for r in self.rows if r.finished]
+
+    @property
+    def metric(self) -> str:
+        return self.spec.objectives[0].metric
+
+    def table(self) -> list[dict]:
+        return [r.as_columns(self.spec) for r in self.rows]
+
+
+def collect(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs") -> ReportData:
+    """Every trial of the study as a TrialRow, best finished trial first, then the rest by number."""
+    rows = [_row(t, spec, Path(run_root)) for t in study.get_trials(deepcopy=False)]
+    first = spec.objectives[0]
+    sign = 1 if first.direction == "minimize" else -1
+
+    def order(row: TrialRow):
+        value = row.objectives.get(first.metric)
+        return (value is None, sign * value if value is not None else 0, row.number)
+
+    rows.sort(key=order)
+    try:
+        pareto = {t.number for t in study.best_trials}
+    except ValueError:  # no complete trial
+        pareto = set()
+    return ReportData(study.study_name, spec, rows, [o.direction for o in spec.objectives], pareto)
+
+
+def _row(t: FrozenTrial, spec: SweepSpec, default_root: Path) -> TrialRow:
+    digest = t.user_attrs.get("config_hash", "")
+    run_dir = _run_root(t, default_root) / digest if digest else None
+    stored = _stored_metrics(run_dir) if run_dir else {}
+    metrics = {**stored, **_finite(t.user_attrs.get("metrics", {}))}
+    params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+    objectives = {}
+    if t.state == TrialState.COMPLETE and t.values:
+        objectives = {o.metric: v for o, v in zip(spec.objectives, t.values)}
+    curve = sorted(t.intermediate_values.items())
+    if not curve and run_dir is not None:
+        curve = _history_curve(run_dir, spec.objectives[0].metric)
+    alpha = None
+    for param in spec.params:
+        if param.per_rank and param.key in params and params.get("lora.rank") is not None:
+            alpha = float(params[param.key]) * float(params["lora.rank"])
+    return TrialRow(
+        number=t.number, state=t.state.name, status=_status(t, curve, stored), params=params,
+        objectives=objectives, metrics=metrics, config_hash=digest,
+        run_dir=str(run_dir) if run_dir is not None and run_dir.is_dir() else None, curve=curve, alpha=alpha)
+
+
+def _status(t: FrozenTrial, curve: list, stored: dict) -> str:
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        step = curve[-1][0] if curve else stored.get("step")
+        return f"pruned at step {step}" if step is not None else "pruned"
+    if t.state == TrialState.FAIL:
+        reason = t.user_attrs.get("fail_reason") or stored.get("fail_reason") or stored.get("status") or "unknown"
+        return f"failed: {reason}"
+    return t.state.name.lower()
+
+
+def _run_root(t: FrozenTrial, default: Path) -> Path:
+    """The run root the trial trained under: its last `run_root=` override, else the report's."""
+    for override in reversed(t.user_attrs.get("overrides", [])):
+        if override.startswith("run_root="):
+            return Path(override.split("=", 1)[1])
+    return default
+
+
+def _stored_metrics(run_dir: Path) -> dict:
+    try:
+        data = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _history_curve(run_dir: Path, metric: str) -> list:
+    """(step, metric) from the run's history.jsonl, for trials that reported no intermediate values."""
+    points = []
+    try:
+        lines = (run_dir / "history.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and metric in record and "step" in record:
+            points.append((record["step"], record[metric]))
+    return points
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def searched(spec: SweepSpec) -> list[str]:
+    return [p.key for p in spec.params]

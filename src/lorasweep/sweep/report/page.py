@@ -1,0 +1,132 @@
+"""The report folder: index.html (the figures, the pivot, the trial table) and plotly.min.js beside it, so the
+page works offline from disk. The folder is built under a temporary name and renamed into place: a reader (or a
+failure half-way) never sees a half-written report."""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ...tables import cell
+from .data import ReportData
+from .figures import Figure
+from .pivot import Pivot, pivot_html
+
+PLOTLY_JS = "plotly.min.js"
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
+h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+.note{color:#666;font-size:.9em;margin:.2em 0}
+table{border-collapse:collapse;font-size:.85em}
+td,th{padding:3px 8px;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:hover td{background:#f5f8ff}
+td.best{font-weight:bold;background:#eef7ee}
+caption{caption-side:bottom;color:#666;font-size:.85em;padding-top:4px}
+.status-pruned{color:#a66b00} .status-failed{color:#b00020}
+.scroll{overflow-x:auto}
+"""
+
+
+def render_page(data: ReportData, figures: list[Figure], pivot: Pivot | None) -> str:
+    spec = data.spec
+    objectives = ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
+    counts: dict[str, int] = {}
+    for r in data.rows:
+        counts[r.state.lower()] = counts.get(r.state.lower(), 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    best = data.finished[0] if data.finished else None
+    best_line = ""
+    if best is not None:
+        values = ", ".join(f"{k}={v}" for k, v in best.params.items())
+        best_line = (f"<p>Best: trial {best.number} ({html.escape(values)}): {html.escape(data.metric)} = "
+                     f"{best.objectives[data.metric]:.4g}</p>")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>lorasweep report: {html.escape(data.study_name)}</title>",
+        f"<style>{STYLE}</style><script src='{PLOTLY_JS}'></script></head><body>",
+        f"<h1>Study {html.escape(data.study_name)}</h1>",
+        f"<p class='note'>{len(data.rows)} trials ({summary}); objective {html.escape(objectives)}; sampler "
+        f"{html.escape(str(spec.sampler.get('name')))}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+        best_line,
+    ]
+    if pivot is not None:
+        parts += ["<h2 id='pivot-title'>Table</h2>", pivot_html(pivot)]
+    for figure in figures:
+        div = figure.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{figure.key}",
+                                    config={"displaylogo": False, "responsive": True})
+        note = f"<p class='note'>{html.escape(figure.note)}</p>" if figure.note else ""
+        parts.append(f"<h2>{html.escape(figure.title)}</h2>{note}<div class='plot'>{div}</div>")
+    parts += ["<h2>Trials</h2>", "<div class='scroll'>", trial_table_html(data), "</div>", "</body></html>"]
+    return "\n".join(parts)
+
+
+def trial_table_html(data: ReportData) -> str:
+    table = data.table()
+    if not table:
+        return "<p>(no trials)</p>"
+    columns = list(table[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for values, row in zip(table, data.rows):
+        kind = row.status.split()[0].rstrip(":")
+        cells = []
+        for c in columns:
+            value = values[c]
+            text = _format(c, value)
+            klass = "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            if c == "status":
+                klass = f"status-{kind}"
+            cells.append(f"<td class='{klass}'>{html.escape(text)}</td>")
+        best = " class='best'" if row.number in data.pareto else ""
+        rows.append(f"<tr{best}>{''.join(cells)}</tr>")
+    return f"<table id='trials'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _format(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column in ("optimizer bytes", "peak memory bytes") and isinstance(value, (int, float)):
+        return _bytes(value)
+    if column == "trainable fraction" and isinstance(value, float):
+        return f"{100 * value:.3f}%"
+    if column == "loop time s" and isinstance(value, float):
+        return f"{value:.1f}"
+    return cell(value)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def write_folder(out_dir: Path, page: str) -> Path:
+    """index.html and plotly.min.js into a sibling temporary folder, then renamed to out_dir."""
+    from plotly.offline import get_plotlyjs
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        (tmp / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "index.html"
