@@ -106,3 +106,42 @@ def test_reproduce_from_wandb_without_an_api_key_is_one_line(tiny_runs, tmp_path
     assert main(["reproduce", a, "--wandb", "team/proj", "--run-root", str(root)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lorasweep: error: W&B (team/proj): ") and "API key" in err
+
+
+def test_reproduce_on_fewer_processes_than_recorded_states_its_tolerance(tiny_runs, monkeypatch, capsys):
+    from lorasweep import reproduce
+
+    root, (a, _) = tiny_runs
+    env_file = root / a / "env.json"
+    original = env_file.read_text()
+    env_file.write_text(json.dumps({**json.loads(original), "num_processes": 2}))
+    monkeypatch.setattr(reproduce, "can_launch", lambda n: n == 1)  # as on a machine with one GPU
+    try:
+        assert main(["reproduce", a, "--run-root", str(root)]) == 0
+    finally:
+        env_file.write_text(original)
+    out = capsys.readouterr().out
+    assert "trained with 2 processes, rerun with 1" in out
+    assert f"all metrics within relative tolerance {reproduce.CROSS_COUNT_TOLERANCE:g}" in out
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_a_two_process_run_with_two_processes(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from lorasweep.runstore import RunStore
+
+    overrides = ["trainer=smoke", "trainer.max_steps=3", "trainer.batch_size=8", "data.max_train_examples=48",
+                 "data.max_eval_examples=32", "data.max_length=32", "tracking=none", f"run_root={tmp_path}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+               "-m", "lorasweep.cli", "train", *overrides]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = RunStore(tmp_path).runs()
+    assert run.env()["num_processes"] == 2
+    assert main(["reproduce", run.hash, "--run-root", str(tmp_path)]) == 0  # one process: it differed
+    out = capsys.readouterr().out
+    assert "all metrics bitwise equal" in out and "num_processes" not in out  # no drift in the count

@@ -40,6 +40,8 @@ class Comparison:
     rows: list[tuple[str, object, object, bool]] = field(default_factory=list)  # metric, original, rerun, ok
     drift: list[tuple[str, object, object]] = field(default_factory=list)
     exact: bool = True
+    tolerance: float | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
@@ -48,7 +50,7 @@ class Comparison:
 
 def compare_metrics(original: dict, rerun: dict, tolerance: float | None) -> Comparison:
     """Deterministic metrics: bitwise equal (tolerance None) or within a relative tolerance."""
-    result = Comparison(exact=tolerance is None)
+    result = Comparison(exact=tolerance is None, tolerance=tolerance)
     for key in sorted(deterministic_metrics(original)):
         a, b = original[key], rerun.get(key)
         if tolerance is None or not isinstance(a, float) or b is None:
@@ -96,18 +98,71 @@ def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float 
     OmegaConf.update(cfg, "run_root", str(store.root), force_add=True)
     if tolerance is None and torch.cuda.is_available():
         tolerance = 1e-4  # GPU kernels are not bitwise reproducible across runs
-    metrics = train(cfg, tracker=NullTracker(), run_dir=target, force=True)
+    recorded = int(original_env.get("num_processes") or 1)
+    processes, notes = recorded, []
+    if recorded > 1 and not can_launch(recorded):
+        processes = 1
+        if tolerance is None:
+            tolerance = CROSS_COUNT_TOLERANCE
+        notes.append(f"trained with {recorded} processes, rerun with 1 (this machine cannot launch {recorded}): "
+                     f"gradients are reduced in another order, so metrics are compared within relative tolerance "
+                     f"{tolerance:g}")
+    if processes > 1:  # the recorded count: summed in the same order, so bitwise equal again on CPU
+        metrics = _train_in_processes(cfg, target, processes)
+    else:
+        metrics = train(cfg, tracker=NullTracker(), run_dir=target, force=True)
     comparison = compare_metrics(original or {}, metrics, tolerance)
     comparison.drift = env_drift(original_env, RunDir(target).env())
+    comparison.notes = notes
     return comparison, target, metrics
+
+
+# The same config hash computes the same run on any number of processes up to the order in which gradients are
+# summed: equal within this relative tolerance (measured differences are ~1e-4), bitwise with the same count.
+CROSS_COUNT_TOLERANCE = 1e-3
+
+
+def can_launch(processes: int) -> bool:
+    """Whether this machine can train with `processes` processes: any number on CPU (gloo), one per GPU."""
+    import torch
+
+    return processes <= torch.cuda.device_count() if torch.cuda.is_available() else True
+
+
+def _train_in_processes(cfg: DictConfig, target: Path, processes: int) -> dict:
+    """Rerun under `torchrun --nproc_per_node N` (what the original run was launched with); its metrics."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        OmegaConf.save(cfg, config)
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+             str(port), "-m", "lorasweep.reproduce", str(config), str(target)],
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)},
+            capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"the {processes}-process rerun failed (exit {done.returncode}): {tail}")
+    return RunDir(target).metrics()
 
 
 def format_comparison(comparison: Comparison, target: Path) -> str:
     lines = [f"reproduction in {target}", f"{'metric':<34} {'original':>22} {'reproduction':>22}  match"]
     for key, a, b, ok in comparison.rows:
         lines.append(f"{key:<34} {a!r:>22} {b!r:>22}  {'yes' if ok else 'NO'}")
+    lines += comparison.notes
     if comparison.matches:
-        lines.append("all metrics bitwise equal" if comparison.exact else "all metrics within tolerance")
+        lines.append("all metrics bitwise equal" if comparison.exact else
+                     f"all metrics within relative tolerance {comparison.tolerance:g}")
     else:
         lines.append("metrics DIFFER")
     for key, a, b in comparison.drift:
@@ -140,3 +195,11 @@ def fetch_wandb_config(entity_project: str, hash_prefix: str) -> dict:
         nested["lora"]["targets"] = targets.strip("[]").split(",")
     nested["_metrics"] = {k: v for k, v in dict(runs[0].summary).items() if not k.startswith("_")}
     return nested
+
+
+if __name__ == "__main__":  # one rank of a multi-process rerun (_train_in_processes)
+    import sys
+
+    from .run import train
+
+    train(recompose(OmegaConf.load(sys.argv[1])), tracker=NullTracker(), run_dir=Path(sys.argv[2]), force=True)
