@@ -103,3 +103,13 @@ def test_a_packaged_sweep_spec_is_found_by_name(tmp_path, monkeypatch, capsys):
         assert "#SBATCH --partition=x" in capsys.readouterr().out
     assert main(["sweep", "nope.yaml", "--workers", "0"]) == 2
     assert "packaged specs: " in capsys.readouterr().err
+
+
+def test_a_slurm_job_composes_from_the_same_config_dir(tmp_path, monkeypatch):
+    from lorasweep.submit import submit_train
+
+    conf = _user_conf(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(conf))  # what `lorasweep train --config-dir conf --slurm` exports
+    script = submit_train(["cluster=slurm", "cluster.partition=x", "model=my_tiny"], dry_run=True)["script"]
+    assert f"export {CONFIG_DIR_ENV}={conf.resolve()}" in script.splitlines()
