@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lorasweep.config import compose
-from lorasweep.train import train
+from lorasweep.run import train
 
 OVERRIDES = ["trainer=smoke", "trainer.max_steps=4", "trainer.batch_size=8", "data.max_train_examples=64",
              "data.max_eval_examples=48", "data.max_length=32", "tracking=none", "lora.dropout=0.0",

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from lorasweep.config import compose
 from lorasweep.runstore import RunStore, deterministic_metrics
 from lorasweep.submit import submit_sweep
-from lorasweep.train import train
+from lorasweep.run import train
 from wandb_reader import find_runs, read_run
 
 REQUIRED = os.environ.get("LORASWEEP_TEST_SLURM") == "1"

@@ -9,7 +9,7 @@ from lorasweep.config import compose
 from lorasweep.lora import load_adapter
 from lorasweep.models import build_model
 from lorasweep.runstore import RunStore, deterministic_metrics
-from lorasweep.train import Callbacks, train
+from lorasweep.run import Callbacks, train
 from wandb_reader import find_runs, read_run
 
 SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32"]
@@ -97,7 +97,7 @@ def test_eval_callback_can_stop_a_run(tmp_path):
     seen = []
     cfg = _cfg(tmp_path, "trainer.max_steps=8")
     result = train(cfg, callbacks=Callbacks(on_eval=lambda step, m: seen.append((step, m)) or step >= 4))
-    assert result["status"] == "stopped" and [s for s, _ in seen] == [2, 4]
+    assert result["status"] == "pruned" and [s for s, _ in seen] == [2, 4]
     assert "eval/loss" in seen[0][1]
     assert not RunStore(cfg.run_root).run(result["config_hash"]).is_complete()
 

@@ -64,7 +64,20 @@ def _key(item) -> str:
     return item.key or ".".join(item.nested_key)
 
 
-def read_run(path: Path) -> OfflineRun:
+def read_run(path: Path, wait_s: float = 20.0) -> OfflineRun:
+    """The run as written so far. W&B's service appends the last records (exit) after run.finish() returns,
+    so wait up to `wait_s` for the exit record before reading what is there."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_once(path)
+        if run.exit_code is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_once(path: Path) -> OfflineRun:
     run = OfflineRun()
     for record in records(path):
         kind = record.WhichOneof("record_type")

@@ -29,12 +29,17 @@ def _train(args: argparse.Namespace) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         print(f"# config hash: {config_hash(cfg)}")
         return 0
+    from .run import Callbacks, train
     from .signals import StopOnSignal
-    from .train import Callbacks, train
 
-    metrics = train(cfg, force=args.force, callbacks=Callbacks(should_stop=StopOnSignal().install()))
+    stop = StopOnSignal().install()
+    metrics = train(cfg, force=args.force, callbacks=Callbacks(should_stop=stop))
+    if metrics["status"] == "interrupted":
+        print(f"lorasweep: {stop.received}: run {metrics['config_hash']} checkpointed at step {metrics['step']}; "
+              "the same command resumes it", file=sys.stderr)
+        return stop.exit_code or 1
     _print_result(cfg, metrics)
-    return 0 if metrics["status"] in ("completed", "reused", "stopped") else 1
+    return 0 if metrics["status"] in ("completed", "reused", "pruned") else 1
 
 
 def _print_result(cfg, metrics: dict) -> None:
@@ -81,11 +86,17 @@ def _sweep(args: argparse.Namespace) -> int:
         return _print_submission(submit_sweep(args.spec, args.overrides, array=args.array, n_trials=args.n_trials,
                                               storage=args.storage, study=args.study, dry_run=args.dry_run),
                                  args.dry_run)
+    from .signals import StopOnSignal
     from .sweep.launch import run_sweep
     from .sweep.report import format_table, leaderboard
 
+    stop = StopOnSignal().install()
     study, spec = run_sweep(args.spec, args.overrides, workers=args.workers, n_trials=args.n_trials,
-                            storage=args.storage, study=args.study)
+                            storage=args.storage, study=args.study, should_stop=stop)
+    if stop.received:
+        print(f"lorasweep: sweep stopped by {stop.received}: running trials were checkpointed and re-queued; "
+              "the same command continues the study", file=sys.stderr)
+        return stop.exit_code
     print(format_table(leaderboard(study, spec)))
     return 0
 
@@ -98,7 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
     done = run_worker(args.study, args.storage, should_stop=stop)
     reason = f"stopped by {stop.received}" if stop.received else "finished"
     print(f"worker {reason}: {done} trials")
-    return 0
+    return stop.exit_code
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -299,8 +310,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _quiet_libraries() -> None:
     """Library progress bars and load reports drown lorasweep's own output."""
+    import logging
+
     import datasets
     import transformers
+
+    # bitsandbytes warns at import about an optional kernels package (a slower CPU fallback; harmless).
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()

@@ -11,13 +11,13 @@ from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
 from .tables import format_rows
 
-COLUMNS = ("hash", "model", "targets", "rank", "alpha", "trainable_fraction", "optimizer_bytes", "eval/loss",
-           "eval/accuracy", "state")
+COLUMNS = ("hash", "model", "targets", "rank", "alpha", "trainable_fraction", "optimizer_bytes", "peak_bytes",
+           "eval/loss", "eval/accuracy", "state", "step")
 
 
 def run_row(run: RunDir) -> dict:
     cfg = run.config()
-    metrics = run.metrics() if run.is_complete() else {}
+    metrics = run.record()  # pruned, failed and interrupted runs have their figures too
     targets = cfg.lora.targets
     return {
         "hash": run.hash,
@@ -29,7 +29,9 @@ def run_row(run: RunDir) -> dict:
         "optimizer_bytes": metrics.get("memory/optimizer_state_bytes"),
         "eval/loss": metrics.get("eval/loss"),
         "eval/accuracy": metrics.get("eval/accuracy"),
-        "state": "complete" if metrics else "incomplete",
+        "peak_bytes": metrics.get("memory/peak_bytes"),
+        "state": run.status(),
+        "step": metrics.get("step"),
         "sweep": cfg.sweep,
     }
 
@@ -66,11 +68,13 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     if len(runs) < 2:
         raise ValueError("compare needs at least two runs")
     diffs = config_differences(runs)
-    metrics = [r.metrics() if r.is_complete() else {} for r in runs]
+    metrics = [r.record() for r in runs]
     keys = sorted({k for m in metrics for k in m if k.startswith(("eval/", "train/loss", "params/", "memory/"))})
     names = [r.hash for r in runs]  # one column per run, separated however long the values (tables.py)
     diff_rows = [{"key": k, **{n: _num(v) for n, v in zip(names, values)}} for k, values in diffs.items()]
-    metric_rows = [{"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys]
+    metric_rows = [{"metric": "status", **{n: r.status() for n, r in zip(names, runs)}},
+                   {"metric": "step", **{n: _num(m.get("step")) for n, m in zip(names, metrics)}},
+                   *({"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys)]
     lines = ["config differences:", format_rows(diff_rows, ["key", *names]), "",
              "final metrics:", format_rows(metric_rows, ["metric", *names])]
 

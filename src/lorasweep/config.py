@@ -95,6 +95,7 @@ class TrainerConfig:
     log_every: int = 10
     eval_at_start: bool = False  # also evaluate the untrained model (step 0), for a baseline
     checkpoint_every: int = 0  # 0: no checkpoints
+    lock_timeout_s: Optional[float] = None  # wait at most this long for another process training the same run
     num_workers: int = 0
     progress: bool = True
 
@@ -254,6 +255,7 @@ NON_SEMANTIC_KEYS = (
     "trainer.log_every",
     "trainer.eval_at_start",
     "trainer.checkpoint_every",
+    "trainer.lock_timeout_s",
     "trainer.num_workers",
     "trainer.progress",
 )

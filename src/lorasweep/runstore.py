@@ -3,10 +3,13 @@
     config.yaml     the resolved config (what `reproduce` recomposes)
     env.json        python/torch/transformers/lorasweep versions, git commit, device, seed
     history.jsonl   one JSON object per logged step (and {"event": "resume", ...} markers)
-    metrics.json    final metrics; its presence marks the run complete
+    metrics.json    the run's record however it ended: "status" (completed | pruned | interrupted | failed), the
+                    step it reached, its last evaluation, params and memory figures; complete = "completed"
     adapter/        the LoRA adapter in peft's format
-    checkpoints/    step_<N>/ while training (resume), removed when the run completes
-Every file is written atomically, so an interrupted write never leaves half a file.
+    checkpoints/    step_<N>/ when trainer.checkpoint_every > 0 or a run is interrupted (resume); the newest two
+    .lock           held (flock) by the one process training the run; .lock.holder says who that is
+Every file but history.jsonl is written atomically, so an interrupted write never leaves half a file;
+history.jsonl is appended a line at a time and rewritten atomically on resume.
 """
 
 from __future__ import annotations
@@ -44,7 +47,20 @@ class RunDir:
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
 
     def is_complete(self) -> bool:
-        return self.metrics_file.is_file()
+        return self.status() == "completed"
+
+    def status(self) -> str:
+        """The recorded ending, or "incomplete" for a run with no record (running, or killed outright)."""
+        record = self.record()
+        return record.get("status", "completed") if record else "incomplete"
+
+    def record(self) -> dict:
+        """metrics.json whatever the run's ending; {} when there is none (or it cannot be read: no proof of
+        anything)."""
+        try:
+            return self.metrics() if self.metrics_file.is_file() else {}
+        except ValueError:
+            return {}
 
     def metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -27,8 +28,9 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
 
 
 def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: int | None = None,
-              storage: str | None = None, study: str | None = None):
-    """Run the sweep to its budget with `workers` local processes; returns (study, spec)."""
+              storage: str | None = None, study: str | None = None, should_stop=None):
+    """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
+    StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials."""
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     spec, url = prepare(spec_path, overrides, n_trials, storage, study)
@@ -38,7 +40,7 @@ def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: 
     if workers == 1:
         from .worker import run_worker
 
-        run_worker(spec.study, url)
+        run_worker(spec.study, url, should_stop=should_stop)
         return optuna_study, spec
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = [
@@ -48,7 +50,24 @@ def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: 
         )
         for i in range(workers)
     ]
-    codes = [p.wait() for p in procs]
+    codes = [_wait(p, procs, should_stop) for p in procs]
+    if should_stop is not None and should_stop():
+        return optuna_study, spec
     if any(codes):
         raise RuntimeError(f"worker exit codes {codes}: see their output above")
     return optuna_study, spec
+
+
+def _wait(proc: subprocess.Popen, procs: list[subprocess.Popen], should_stop) -> int:
+    """Wait for a worker; once this process got a stop signal, pass it on as TERM (a Ctrl-C from the terminal
+    reached the workers already, and a second INT would stop them without a checkpoint)."""
+    forwarded = False
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if should_stop is not None and should_stop.received and not forwarded:
+                for other in procs:
+                    if other.poll() is None:
+                        other.send_signal(signal.SIGTERM)
+                forwarded = True

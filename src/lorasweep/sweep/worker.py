@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from ..config import compose, config_hash
 from ..resources import Resources
-from ..train import Callbacks, train
+from ..run import Callbacks, train
 from .heartbeat import Heartbeat
 from .retry import requeue_copy
 from .spec import SweepSpec
@@ -106,17 +106,32 @@ def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
 
 
 def _reclaim_orphans(study: optuna.Study) -> None:
-    """A SLURM array task runs once at a time, so RUNNING trials under its label are its own from before a
-    SIGKILL (no chance to checkpoint or re-queue): re-queue them. Journal storages have no heartbeats."""
-    if not os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return
-    me = worker_label()
+    """Re-queue RUNNING trials whose worker is known to be gone (killed outright: no chance to checkpoint or
+    re-queue; journal storages have no heartbeats, and others fail them only after the grace period):
+    - a SLURM array task runs once at a time, so trials under its own label are its own from before;
+    - a local worker's label is host:pid, so on the same host a trial whose pid is no longer alive is orphaned."""
+    me, host = worker_label(), socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") == me:
+        label = str(trial.user_attrs.get("worker", ""))
+        mine = os.environ.get("SLURM_ARRAY_JOB_ID") and label == me
+        if mine or _dead_local_worker(label, host):
             try:
-                _requeue(study, trial._trial_id, f"left running by an earlier run of {me}")
+                _requeue(study, trial._trial_id, f"left running by worker {label}, which is gone")
             except UpdateFinishedTrialError:
                 pass  # another worker failed it as stale meanwhile and queued its retry
+
+
+def _dead_local_worker(label: str, host: str) -> bool:
+    worker_host, _, pid = label.rpartition(":")
+    if worker_host != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def _reseeded(sampler, spec: SweepSpec, index: int):
@@ -149,12 +164,13 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
         return TrialState.FAIL, None
     trial.set_user_attr("status", metrics["status"])
-    if metrics["status"] == "interrupted":
-        return None
-    if metrics["status"] == "stopped":
-        return TrialState.PRUNED, None
+    # The run's figures whatever its ending (a pruned trial's parameters and memory are known too).
     trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))
                                     and math.isfinite(v)})
+    if metrics["status"] == "interrupted":
+        return None
+    if metrics["status"] == "pruned":
+        return TrialState.PRUNED, None
     values = [metrics[o.metric] for o in spec.objectives]
     if not all(math.isfinite(v) for v in values):
         trial.set_user_attr("fail_reason", f"non-finite objective values {values}")

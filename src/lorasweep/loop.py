@@ -1,0 +1,230 @@
+"""The training loop: step, evaluate, checkpoint — each a named method, and `run` reads top to bottom.
+
+Knows nothing of W&B, Optuna or SLURM: a sweep sees each evaluation through `callbacks.on_eval` (return True to
+stop: pruning) and asks for a clean stop through `callbacks.should_stop` (checkpoint and return: a signal); a
+tracker (W&B or nothing) records what is logged. `trainer.batch_size` is the GLOBAL batch, split across the
+processes, so a config means the same computation on any number of devices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .accounting import optimizer_state_bytes
+from .tasks import evaluate, forward_loss
+
+
+@dataclass
+class Callbacks:
+    on_eval: Callable[[int, dict], bool] | None = None  # (step, eval metrics) -> stop? (pruning)
+    should_stop: Callable[[], bool] | None = None  # checked every step: checkpoint and return (signals)
+
+
+def epoch_order(n: int, micro: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of one epoch, a pure function of (seed, epoch): resumable and the same on every rank."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + micro] for i in range(0, n - micro + 1, micro)]
+
+
+class Loop:
+    def __init__(self, cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, collate, micro,
+                 total_steps, run_dir, tracker, callbacks: Callbacks, history: list):
+        self.cfg, self.acc, self.model, self.optimizer, self.scheduler = cfg, accelerator, model, optimizer, scheduler
+        self.train_set, self.eval_set, self.collate, self.micro = train_set, eval_set, collate, micro
+        self.total_steps, self.run_dir, self.tracker, self.callbacks = total_steps, run_dir, tracker, callbacks
+        self.history = history
+        self.position = ckpt.Position()
+        self.last_eval: dict = {}
+        self.initial_eval: dict = {}  # eval/initial_loss, eval/initial_accuracy: the untrained baseline
+        self.window = _Window()
+        self.last_train_loss = float("nan")
+        self.optimizer_bytes = 0
+        self.loop_time = 0.0
+
+    def run(self, position: ckpt.Position) -> str:
+        """completed | pruned (on_eval said stop) | interrupted (should_stop: checkpointed). perf/loop_time_s
+        is the time in here: what a sweep's overhead is measured against."""
+        t, self.position, start = self.cfg.trainer, position, time.perf_counter()
+        progress = _progress(t.progress and self.acc.is_main_process, self.total_steps, position.step)
+        self.model.train()
+        try:
+            if t.eval_at_start and position.step == 0:
+                self.evaluate(0)
+                self.initial_eval = {k.replace("eval/", "eval/initial_"): v for k, v in self.last_eval.items()}
+            for micro_batches in self._optimizer_steps(position):
+                self.step(micro_batches)
+                step = position.step
+                progress.update(1)
+                with self.window.paused():  # evaluation and checkpoints are not training time
+                    if _due(t.eval_every, step) or step == self.total_steps:
+                        if self.evaluate(step) and step < self.total_steps:
+                            return "pruned"
+                    if _due(t.checkpoint_every, step):
+                        self.checkpoint()
+                if self._agree(self.callbacks.should_stop is not None and self.callbacks.should_stop()) \
+                        and step < self.total_steps:
+                    self.checkpoint()
+                    return "interrupted"
+            return "completed"
+        finally:
+            progress.close()
+            self.loop_time = time.perf_counter() - start
+
+    def _optimizer_steps(self, position: ckpt.Position):
+        """Yields each optimizer step's micro-batches (this process's share); `step` advances `position`."""
+        accum = self.cfg.trainer.grad_accum
+        while position.step < self.total_steps:
+            order = epoch_order(len(self.train_set), self.micro, self.cfg.seed, position.epoch)
+            while position.batch + accum <= len(order) and position.step < self.total_steps:
+                yield [self._local(order[position.batch + k]) for k in range(accum)]
+            if position.step < self.total_steps:
+                position.epoch, position.batch = position.epoch + 1, 0
+
+    def step(self, micro_batches: list[list[int]]) -> None:
+        """One optimizer step over grad_accum micro-batches (gradients synchronised on the last one); moves
+        `self.position` past them."""
+        loss_sum, tokens = 0.0, 0
+        for k, indices in enumerate(micro_batches):
+            batch = self._batch(indices)
+            tokens += int(batch["attention_mask"].sum())
+            last = k == len(micro_batches) - 1
+            with self.acc.no_sync(self.model) if not last else nullcontext():
+                loss, *_ = forward_loss(self.model, batch, self.cfg.data.task)
+                self.acc.backward(loss / len(micro_batches))
+            loss_sum += loss.item() / len(micro_batches)
+        step = self.position.step + 1
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"non-finite training loss ({loss_sum}) at step {step}")
+        if self.cfg.optim.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.position.batch += len(micro_batches)
+        self.position.step = step
+        if not self.optimizer_bytes:  # measured once the first step has created the state
+            self.optimizer_bytes = optimizer_state_bytes(self.optimizer)
+        self.window.add(loss_sum, tokens * self.acc.num_processes)
+        if step % self.cfg.trainer.log_every == 0 or step == self.total_steps:
+            self.log_training(step)
+
+    def log_training(self, step: int) -> None:
+        mean_loss, step_time, tokens_per_s = self.window.flush()
+        self.last_train_loss = mean_loss
+        self._record({"step": step, "train/loss": mean_loss, "train/lr": self.scheduler.get_last_lr()[0],
+                      "perf/step_time_s": step_time, "perf/tokens_per_s": tokens_per_s})
+
+    def evaluate(self, step: int) -> bool:
+        """Evaluate on every rank's share, record it, and return whether the caller's on_eval says stop."""
+        reduce = lambda t: self.acc.reduce(t.to(self.acc.device), reduction="sum").cpu()  # noqa: E731
+        self.last_eval = evaluate(self.model, self._eval_batches(), self.cfg.data.task, reduce)
+        if not math.isfinite(self.last_eval["eval/loss"]):
+            raise FloatingPointError(f"non-finite eval loss ({self.last_eval['eval/loss']}) at step {step}")
+        self._record({"step": step, **self.last_eval})
+        stop = bool(self.callbacks.on_eval(step, dict(self.last_eval))) if (
+            self.callbacks.on_eval and self.acc.is_main_process) else False
+        return self._agree(stop)
+
+    def checkpoint(self) -> None:
+        directory = self.run_dir.checkpoints_dir
+        self.acc.wait_for_everyone()
+        ckpt.save_checkpoint(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                             self.position, self.acc.process_index, self.acc.is_main_process, self.loop_state())
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            ckpt.publish_checkpoint(directory, self.position.step)
+        self.acc.wait_for_everyone()
+
+    def loop_state(self) -> dict:
+        """What a resumed run needs besides weights and optimizer to log exactly what it would have."""
+        return {"history_len": len(self.history), "window": self.window.losses_and_tokens(),
+                "last_eval": dict(self.last_eval), "initial_eval": dict(self.initial_eval),
+                "last_train_loss": self.last_train_loss, "optimizer_bytes": self.optimizer_bytes}
+
+    def restore(self, state: dict) -> None:
+        self.window.restore(state["window"])
+        self.last_eval, self.initial_eval = dict(state["last_eval"]), dict(state["initial_eval"])
+        self.last_train_loss, self.optimizer_bytes = state["last_train_loss"], state["optimizer_bytes"]
+
+    def final_metrics(self) -> dict:
+        return {**self.initial_eval, **self.last_eval, "train/loss": self.last_train_loss,
+                "memory/optimizer_state_bytes": self.optimizer_bytes, "perf/loop_time_s": self.loop_time}
+
+    # Helpers: this process's share of a batch, tensors on the device, agreement across ranks, records.
+
+    def _local(self, indices: list[int]) -> list[int]:
+        share = len(indices) // self.acc.num_processes
+        return indices[self.acc.process_index * share : (self.acc.process_index + 1) * share]
+
+    def _batch(self, indices, examples=None):
+        examples = self.train_set if examples is None else examples
+        batch = self.collate([examples[i] for i in indices])
+        return {k: v.to(self.acc.device) for k, v in batch.items()}
+
+    def _eval_batches(self):
+        rank, world, size = self.acc.process_index, self.acc.num_processes, self.cfg.trainer.eval_batch_size
+        mine = list(range(rank, len(self.eval_set), world))
+        for i in range(0, len(mine), size):
+            yield self._batch(mine[i : i + size], self.eval_set)
+
+    def _agree(self, flag: bool) -> bool:
+        """Every rank takes the main rank's decision."""
+        value = torch.tensor([1.0 if flag and self.acc.is_main_process else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(value, reduction="sum").item() > 0)
+
+    def _record(self, record: dict) -> None:
+        if self.acc.is_main_process:
+            self.history.append(record)
+            self.run_dir.append_history(record)
+            self.tracker.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
+class _Window:
+    """Training losses and tokens since the last log line, and the training time they took (pauses excluded)."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+
+    def flush(self) -> tuple[float, float, float]:
+        elapsed = time.perf_counter() - self.start
+        result = (sum(self.losses) / len(self.losses), elapsed / len(self.losses), self.tokens / elapsed)
+        self.losses, self.tokens, self.start = [], 0, time.perf_counter()
+        return result
+
+    @contextmanager
+    def paused(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - began
+
+    def losses_and_tokens(self) -> list[float]:
+        return list(self.losses)
+
+    def restore(self, losses: list[float]) -> None:
+        self.losses, self.tokens, self.start = list(losses), 0, time.perf_counter()
+
+
+def _due(every: int, step: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", leave=False)

@@ -1,0 +1,209 @@
+"""train(cfg) -> metrics: the run lifecycle around the loop.
+
+    config hash -> lock the run directory -> reuse a completed run, or resume from its checkpoint, or start ->
+    tracker -> loop (loop.py) -> export the adapter -> the run's record (metrics.json, whatever the ending)
+
+No CLI, Optuna or SLURM in here: a caller passes callbacks (pruning, signals) and may pass a tracker and the
+Resources a sweep worker keeps between trials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .accounting import count_parameters
+from .config import config_hash
+from .data import make_collator
+from .lora import apply_lora, save_adapter
+from .loop import Callbacks, Loop
+from .memory import PeakMemory
+from .resources import Resources
+from .runlock import RunLock
+from .runstore import RunDir, RunStore, environment_record
+from .tracking import Tracker, make_tracker
+
+__all__ = ["Callbacks", "train"]
+
+
+def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks | None = None,
+          force: bool = False, resources: Resources | None = None, run_dir: Path | None = None) -> dict:
+    """Train (or resume, or reuse) the run for `cfg`; `resources` lets a sweep worker reuse loaded models/data.
+    `run_dir` puts the run somewhere other than <run_root>/<hash> (reproductions)."""
+    from accelerate import PartialState
+
+    digest = config_hash(cfg)
+    run = RunDir(run_dir) if run_dir else RunStore(cfg.run_root).run(digest)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes == 1 and run.is_complete() and not force:  # ranks decide together, below
+        return _reused(run, digest)
+    lock = RunLock(run.path, cfg.trainer.lock_timeout_s) if state.is_main_process else None
+    # Only the main rank locks; the others learn its verdict (train or reuse) once it holds the lock.
+    with lock if lock else _NoLock():
+        reuse = _broadcast(state, run.is_complete() and not force)
+        if reuse:
+            if lock and lock.waited_for:
+                print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result", flush=True)
+            return _reused(run, digest)
+        return _train_locked(cfg, digest, run, tracker, callbacks or Callbacks(), resources)
+
+
+def _reused(run: RunDir, digest: str) -> dict:
+    return {**run.metrics(), "status": "reused", "config_hash": digest}
+
+
+def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, resources) -> dict:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps its settings in a process-wide singleton; a worker that runs trials with different
+    # settings must clear it (the process group, in PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    memory = PeakMemory(accelerator.device).start()
+    micro = cfg.trainer.batch_size // cfg.trainer.grad_accum
+    if micro % accelerator.num_processes:
+        raise ValueError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the "
+                         f"{accelerator.num_processes} processes")
+
+    resources = resources or Resources(keep=False)
+    model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
+    report = apply_lora(model, _targets(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
+                        cfg.lora.scaling, _modules_to_save(cfg, model))
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with accelerator.main_process_first():
+        train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+    total_steps = _total_steps(cfg, len(train_set), micro)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
+    )
+    scheduler = _scheduler(optimizer, cfg.optim, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counts = count_parameters(accelerator.unwrap_model(model))
+    figures = {"params/trainable": counts.trainable, "params/total": counts.total,
+               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters}
+
+    if main:
+        run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
+    accelerator.wait_for_everyone()
+    loop = Loop(cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task,
+                tokenizer), micro, total_steps, run, None, callbacks, [])
+    position = _resume_or_start(run, loop, accelerator, digest)
+
+    own_tracker = tracker is None and main
+    if own_tracker:
+        tracker = make_tracker(cfg, digest, run_id=digest, root=Path(cfg.run_root))
+    loop.tracker = tracker if main else None
+    status = "failed"
+    try:
+        try:
+            status = loop.run(position)
+        except BaseException as exc:
+            if main:  # a failed or killed run still leaves its record: how far it got and what it cost
+                ending = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+                run.write_metrics(_record(loop, figures, memory, ending, digest, exc))
+            raise
+        final = _record(loop, figures, memory, status, digest)
+        if main:
+            loop.tracker.summary({k: v for k, v in final.items() if k != "status"})
+            if status == "completed":
+                save_adapter(accelerator.unwrap_model(model), run.adapter_dir, cfg.model.name_or_path)
+            run.write_metrics(final)
+        accelerator.wait_for_everyone()
+        return final
+    finally:
+        if own_tracker:
+            tracker.finish(exit_code=0 if status != "failed" else 1)
+
+
+def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str) -> ckpt.Position:
+    """The latest checkpoint's position (restoring weights, optimizer, scheduler, RNG and loop state)."""
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    if latest is None:
+        if accelerator.is_main_process:
+            run.write_history([])
+        return ckpt.Position()
+    position, loop_state = ckpt.load_checkpoint(latest, accelerator.unwrap_model(loop.model), loop.optimizer,
+                                                loop.scheduler, accelerator.process_index)
+    loop.restore(loop_state)
+    if accelerator.is_main_process:
+        print(f"resuming {digest} from step {position.step}", flush=True)
+        loop.history = run.history()[: loop_state["history_len"]] + [{"event": "resume", "step": position.step}]
+        run.write_history(loop.history)
+    return position
+
+
+def _record(loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: str,
+            error: BaseException | None = None) -> dict:
+    """What a run leaves in metrics.json however it ended; only status "completed" marks it complete."""
+    record = {**figures, **loop.final_metrics(), "memory/peak_bytes": memory.peak_bytes(), "status": status,
+              "step": loop.position.step, "config_hash": digest}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+    return record
+
+
+def _total_steps(cfg, n_examples: int, micro: int) -> int:
+    batches_per_epoch = n_examples // micro
+    if batches_per_epoch < cfg.trainer.grad_accum:
+        raise ValueError(f"{n_examples} training examples are fewer than one batch of {cfg.trainer.batch_size}")
+    if cfg.trainer.max_steps > 0:
+        return cfg.trainer.max_steps
+    return cfg.trainer.epochs * (batches_per_epoch // cfg.trainer.grad_accum)
+
+
+def _scheduler(optimizer, optim_cfg, total_steps):
+    """transformers' schedules: warmup from 0 over warmup_steps, then linear/cosine decay to 0 or constant."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim_cfg.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=optim_cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def _targets(targets):
+    return targets if isinstance(targets, str) else list(targets)
+
+
+HEAD_NAMES = ("classifier", "score")  # the task heads of transformers' sequence-classification models
+
+
+def head_names(model) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    heads = [h for h in HEAD_NAMES if h in names]
+    if not heads:
+        raise ValueError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
+                         "set lora.modules_to_save")
+    return heads[:1]
+
+
+def _modules_to_save(cfg, model) -> list[str]:
+    if cfg.lora.modules_to_save is not None:
+        return list(cfg.lora.modules_to_save)
+    return head_names(model) if cfg.data.task == "classification" else []
+
+
+def _broadcast(state, value):
+    """The main rank's value on every rank."""
+    if state.num_processes == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _NoLock:
+    waited_for = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None

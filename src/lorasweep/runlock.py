@@ -1,0 +1,75 @@
+"""At most one process trains a run directory at a time.
+
+The lock is filelock's FileLock on runs/<hash>/.lock: an fcntl/flock lock that the kernel drops when its
+holder dies (killed, OOM, a requeued SLURM job), so a lock can never be left stale; on NFS (v3 with lockd, v4)
+Linux carries such locks to the server, so processes on different nodes exclude each other too. Beside it,
+.lock.holder says who holds it (host, pid, SLURM job) for the messages of whoever waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .fileio import atomic_write_json
+
+
+class RunLockTimeout(ValueError):
+    """The run's lock could not be had in time (a user-facing, one-line error)."""
+
+
+def holder_identity() -> dict:
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job}
+
+
+def describe_holder(identity: dict | None) -> str:
+    if not identity:
+        return "another process"
+    job = f", SLURM job {identity['slurm_job']}" if identity.get("slurm_job") else ""
+    return f"{identity.get('host')} pid {identity.get('pid')}{job}"
+
+
+class RunLock:
+    """`with RunLock(run_path, timeout) as lock:` — `lock.waited_for` names the holder it waited for, if any."""
+
+    def __init__(self, run_path: Path, timeout: float | None = None, announce=print):
+        self.path = Path(run_path)
+        self.timeout = timeout  # seconds; None: as long as it takes
+        self.announce = announce
+        self.waited_for: str | None = None
+        self._lock = FileLock(str(self.path / ".lock"))
+
+    @property
+    def holder_file(self) -> Path:
+        return self.path / ".lock.holder"
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.holder_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> "RunLock":
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self.waited_for = describe_holder(self.holder())
+            self.announce(f"run {self.path.name} is being trained by {self.waited_for}; waiting for it", flush=True)
+            try:
+                self._lock.acquire(timeout=-1 if self.timeout is None else self.timeout)
+            except Timeout:
+                raise RunLockTimeout(f"run directory {self.path} is locked by {describe_holder(self.holder())}; "
+                                     f"gave up after {self.timeout:g} s (trainer.lock_timeout_s)") from None
+        atomic_write_json(self.holder_file, holder_identity())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
