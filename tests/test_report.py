@@ -221,6 +221,20 @@ def test_sampler_options_are_checked(tmp_path):
         create_study(spec, f"sqlite:///{tmp_path / 'o.db'}", [])
 
 
+@pytest.mark.slow
+def test_grid_with_two_workers_runs_each_point_once(tmp_path):
+    from lorasweep.sweep.launch import run_sweep
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    study, _ = run_sweep(str(path), [*FAST, f"run_root={tmp_path / 'runs'}"], workers=2)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted((t.params["lora.rank"], t.params["lora.targets"]) for t in trials) == \
+        [(2, "q"), (2, "v"), (4, "q"), (4, "v")]
+    assert len({t.user_attrs["worker"] for t in trials}) >= 1
+
+
 def test_grid_runs_every_point_exactly_once(tmp_path):
     from lorasweep.sweep.launch import run_sweep
 

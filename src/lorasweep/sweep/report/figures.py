@@ -41,12 +41,10 @@ def _target(study: optuna.Study):
     return (lambda t: t.values[0]) if study._is_multi_objective() else None
 
 
-def _category_axis(values: list) -> tuple[list, dict]:
-    """Category labels in first-seen order -> (positions, plotly dimension ticks)."""
-    labels = []
-    for v in values:
-        if str(v) not in labels:
-            labels.append(str(v))
+def _category_axis(values: list, choices: list) -> tuple[list, dict]:
+    """Category labels in the spec's order (the ones trials took) -> (positions, plotly dimension ticks)."""
+    taken = {str(v) for v in values}
+    labels = [str(c) for c in choices if str(c) in taken]
     return [labels.index(str(v)) for v in values], {"tickvals": list(range(len(labels))), "ticktext": labels}
 
 
@@ -59,7 +57,7 @@ def _parallel(study, data: ReportData) -> Figure | None:
     for param in data.spec.params:
         values = [r.params.get(param.key) for r in rows]
         if param.type == "categorical":
-            positions, ticks = _category_axis(values)
+            positions, ticks = _category_axis(values, param.choices)
             if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in param.choices):
                 order = sorted({v for v in values})  # numeric choices in numeric order
                 positions = [order.index(v) for v in values]
