@@ -5,7 +5,7 @@ what any LoRA implementation must pay at least. The classifier head is trained i
 Variants are interleaved (one step of each per round) and each figure is the median over the rounds, so the
 machine's drift hits all variants alike; the ratios are what to read.
 
-    python benchmarks/lora_step.py [--repeats 7] [--batch 32] [--seq 128] [--profile]
+    python benchmarks/lora_step.py [--repeats 7] [--batch 32] [--seq 128] [--profile] [--device cuda]
 """
 
 from __future__ import annotations
@@ -59,15 +59,19 @@ def make_peft(preset):
 
 class Stepper:
     def __init__(self, model, batch):
-        self.model, self.batch = model, batch
+        device = next(iter(batch.values())).device
+        self.model, self.batch = model.to(device), batch
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # kernels are async
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def __call__(self) -> float:
+        self.sync()
         start = time.perf_counter()
         loss = self.model(**self.batch).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.sync()
         return time.perf_counter() - start
 
 
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--presets", nargs="+", default=["qv", "all"])
     parser.add_argument("--profile", action="store_true", help="print the top ops of one step per variant")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
     generator = torch.Generator().manual_seed(0)
@@ -86,12 +91,14 @@ def main(argv=None) -> int:
         "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (args.batch,), generator=generator),
     }
+    batch = {k: v.to(args.device) for k, v in batch.items()}
     variants = {"bound": Stepper(make_bound(), batch)}
     for preset in args.presets:
         variants[f"peft {preset}"] = Stepper(make_peft(preset), batch)
         variants[f"lorasweep {preset}"] = Stepper(make_lorasweep(preset), batch)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}×{args.seq}, r={RANK}")
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch}×{args.seq}, r={RANK}")
     for step in variants.values():  # warm-up
         step()
     times = {name: [] for name in variants}

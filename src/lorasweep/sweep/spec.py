@@ -39,7 +39,8 @@ def reported_metrics(task: str) -> set[str]:
     """Final metrics a trial can be optimised on (what train() returns)."""
     accuracy = "eval/accuracy" if task == "classification" else "eval/token_accuracy"
     return {"eval/loss", accuracy, "train/loss", "params/trainable", "params/trainable_fraction", "params/lora",
-            "memory/optimizer_state_bytes"}
+            "memory/optimizer_state_bytes", "memory/peak_bytes", "memory/base_weights_bytes", "memory/trainable_bytes",
+            "memory/gradient_bytes"}
 
 
 @dataclass
