@@ -216,3 +216,32 @@ def test_killed_local_worker_is_requeued_and_resumed(tmp_path):
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1, states
     assert killed.is_complete() and any(h.get("event") == "resume" for h in killed.history())
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_requeues_its_trial(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(n=1, ranks="[4]").replace("trainer.max_steps=5", "trainer.max_steps=300"))
+    args = ["sweep", str(spec), "--workers", "1", *SMALL, f"run_root={tmp_path / 'runs'}", "trainer.eval_every=0",
+            "trainer.batch_size=4"]
+    first = _cli(*args)
+    store = RunStore(tmp_path / "runs")
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(len(r.history()) >= 3 for r in store.runs()):
+        time.sleep(0.1)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 130 and "Traceback" not in err, (out, err)
+    assert "re-queued" in out and "the same command continues" in err
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).get_trials()]
+    assert states == ["FAIL", "WAITING"], states
+    (run,) = store.runs()
+    step = run.metrics()["step"]
+    done = subprocess.run([sys.executable, "-m", "lorasweep.cli", *args], capture_output=True, text=True, env=ENV,
+                          timeout=900)
+    assert done.returncode == 0 and f"resuming {run.hash} from step {step}" in done.stdout, done.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).get_trials()]
+    assert states == ["FAIL", "COMPLETE"] and run.is_complete()

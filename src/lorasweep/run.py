@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .accounting import count_parameters
 from .config import config_hash
 from .data import make_collator
+from .internals import reset_accelerator_settings
 from .lora import apply_lora, save_adapter
 from .loop import Callbacks, Loop
 from .memory import PeakMemory
@@ -57,11 +58,8 @@ def _reused(run: RunDir, digest: str) -> dict:
 
 def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, resources) -> dict:
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    # Accelerate keeps its settings in a process-wide singleton; a worker that runs trials with different
-    # settings must clear it (the process group, in PartialState, is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
+    reset_accelerator_settings()  # a worker's earlier trial may have had other settings
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     memory = PeakMemory(accelerator.device).start()

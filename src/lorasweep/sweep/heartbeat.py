@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from ..internals import heartbeat_storage
 
 
 class Heartbeat:
@@ -16,7 +16,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "Heartbeat":
-        if is_heartbeat_enabled(self.storage) and isinstance(self.storage, BaseHeartbeat):
+        if heartbeat_storage(self.storage) is not None:
             self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
             self._thread.start()
         return self

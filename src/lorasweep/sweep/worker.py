@@ -20,6 +20,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..config import compose, config_hash
+from .. import internals
 from ..resources import Resources
 from ..run import Callbacks, train
 from .heartbeat import Heartbeat
@@ -73,17 +74,17 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
             _broadcast(state, STOP)
             return done
         optuna.storages.fail_stale_trials(study)
-        trial_id = study._pop_waiting_trial_id()  # only queued trials: the budget is the queue (study.py)
-        if trial_id is None:
+        queued = internals.pop_waiting_trial_id(study)  # only queued trials: the budget is the queue (study.py)
+        if queued is None:
             _broadcast(state, STOP)
             return done
-        trial = optuna.Trial(study, trial_id)
+        trial = optuna.Trial(study, queued)
         try:
             trial.set_user_attr("worker", worker_label())
-            with Heartbeat(study._storage, trial._trial_id):
+            with Heartbeat(internals.study_storage(study), internals.trial_id(trial)):
                 outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
-                _requeue(study, trial._trial_id, "interrupted by a signal (preemption or time limit)")
+                _requeue(study, internals.trial_id(trial), "interrupted by a signal (preemption or time limit)")
                 _broadcast(state, STOP)
                 return done
             state_, values = outcome
@@ -97,7 +98,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
 
 def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
     """Fail the trial and queue a copy with the same parameters (Optuna's retry attributes link the two)."""
-    storage = study._storage
+    storage = internals.study_storage(study)
     storage.set_trial_user_attr(trial_id, "fail_reason", f"{reason}; re-queued")
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
     frozen = storage.get_trial(trial_id)
@@ -116,7 +117,7 @@ def _reclaim_orphans(study: optuna.Study) -> None:
         mine = os.environ.get("SLURM_ARRAY_JOB_ID") and label == me
         if mine or _dead_local_worker(label, host):
             try:
-                _requeue(study, trial._trial_id, f"left running by worker {label}, which is gone")
+                _requeue(study, internals.trial_id(trial), f"left running by worker {label}, which is gone")
             except UpdateFinishedTrialError:
                 pass  # another worker failed it as stale meanwhile and queued its retry
 
