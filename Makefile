@@ -6,7 +6,7 @@ TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-wheel test-slow test-slurm slurm-up slurm-down bench clean
+.PHONY: setup demo test test-wheel test-slow test-slurm slurm-up slurm-down bench gpu-check gpu-check-cpu clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,15 @@ bench: setup
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/pruning.py
 	$(PY) benchmarks/mixed_batch.py
+	$(PY) benchmarks/qlora.py step
+	$(PY) benchmarks/qlora.py memory
+
+# On a CUDA machine (<= 10 min): demo in bf16, 2-process DDP (>= 2 GPUs), QLoRA nf4 runs, GPU benchmarks; one
+# pass/fail table, also written to runs/gpu_check.md. gpu-check-cpu: the same checks shrunk, on CPU (CI, ~2 min).
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --device cuda --out runs/gpu_check.md
+gpu-check-cpu: setup
+	$(PY) scripts/gpu_check.py --device cpu --out runs/gpu_check_cpu.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
