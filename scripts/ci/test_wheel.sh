@@ -16,13 +16,17 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then "$pip" install -q "${TORCH_CPU:
 
 mkdir "$work/user" && cd "$work/user"  # no conf/, sweeps/ or slurm/ here: everything comes from the wheel
 lorasweep="$work/venv/bin/lorasweep"
-"$lorasweep" train --cfg | tail -1 | grep -q "^# config hash: "
+# Outputs go to files before grep reads them (grep -q on a pipe would close it early: BrokenPipeError).
+"$lorasweep" train --cfg > cfg.txt
+grep -q "^# config hash: " cfg.txt
 "$lorasweep" train trainer=smoke trainer.max_steps=3 tracking=none data.max_train_examples=64 \
     data.max_eval_examples=32 data.max_length=32
 test -f runs/*/metrics.json
 "$lorasweep" sweep rank_alpha_targets.yaml --slurm --dry-run --storage "journal://$PWD/study.log" \
-    cluster=slurm cluster.partition=x | grep -q "^#SBATCH --partition=x"
+    cluster=slurm cluster.partition=x > sweep.sbatch
+grep -q "^#SBATCH --partition=x" sweep.sbatch
 # A user's own config group file, found before the packaged ones.
 mkdir -p conf/model && printf 'name: my_tiny\nsource: tiny\narch: llama\n' > conf/model/my_tiny.yaml
-"$lorasweep" train --cfg model=my_tiny | grep -q "name: my_tiny"
+"$lorasweep" train --cfg model=my_tiny > my.txt
+grep -q "name: my_tiny" my.txt
 echo "wheel outside the repository: ok"
