@@ -76,7 +76,7 @@ def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float 
     """Rerun the run named by `hash_prefix` (or by a config fetched elsewhere, e.g. from W&B)."""
     import torch
 
-    from .train import train
+    from .run import train
 
     store = RunStore(run_root)
     if stored_config is None:
