@@ -233,3 +233,32 @@ def test_memory_account_of_a_quantized_base(minilm_dir):
     assert saved_nf4 == pytest.approx(linear * (4 - 0.5 - 1 / 64), rel=0.01)
     saved_int8 = none["memory/base_weights_bytes"] - int8["memory/base_weights_bytes"]
     assert saved_int8 == pytest.approx(linear * 3, rel=0.01)  # int8 plus a float32 scale per row
+
+
+def test_mixed_adapter_batch_on_a_quantized_base(minilm_dir, minilm_batch, tmp_path):
+    """Serving (lorasweep predict): adapters of QLoRA runs stacked on the same 4-bit base; each row equals that
+    adapter alone through its LoraLayer (the on-the-fly merge is skipped on a quantized base)."""
+    from lorasweep.lora import load_adapters
+    from lorasweep.models import load_pretrained
+
+    torch.manual_seed(0)
+    base = load_pretrained(minilm_dir, "classification", num_labels=2).eval()
+    quantize_model(base, "nf4")
+    alone = {}
+    for k, preset in enumerate(["qv", "all"]):
+        model = copy.deepcopy(base)
+        apply_lora(model, preset, rank=2 + 2 * k, alpha=8, modules_to_save=["classifier"])
+        randomize_lora(model, seed=k + 1)
+        with torch.no_grad():
+            model.classifier.weight.normal_(0, 0.2)
+        save_adapter(model, tmp_path / preset)
+        with torch.no_grad():
+            alone[preset] = model.eval()(**minilm_batch).logits
+    loaded = load_adapters(copy.deepcopy(base), {p: tmp_path / p for p in alone})
+    with torch.no_grad(), loaded.use(["qv", "all"]):
+        mixed = loaded.model(**minilm_batch).logits
+    torch.testing.assert_close(mixed[0], alone["qv"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], alone["all"][1], rtol=1e-5, atol=1e-5)
+    for preset in alone:  # one adapter for the whole batch: the single-adapter path
+        with torch.no_grad(), loaded.use([preset, preset]):
+            torch.testing.assert_close(loaded.model(**minilm_batch).logits, alone[preset], rtol=1e-5, atol=1e-5)

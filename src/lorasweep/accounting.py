@@ -100,7 +100,8 @@ def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     memory/trainable_bytes         the trainable parameters (LoRA A, B and modules_to_save)
     memory/gradient_bytes          their gradients (same dtype and shape as the parameters, held between
                                    backward and the optimizer step)
-    memory/optimizer_state_bytes   what the optimizer keeps (optimizer_state_breakdown): 0 before its first step
+    memory/optimizer_state_bytes   what the optimizer keeps (optimizer_state_breakdown): 0 before its first step;
+                                   only when an optimizer is given
     Shared tensors (tied embeddings, shared code books) count once.
     """
     seen: set[tuple] = set()
@@ -124,9 +125,11 @@ def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
         if key not in seen:
             seen.add(key)
             base += _nbytes(buffer)
-    return {
+    account = {
         "memory/base_weights_bytes": base,
         "memory/trainable_bytes": trainable,
         "memory/gradient_bytes": trainable,
-        "memory/optimizer_state_bytes": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
     }
+    if optimizer is not None:
+        account["memory/optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
+    return account

@@ -27,7 +27,7 @@ from torch import nn
 
 from .adapter_io import PREFIX, _read, base_signature
 from .inject import SETTINGS_ATTR, lora_layers
-from .layer import is_adaptable, linear_dims
+from .layer import is_adaptable, is_quantized, linear_dims
 from .scaling import lora_scale
 
 MULTI_ATTR = "lorasweep_multi"
@@ -56,7 +56,8 @@ class MultiLoraLayer(nn.Module):
         self.base_layer, self.selection = base_layer, selection
         self.d_in, self.d_out = linear_dims(base_layer)
         weight = base_layer.weight
-        to = dict(dtype=weight.dtype, device=weight.device)
+        self.quantized = is_quantized(base_layer)  # a bitsandbytes base: only its own forward reads its weight
+        to = dict(dtype=torch.float32 if self.quantized else weight.dtype, device=weight.device)
         self.register_buffer("lora_A", lora_A.to(**to), persistent=False)  # (S+1, R, d_in)
         self.register_buffer("lora_Bt", lora_Bt.to(**to), persistent=False)  # (S+1, R, d_out)
         self.register_buffer("scales", torch.tensor(scales, **to), persistent=False)  # (S+1,)
@@ -83,7 +84,7 @@ class MultiLoraLayer(nn.Module):
         a, bt = self.lora_A[s, :r], self.lora_Bt[s, :r]
         weight, bias = self.base_layer.weight, self.base_layer.bias
         x2 = x.reshape(-1, self.d_in)
-        if x2.shape[0] * (self.d_in + self.d_out) >= 2 * self.d_in * self.d_out:
+        if not self.quantized and x2.shape[0] * (self.d_in + self.d_out) >= 2 * self.d_in * self.d_out:
             delta = (bt.t() @ a).mul_(scale)  # rounded as LoraLayer.merge rounds it
             if isinstance(self.base_layer, nn.Linear):
                 return F.linear(x, weight + delta, bias)
