@@ -254,19 +254,28 @@ def test_predict_file_causal_lm_generates_per_adapter(minilm_dir, tmp_path):
     assert len({p["generation"] for p in preds}) > 2  # the adapters really generate differently
 
 
-def test_predict_command_line(minilm_adapters, tmp_path, capsys):
-    """`lorasweep predict`: unknown adapter names fail before anything runs; known ones predict per line."""
+def test_predict_command_line(minilm_adapters, references, tmp_path, capsys):
+    """`lorasweep predict`: each line's prediction is its adapter's (merged alone, as a reference); unknown
+    adapter names fail before anything runs."""
     import json
 
     from lorasweep.cli import main
 
+    refs, tokenizer = references
     (name, path), *_ = list(minilm_adapters.items())
     requests = tmp_path / "in.jsonl"
-    requests.write_text(json.dumps({"text": "a fine film", "adapter": name}) + "\n"
-                        + json.dumps({"text": "dull", "adapter": "base"}) + "\n")
+    texts = ["a fine film", "a long, dull evening at the cinema"]
+    requests.write_text(json.dumps({"text": texts[0], "adapter": name}) + "\n"
+                        + json.dumps({"text": texts[1], "adapter": name}) + "\n")
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--adapter", f"{name}={path}", "--input", str(requests), "--output", str(out)]) == 0
-    assert len(out.read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["adapter"] for r in rows] == [name, name]
+    for text, row in zip(texts, rows):
+        with torch.no_grad():
+            expected = refs[name](**tokenizer([text], return_tensors="pt")).logits[0].softmax(-1)
+        assert torch.allclose(torch.tensor(row["probabilities"]), expected, atol=1e-5), row
+        assert row["label"] == int(expected.argmax())
     requests.write_text(json.dumps({"text": "x", "adapter": "nope"}) + "\n")
     assert main(["predict", "--adapter", f"{name}={path}", "--input", str(requests)]) == 2
     assert "nope" in capsys.readouterr().err

@@ -105,10 +105,19 @@ def test_eval_callback_can_stop_a_run(tmp_path):
 @pytest.mark.parametrize("model, data, lora", [("tiny_gpt2", "synth_sft", "qv"), ("tiny_llama", "synth_sft", "all"),
                                                ("tiny_gpt2", "synth_sentiment", "all")])
 def test_other_architectures_and_sft(tmp_path, model, data, lora):
-    metrics = train(_cfg(tmp_path, f"model={model}", f"data={data}", f"lora={lora}"))
-    assert metrics["status"] == "completed" and torch.isfinite(torch.tensor(metrics["eval/loss"]))
-    if data == "synth_sft":
-        assert "eval/token_accuracy" in metrics
+    cfg = _cfg(tmp_path, f"model={model}", f"data={data}", f"lora={lora}", "trainer.eval_at_start=true",
+               "optim.lr=5e-3", "trainer.max_steps=8")
+    metrics = train(cfg)
+    assert metrics["status"] == "completed" and metrics["eval/loss"] != metrics["eval/initial_loss"]
+    if data == "synth_sft":  # next-token prediction on a tiny random model learns within 8 steps
+        assert "eval/token_accuracy" in metrics and metrics["eval/loss"] < metrics["eval/initial_loss"]
+    # The saved adapter holds trained (non-zero) B matrices for the preset's modules of this architecture.
+    from safetensors.torch import load_file
+
+    adapter = RunStore(cfg.run_root).run(metrics["config_hash"]).adapter_dir
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    b_matrices = [t for k, t in tensors.items() if "lora_B" in k]
+    assert b_matrices and all(t.abs().max() > 0 for t in b_matrices)
 
 
 def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
@@ -124,8 +133,23 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
                            intermediate_size=64, max_position_embeddings=80, pad_token_id=0)
     RobertaForSequenceClassification(config).save_pretrained(hub_dir)
     tokenizer.save_pretrained(hub_dir)
-    metrics = train(_cfg(tmp_path, "model=roberta_base", f"model.name_or_path={hub_dir}", "lora=all"))
+    cfg = _cfg(tmp_path, "model=roberta_base", f"model.name_or_path={hub_dir}", "lora=all",
+               "trainer.eval_at_start=true", "model.dropout=0.0")
+    metrics = train(cfg)
     assert metrics["status"] == "completed"
+    run = RunStore(cfg.run_root).run(metrics["config_hash"])
+    assert json.loads((run.adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(hub_dir)
+    # The weights came from the directory: the untrained eval loss is the saved model's own loss on that data.
+    from lorasweep.data import make_collator, tokenized_splits
+    from lorasweep.tasks import evaluate
+
+    saved = RobertaForSequenceClassification.from_pretrained(hub_dir).eval()
+    _, eval_set = tokenized_splits(cfg.data, tokenizer, tmp_path / "tok")
+    collate = make_collator("classification", tokenizer)
+    batches = [collate(eval_set.to_list()[i : i + 8]) for i in range(0, len(eval_set), 8)]
+    with torch.no_grad():
+        expected = evaluate(saved, iter(batches), "classification", lambda t: t)
+    assert metrics["eval/initial_loss"] == pytest.approx(expected["eval/loss"], abs=1e-5)
 
 
 def test_bf16_gradient_checkpointing_and_epochs_run_on_cpu(tmp_path):

@@ -1,9 +1,10 @@
 """At most one process trains a run directory at a time.
 
-The lock is filelock's FileLock on runs/<hash>/.lock: an fcntl/flock lock that the kernel drops when its
+The lock is filelock's FileLock on runs/.<hash>.lock, beside the run directory (which appears only once
+training begins, so a config that fails to load leaves nothing): an fcntl/flock lock that the kernel drops when its
 holder dies (killed, OOM, a requeued SLURM job), so a lock can never be left stale; on NFS (v3 with lockd, v4)
 Linux carries such locks to the server, so processes on different nodes exclude each other too. Beside it,
-.lock.holder says who holds it (host, pid, SLURM job) for the messages of whoever waits.
+runs/.<hash>.lock.holder says who holds it (host, pid, SLURM job) for the messages of whoever waits.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class RunLock:
         self.timeout = timeout  # seconds; None: as long as it takes
         self.announce = announce
         self.waited_for: str | None = None
-        self._lock = FileLock(str(self.path / ".lock"))
+        self._lock = FileLock(str(self.path.parent / f".{self.path.name}.lock"))
 
     @property
     def holder_file(self) -> Path:
-        return self.path / ".lock.holder"
+        return self.path.parent / f".{self.path.name}.lock.holder"
 
     def holder(self) -> dict | None:
         try:
@@ -57,7 +58,7 @@ class RunLock:
             return None
 
     def __enter__(self) -> "RunLock":
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
