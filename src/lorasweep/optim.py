@@ -11,9 +11,13 @@ out to the host under memory pressure; on CPU bitsandbytes runs it as plain adam
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from typing import Iterable
 
 import torch
+
+# Said at the first step of every paged_adamw8bit run on CPU; the module docstring says it once.
+warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
 
 EIGHT_BIT = ("adamw8bit", "paged_adamw8bit")
 
@@ -45,11 +49,7 @@ def build_optimizer(optim_cfg, params: Iterable[torch.nn.Parameter]) -> torch.op
         return torch.optim.AdamW(params, **kwargs)
     if optim_cfg.name in EIGHT_BIT:
         validate_optimizer(optim_cfg)
-        import warnings
-
-        with warnings.catch_warnings():  # "Paged optimizers are not supported on CPU": documented above
-            warnings.simplefilter("ignore")
-            import bitsandbytes as bnb
+        import bitsandbytes as bnb
 
         cls = bnb.optim.AdamW8bit if optim_cfg.name == "adamw8bit" else bnb.optim.PagedAdamW8bit
         return cls(params, min_8bit_size=optim_cfg.min_8bit_size, **kwargs)
