@@ -173,7 +173,7 @@ def test_eval_at_start_records_the_untrained_baseline(tmp_path):
 def test_local_config_group_is_optional_and_applied(tmp_path):
     import shutil
 
-    from lorasweep.config import CONF_DIR
+    from lorasweep.sources import CONF_DIR
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf, ignore=shutil.ignore_patterns("local"))

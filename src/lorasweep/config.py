@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -16,7 +15,6 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .sources import CONF_DIR, search_path  # noqa: F401  (CONF_DIR: the packaged config groups)
 
 
 @dataclass
@@ -150,24 +148,11 @@ def register_configs() -> None:
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
     """The composed, validated config for `lorasweep train <overrides>` (Hydra's override grammar). Config files
-    are searched in config_dir (or $LORASWEEP_CONFIG_DIR), ./conf, then the packaged conf (lorasweep/sources.py)."""
-    from hydra import compose as hydra_compose
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    are searched in config_dir (or $LORASWEEP_CONFIG_DIR), ./conf, then the packaged conf (lorasweep/sources.py);
+    composition.py merges the files once per set of group choices."""
+    from .composition import compose_overrides
 
-    register_configs()
-    GlobalHydra.instance().clear()
-    version.setbase("1.3")
-    try:  # what hydra.initialize_config_dir does, with our search path (Hydra's API takes only one folder)
-        Hydra.create_main_hydra2(task_name="lorasweep", config_search_path=search_path(config_dir))
-        cfg = hydra_compose(config_name="train", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(_describe(exc)) from exc
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_overrides(list(overrides), config_dir)
     check_keys(cfg)
     validate(cfg)
     return cfg
@@ -188,18 +173,6 @@ def check_keys(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
                          f"(a `+key=value` override cannot add one)")
-
-
-def _describe(exc: BaseException) -> str:
-    """Hydra puts the useful part (which key, which type) in the exception's cause: one line with both."""
-    parts: list[str] = []
-    while exc is not None:
-        text = " ".join(str(exc).split())
-        text = re.sub(r"\. To append to your config use \S+", "", text)  # adding keys is refused: no hint
-        if text and text not in parts:
-            parts.append(text)
-        exc = exc.__cause__
-    return ": ".join(parts)
 
 
 def validate(cfg: DictConfig) -> None:

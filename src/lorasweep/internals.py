@@ -38,3 +38,48 @@ def reset_accelerator_settings() -> None:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def hydra_search_path(user_folders):
+    """Hydra's config search path: its own configs, the user's folders (first match wins), the packaged conf
+    (pkg://lorasweep.conf), then the structured-config schemas. Hydra's public API takes only one folder."""
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    from .sources import PACKAGED_CONF
+
+    search = create_config_search_path(None)  # hydra's own configs and the "schema" source (structured://)
+    before_schema = SearchPathQuery(provider="schema")
+    for path in user_folders:
+        search.prepend("lorasweep user conf", f"file://{path}", anchor=before_schema)
+    search.prepend("main", PACKAGED_CONF, anchor=before_schema)
+    return search
+
+
+def hydra_compose(overrides, search_path):
+    """hydra.compose("train", overrides) over `search_path`: what hydra.initialize_config_dir does, with a path
+    of several folders."""
+    from hydra import compose, version
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    version.setbase("1.3")
+    try:
+        Hydra.create_main_hydra2(task_name="lorasweep", config_search_path=search_path)
+        return compose(config_name="train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_apply_value_overrides(overrides, cfg) -> None:
+    """Apply `key=value` overrides (Hydra's grammar) to a composed config exactly as Hydra's compose does after
+    merging the defaults list (ConfigLoaderImpl._apply_overrides_to_config)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)

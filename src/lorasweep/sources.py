@@ -36,19 +36,6 @@ def user_config_dirs(config_dir: str | Path | None = None) -> list[Path]:
     return dirs
 
 
-def search_path(config_dir: str | Path | None = None):
-    """Hydra's config search path: Hydra's own configs, the user's folders, the packaged conf, the schemas."""
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
-    search = create_config_search_path(None)  # hydra's own configs and the "schema" source (structured://)
-    before_schema = SearchPathQuery(provider="schema")
-    for path in user_config_dirs(config_dir):
-        search.prepend("lorasweep user conf", f"file://{path}", anchor=before_schema)
-    search.prepend("main", PACKAGED_CONF, anchor=before_schema)
-    return search
-
-
 def find_spec(spec: str | Path) -> Path:
     """A sweep spec path as given, else the packaged spec of that name (`rank_alpha_targets[.yaml]`)."""
     path = Path(spec).expanduser()
