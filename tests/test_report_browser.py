@@ -31,7 +31,8 @@ window.addEventListener('load', function () {
       return {id: div.id, svgs: div.querySelectorAll('svg.main-svg').length,
               points: div.querySelectorAll('path.point, .barlayer .point').length,
               lines: Array.prototype.filter.call(div.querySelectorAll('path.js-line'),
-                                                 function (p) { return (p.getAttribute('d') || '').length > 2; }).length,
+                                                 function (p) { return (p.getAttribute('d') || '').length > 2; })
+                     .length,
               axes: div.querySelectorAll('.parcoords g.axis').length,
               canvases: div.querySelectorAll('canvas').length};
     });

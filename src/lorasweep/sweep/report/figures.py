@@ -128,7 +128,8 @@ def _costs(study, data: ReportData) -> Figure | None:
     figure.update_yaxes(title_text=data.metric, row=1, col=1)
     figure.update_layout(height=420)
     return Figure("costs", f"{data.metric} against memory", figure,
-                  "Trainable fraction and optimizer state on log scales; the " + ("Pareto-front" if len(data.directions) > 1 else "best") + " trials starred.")
+                  "Trainable fraction and optimizer state on log scales; the "
+                  + ("Pareto-front" if len(data.directions) > 1 else "best") + " trials starred.")
 
 
 def _pareto(study, data: ReportData) -> Figure | None:
@@ -165,7 +166,8 @@ def _importances(study, data: ReportData) -> Figure | None:
     if len(rows) < 2 or len({tuple(sorted(map(str, r.params.items()))) for r in rows}) < 2:
         return None
     figure = optuna.visualization.plot_param_importances(study, target=_target(study), target_name=data.metric)
-    return Figure("importances", "Parameter importances", figure, f"fANOVA importance for {data.metric}.")
+    return Figure("importances", "Parameter importances", figure,
+                  f"Optuna's default importance evaluator, for {data.metric}.")
 
 
 def _history(study, data: ReportData) -> Figure | None:
