@@ -57,7 +57,7 @@ def test_hash_ignores_key_order_and_override_order():
 
 @pytest.mark.parametrize(
     "override",
-    ["run_root=/elsewhere", "tracking=none", "tracking.mode=online", "tracking.project=other", "trainer.num_workers=4",
+    ["run_root=/elsewhere", "tracking=none", "tracking.mode=online", "tracking.project=other", "trainer.lock_timeout_s=5",
      "trainer.log_every=3", "trainer.progress=false", "trainer.checkpoint_every=5", "cluster.partition=gpu",
      "sweep=my_study"],
 )

@@ -72,7 +72,7 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
-    warmup_steps: int = 0
+    warmup_steps: int = 10
     max_grad_norm: Optional[float] = 1.0  # None: no clipping
     # adamw8bit / paged_adamw8bit (bitsandbytes): tensors with fewer elements than this keep 32-bit state.
     # bitsandbytes' default is 4096; LoRA matrices of small models (r·d_in < 4096) are then not 8-bit at all.
@@ -81,12 +81,12 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 200  # optimizer steps; -1: run `epochs` epochs
+    max_steps: int = 150  # optimizer steps; -1: run `epochs` epochs
     epochs: int = 1
     batch_size: int = 32  # GLOBAL batch per optimizer step / grad_accum: the same on 1 or N processes
     grad_accum: int = 1
     eval_every: int = 50  # optimizer steps; 0: only at the end
-    eval_batch_size: int = 64
+    eval_batch_size: int = 128
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
     # Below: settings that do not change results, so they are left out of the config hash.
@@ -94,7 +94,6 @@ class TrainerConfig:
     eval_at_start: bool = False  # also evaluate the untrained model (step 0), for a baseline
     checkpoint_every: int = 0  # 0: no checkpoints
     lock_timeout_s: Optional[float] = None  # wait at most this long for another process training the same run
-    num_workers: int = 0
     progress: bool = True
 
 
@@ -229,9 +228,10 @@ NON_SEMANTIC_KEYS = (
     "trainer.eval_at_start",
     "trainer.checkpoint_every",
     "trainer.lock_timeout_s",
-    "trainer.num_workers",
     "trainer.progress",
 )
+# Keys of earlier versions, no longer in the schema, that old run files may still carry: not hashed either.
+RETIRED_KEYS = ("trainer.num_workers",)
 
 
 # Semantic keys added after runs were already filed: left out of the hash while they hold the value every run
@@ -262,7 +262,7 @@ def flatten(cfg: DictConfig) -> dict:
 def semantic_config(cfg: DictConfig | dict) -> dict:
     """The resolved config without NON_SEMANTIC_KEYS, as plain Python data."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
-    for key in NON_SEMANTIC_KEYS:
+    for key in (*NON_SEMANTIC_KEYS, *RETIRED_KEYS):
         *parents, leaf = key.split(".")
         node = data
         for part in parents:
