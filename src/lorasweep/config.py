@@ -1,7 +1,8 @@
-"""Config schemas (structured configs in Hydra's ConfigStore), composition, and the config hash.
+"""Config schemas (structured configs in Hydra's ConfigStore), validation, and the config hash.
 
-Every field is declared once here, with its default and meaning; conf/*.yaml only choose values. Because the
-groups are typed dataclasses, an unknown key or a wrong type fails at compose time with Hydra's message.
+Every field is declared here, with its default and meaning; conf/*.yaml hold only what differs from them.
+Because the groups are typed dataclasses, an unknown key or a wrong type fails at compose time with Hydra's
+message (composition.py does the composing).
 """
 
 from __future__ import annotations

@@ -49,10 +49,6 @@ def load_raw_splits(data_cfg) -> tuple[datasets.Dataset, datasets.Dataset]:
     return out[0], out[1]
 
 
-def num_examples(ds) -> int:
-    return len(ds)
-
-
 def _load_source(cfg) -> datasets.DatasetDict:
     if cfg.source in ("shipped", "local"):
         fmt, files = _data_files(cfg)
@@ -304,8 +300,7 @@ def make_collator(task: str, tokenizer) -> "Collator":
 
 
 class Collator:
-    """Pads to the longest example in the batch (right side). A class, not a closure, so DataLoader workers
-    can pickle it."""
+    """Pads to the longest example in the batch (right side)."""
 
     def __init__(self, task: str, pad_id: int):
         self.task, self.pad_id = task, pad_id

@@ -85,8 +85,3 @@ def _serialize_sqlite_transactions(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened while creating the tables predate the listeners
-
-
-def is_single_machine(url: str) -> bool:
-    """SQLite files are not safe across nodes (NFS locking): refuse them for multi-node arrays."""
-    return url.startswith("sqlite:")
