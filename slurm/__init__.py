@@ -1,1 +1,2 @@
-"""Packaged as lorasweep.slurm_templates: the sbatch templates lorasweep/cluster.py renders."""
+"""Packaged as lorasweep.slurm_templates: the sbatch templates and their shared launcher (launch.sh) that
+lorasweep/slurm/render.py renders."""

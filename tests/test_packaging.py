@@ -38,6 +38,7 @@ def test_wheel_ships_configs_specs_and_templates_and_runs_outside_the_repository
                  for p in (REPO / "conf").rglob("*.yaml") if "local" not in p.parts}
     expected |= {f"lorasweep/sweeps/{p.name}" for p in (REPO / "sweeps").glob("*.yaml")}
     expected |= {f"lorasweep/slurm_templates/{p.name}" for p in (REPO / "slurm").glob("*.sbatch")}
+    expected.add("lorasweep/slurm_templates/launch.sh")  # the launcher both templates share
     assert expected - names == set()
     assert not [n for n in names if n.startswith("lorasweep/conf/local/")]
 
@@ -106,7 +107,7 @@ def test_a_packaged_sweep_spec_is_found_by_name(tmp_path, monkeypatch, capsys):
 
 
 def test_a_slurm_job_composes_from_the_same_config_dir(tmp_path, monkeypatch):
-    from lorasweep.submit import submit_train
+    from lorasweep.slurm.submit import submit_train
 
     conf = _user_conf(tmp_path)
     monkeypatch.chdir(tmp_path)

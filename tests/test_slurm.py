@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from lorasweep.config import compose
 from lorasweep.runstore import RunStore, deterministic_metrics
-from lorasweep.submit import submit_sweep
+from lorasweep.slurm.submit import submit_sweep
 from lorasweep.run import train
 from wandb_reader import find_runs, read_run
 

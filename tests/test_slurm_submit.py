@@ -3,12 +3,14 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lorasweep.cli import main
-from lorasweep.submit import submit_sweep, submit_train
+from lorasweep.slurm.submit import submit_sweep, submit_train
 
+REPO = Path(__file__).resolve().parents[1]
 SPEC = "sweeps/rank_alpha_targets.yaml"
 CLUSTER = ["cluster=slurm", "cluster.partition=gpu", "cluster.time=02:00:00", "cluster.gpus_per_node=4",
            "cluster.processes_per_node=4", "cluster.nodes=2", "cluster.account=proj42",
@@ -42,6 +44,45 @@ def test_train_dry_run_passes_the_overrides_to_the_script():
             in lines)
     assert f"export PYTHON={sys.executable}" in lines  # no setup lines: the Python that rendered it
     assert "#SBATCH --array" not in lines and not any("gpus-per-node" in line for line in lines if "#SBATCH" in line)
+
+
+def test_rendered_scripts_carry_the_shared_launcher_inline():
+    launcher = (REPO / "slurm" / "launch.sh").read_text()
+    for result, call in ((submit_train(CLUSTER[:3], dry_run=True), 'launch_step train "$@"'),
+                         (submit_sweep(SPEC, CLUSTER, storage="journal:///s.log", dry_run=True),
+                          'launch_step worker --study "$STUDY" --storage "$STORAGE"')):
+        script = result["script"]
+        assert launcher in script and script.count("launch_step() {") == 1 and "# @launch" not in script
+        assert script.splitlines()[-1] == call  # defined above, called last
+
+
+def test_a_template_submitted_by_hand_finds_the_launcher_through_python():
+    for template in ("train", "sweep_array"):
+        line = next(x for x in (REPO / "slurm" / f"{template}.sbatch").read_text().splitlines()
+                    if x.endswith("# @launch"))
+        done = subprocess.run(["bash", "-c", f"{line}\ntype launch_step"], capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": sys.executable}, cwd="/")
+        assert done.returncode == 0 and "launch_step is a function" in done.stdout, done.stderr
+
+
+def test_the_jobs_identity_comes_from_slurms_environment(monkeypatch):
+    from lorasweep.runlock import holder_identity
+    from lorasweep.slurm import identity
+    from lorasweep.sweep.worker import worker_index, worker_label
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                 "LORASWEEP_WORKER_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    assert (identity.job(), identity.array_task(), identity.restart_count(), worker_index()) == (None, None, 0, 0)
+    monkeypatch.setenv("SLURM_JOB_ID", "80")
+    assert holder_identity()["slurm_job"] == "80" and ":" in worker_label()  # not an array: host:pid
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert holder_identity()["slurm_job"] == worker_label() == "77_3"
+    assert (worker_index(), identity.restart_count()) == (3, 2)
+    monkeypatch.setenv("LORASWEEP_WORKER_INDEX", "1")  # a local worker inside the array task
+    assert (worker_label(), worker_index()) == ("77_3/1", 1)
 
 
 def test_cli_takes_overrides_after_flags(capsys):

@@ -25,6 +25,7 @@ test -f runs/*/metrics.json
 "$lorasweep" sweep rank_alpha_targets.yaml --slurm --dry-run --storage "journal://$PWD/study.log" \
     cluster=slurm cluster.partition=x > sweep.sbatch
 grep -q "^#SBATCH --partition=x" sweep.sbatch
+grep -q "^launch_step() {" sweep.sbatch  # slurm/launch.sh, shipped in the wheel and written in
 # A user's own config group file, found before the packaged ones.
 mkdir -p conf/model && printf 'name: my_tiny\nsource: tiny\narch: llama\n' > conf/model/my_tiny.yaml
 "$lorasweep" train --cfg model=my_tiny > my.txt

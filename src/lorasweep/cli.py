@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
     from .config import compose, config_hash
 
     if args.slurm:
-        from .submit import submit_train
+        from .slurm.submit import submit_train
 
         return _print_submission(submit_train(args.overrides, dry_run=args.dry_run), args.dry_run)
     cfg = compose(args.overrides)
@@ -81,7 +81,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.slurm or args.dry_run or args.array is not None:
         if not args.slurm:
             raise ValueError("--array and --dry-run go with --slurm")
-        from .submit import submit_sweep
+        from .slurm.submit import submit_sweep
 
         return _print_submission(submit_sweep(args.spec, args.overrides, array=args.array, n_trials=args.n_trials,
                                               storage=args.storage, study=args.study, dry_run=args.dry_run),

@@ -17,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .fileio import atomic_write_json
+from .slurm.identity import job as slurm_job
 
 
 class RunLockTimeout(ValueError):
@@ -24,10 +25,7 @@ class RunLockTimeout(ValueError):
 
 
 def holder_identity() -> dict:
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job()}
 
 
 def describe_holder(identity: dict | None) -> str:

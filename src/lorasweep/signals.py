@@ -1,7 +1,11 @@
 """A clean stop on a signal: INT (Ctrl-C), TERM (preemption, scancel, scontrol requeue) and USR1 (SLURM's
 `--signal`, sent before the time limit). The handler only sets a flag; the trainer sees it at its next step,
 checkpoints and returns, and the caller decides what follows (a sweep worker re-queues its trial, `lorasweep
-train` exits). A second Ctrl-C stops at once (Python's own KeyboardInterrupt)."""
+train` exits). A second Ctrl-C stops at once (Python's own KeyboardInterrupt).
+
+Not in lorasweep/slurm/: every local `lorasweep train` and sweep worker installs it for Ctrl-C, and it knows
+nothing of SLURM. SLURM's side of a stop (USR1 -> scontrol requeue, TERM -> every process of the step) is the
+batch shell's, in slurm/launch.sh."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ from collections import Counter
 
 import optuna
 
-from ..cluster import queue_states
+from ..slurm import queue
 from .report import format_table, leaderboard
 from .spec import SweepSpec
-from .study import BUDGET_ATTR, SLURM_JOBS_ATTR
+from .study import BUDGET_ATTR
 
 
 def study_status(study: optuna.Study, spec: SweepSpec) -> str:
@@ -23,9 +23,9 @@ def study_status(study: optuna.Study, spec: SweepSpec) -> str:
         row["worker"] = trial.user_attrs.get("worker", "")
         row["last step"] = max(trial.intermediate_values, default=None)
     lines.append(format_table(rows))
-    jobs = study.user_attrs.get(SLURM_JOBS_ATTR, [])
+    jobs = queue.study_jobs(study)
     if jobs:
-        queued = queue_states(jobs)
+        queued = queue.job_states(jobs)
         lines.append(f"SLURM jobs {', '.join(jobs)}: "
                      + ("; ".join(f"{job} {state} ({where})" for job, state, where in queued)
                         if queued else "none left in squeue (finished or cancelled)"))

@@ -16,7 +16,6 @@ from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import open_storage
 
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
-SLURM_JOBS_ATTR = "slurm_jobs"  # array job ids submitted for this study (`lorasweep status` asks squeue)
 
 
 def make_sampler(spec: SweepSpec):

@@ -23,6 +23,7 @@ from ..config import compose, config_hash
 from .. import internals
 from ..resources import Resources
 from ..run import Callbacks, train
+from ..slurm import identity
 from .heartbeat import Heartbeat
 from .retry import requeue_copy
 from .spec import SweepSpec
@@ -32,16 +33,17 @@ STOP = None  # broadcast to the other ranks: no trial left
 
 
 def worker_index() -> int:
-    """Distinguishes workers' sampler seeds: the SLURM array task, or the local launcher's index."""
-    return int(os.environ.get("LORASWEEP_WORKER_INDEX", os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
+    """Distinguishes workers' sampler seeds: the local launcher's index, else the SLURM array task's."""
+    local = os.environ.get("LORASWEEP_WORKER_INDEX")
+    return int(local) if local is not None else identity.array_index() or 0
 
 
 def worker_label() -> str:
     """Who runs a trial: the SLURM array task (for `lorasweep status` and `scontrol`), else host:pid."""
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        label = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    task = identity.array_task()
+    if task:
         local = os.environ.get("LORASWEEP_WORKER_INDEX")  # several local workers inside one array task
-        return f"{label}/{local}" if local else label
+        return f"{task}/{local}" if local else task
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -64,7 +66,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
         return _follow(state, resources, should_stop)
     study, spec, cli_overrides = load_study(study_name, storage_url)
     # Parallel workers, and a requeued array task restarting, must not replay the same sampler stream.
-    offset = worker_index() + 1000 * int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    offset = worker_index() + 1000 * identity.restart_count()
     if offset:
         study.sampler = _reseeded(study.sampler, spec, offset)
     _reclaim_orphans(study)
@@ -114,7 +116,7 @@ def _reclaim_orphans(study: optuna.Study) -> None:
     me, host = worker_label(), socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         label = str(trial.user_attrs.get("worker", ""))
-        mine = os.environ.get("SLURM_ARRAY_JOB_ID") and label == me
+        mine = identity.array_task() is not None and label == me
         if mine or _dead_local_worker(label, host):
             try:
                 _requeue(study, internals.trial_id(trial), f"left running by worker {label}, which is gone")

@@ -1,8 +1,9 @@
-"""SLURM: fill slurm/*.sbatch from the cluster config, submit with sbatch (returning at once), read squeue back.
+"""Fill slurm/*.sbatch from the cluster config: the checked settings, the #SBATCH header, the job script.
 
 The templates are plain sbatch scripts a user can also submit by hand; rendering replaces their #SBATCH lines
-with the cluster config's, puts `cluster.setup` where the template says `# @setup`, and fixes the job's
-variables (study, storage, overrides) at the top so the saved script alone says what ran.
+with the cluster config's, puts `cluster.setup` where the template says `# @setup`, writes the shared launcher
+(slurm/launch.sh) in place of the line that sources it (`# @launch`), and fixes the job's variables (study,
+storage, overrides) at the top, so the saved script alone says what ran.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from .fileio import atomic_write_text
-from .sources import CONFIG_DIR_ENV, TEMPLATE_DIR  # TEMPLATE_DIR: the packaged slurm/*.sbatch
+from ..fileio import atomic_write_text
+from ..sources import CONFIG_DIR_ENV, TEMPLATE_DIR  # TEMPLATE_DIR: the packaged slurm/*.sbatch
 
 # SLURM's D-HH[:MM[:SS]] or HH:MM[:SS]. Bare minutes are refused: YAML reads an unquoted 4:00:00 as the number
 # 14400 (base 60), which SLURM would take as 14400 minutes.
 _TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d{1,2}(:\d{2}){1,2})$")
+LAUNCH_MARKER = "# @launch"  # ends the template line that sources slurm/launch.sh: the launcher goes there
 
 
 def slurm_settings(cluster: DictConfig) -> dict:
@@ -90,9 +90,18 @@ def render(kind: str, settings: dict, variables: dict[str, str], job_name: str, 
     for line in body:
         if line.startswith("# @setup"):
             lines.extend(settings["setup"])
+        elif line.rstrip().endswith(LAUNCH_MARKER):
+            lines.extend(launcher_lines())
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def launcher_lines() -> list[str]:
+    """slurm/launch.sh as it is written into a rendered script (in place of the line that sources it)."""
+    text = (TEMPLATE_DIR / "launch.sh").read_text()
+    return ["# --- slurm/launch.sh ---", *text.splitlines(),
+            "# --- end of slurm/launch.sh ---"]
 
 
 def save_script(job_text: str, directory: Path, name: str) -> Path:
@@ -101,72 +110,3 @@ def save_script(job_text: str, directory: Path, name: str) -> Path:
     return directory / name
 
 
-def require_sbatch() -> str:
-    found = shutil.which("sbatch")
-    if not found:
-        raise ValueError("sbatch not found on PATH: run this on a SLURM login node (use --dry-run to see the script)")
-    return found
-
-
-def check_with_sbatch(script: str) -> None:
-    """`sbatch --test-only`: SLURM validates the request (partition, GPUs, time) and submits nothing."""
-    done = _slurm([require_sbatch(), "--test-only"], input=script)
-    if done.returncode:
-        raise ValueError(f"sbatch rejects this job: {_first_error(done.stderr or done.stdout)}")
-
-
-def _slurm(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
-    """Run a SLURM client command; a controller that does not answer is an error, not a hang."""
-    try:
-        return subprocess.run(command, input=input, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        raise ValueError(f"{Path(command[0]).name} did not answer within 120 s (is slurmctld reachable?)") from None
-
-
-def _first_error(text: str) -> str:
-    lines = [line for line in text.splitlines() if "error" in line.lower()] or text.splitlines() or [""]
-    return " ".join(lines[0].split())[:300]
-
-
-def submit(path: Path) -> str:
-    """sbatch the script and return its job id at once (the job runs on its own)."""
-    done = _slurm([require_sbatch(), "--parsable", str(path)])
-    if done.returncode:
-        raise ValueError(f"sbatch failed: {_first_error(done.stderr or done.stdout)}")
-    return done.stdout.strip().split(";")[0]
-
-
-def partition_nodes(partition: str | None) -> int | None:
-    """How many nodes the partition (or the default one) has; None when sinfo cannot tell."""
-    if not shutil.which("sinfo"):
-        return None
-    done = _slurm(["sinfo", "-h", "-o", "%P %D"])
-    if done.returncode:
-        return None
-    for line in done.stdout.splitlines():
-        name, count = line.split()
-        if (partition is None and name.endswith("*")) or name.rstrip("*") == partition:
-            return int(count)
-    return None
-
-
-def check_storage_for_array(storage_url: str, settings: dict) -> None:
-    """SQLite's file locks are not safe across nodes: refuse it unless every task must share one node."""
-    if not storage_url.startswith("sqlite:"):
-        return
-    nodes = partition_nodes(settings["partition"])
-    if settings["nodes"] > 1 or nodes is None or nodes > 1:
-        where = f"trials span {settings['nodes']} nodes" if settings["nodes"] > 1 else (
-            f"partition {settings['partition'] or '(default)'} has {nodes or 'an unknown number of'} nodes")
-        raise ValueError(f"a SQLite study storage is not safe for a multi-node array ({where}): use "
-                         "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB")
-
-
-def queue_states(job_ids: list[str]) -> list[tuple[str, str, str]]:
-    """(job id, state, reason or node) for each array task still in squeue."""
-    if not job_ids or not shutil.which("squeue"):
-        return []
-    done = _slurm(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%R"])
-    if done.returncode and "Invalid job id" not in done.stderr:  # finished jobs are "invalid" once purged
-        raise ValueError(f"squeue failed: {_first_error(done.stderr)}")
-    return [tuple(line.split("|", 2)) for line in done.stdout.splitlines() if line.count("|") == 2]
