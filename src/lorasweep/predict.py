@@ -17,6 +17,7 @@ import torch
 from .fileio import atomic_write_text
 from .lora.adapter_io import CONFIG_NAME, PREFIX, WEIGHTS_NAME
 from .lora.multi import BASE, load_adapters
+from .models import HEAD_NAMES
 
 TASK_TYPES = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
 
@@ -80,7 +81,8 @@ def _adapter_facts(paths: Mapping[str, Path]) -> tuple[set, int | None]:
         tasks.add(json.loads((path / CONFIG_NAME).read_text()).get("task_type"))
         with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
             for key in f.keys():
-                if key[len(PREFIX):] in ("classifier.weight", "score.weight", "classifier.out_proj.weight"):
+                head, _, rest = key[len(PREFIX):].partition(".")
+                if head in HEAD_NAMES and rest in ("weight", "out_proj.weight"):  # out_proj: RoBERTa's head
                     labels = f.get_slice(key).get_shape()[0]
     return tasks - {None}, labels
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
 from .runstore import RunDir, RunStore, deterministic_metrics
+from .lora.targets import parse_targets_label
 from .tracking import NullTracker
 
 ENV_KEYS = ("python", "torch", "transformers", "lorasweep", "git_commit", "device", "num_processes")
@@ -190,9 +191,8 @@ def fetch_wandb_config(entity_project: str, hash_prefix: str) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    targets = nested.get("lora", {}).get("targets")
-    if isinstance(targets, str) and targets.startswith("["):  # flat_config writes a list as "[a,b]"
-        nested["lora"]["targets"] = targets.strip("[]").split(",")
+    if isinstance(nested.get("lora", {}).get("targets"), str):  # flat_config wrote targets_label()
+        nested["lora"]["targets"] = parse_targets_label(nested["lora"]["targets"])
     nested["_metrics"] = {k: v for k, v in dict(runs[0].summary).items() if not k.startswith("_")}
     return nested
 

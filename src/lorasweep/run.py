@@ -20,7 +20,9 @@ from .config import config_hash
 from .data import make_collator
 from .internals import reset_accelerator_settings
 from .lora import apply_lora, save_adapter
+from .lora.targets import as_targets
 from .loop import Callbacks, Loop
+from .models import head_names
 from .memory import PeakMemory
 from .resources import Resources
 from .runlock import RunLock
@@ -70,7 +72,7 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
 
     resources = resources or Resources(keep=False)
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
-    report = apply_lora(model, _targets(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
+    report = apply_lora(model, as_targets(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
                         cfg.lora.scaling, _modules_to_save(cfg, model))
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -162,22 +164,6 @@ def _scheduler(optimizer, optim_cfg, total_steps):
 
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim_cfg.schedule]
     return get_scheduler(name, optimizer, num_warmup_steps=optim_cfg.warmup_steps, num_training_steps=total_steps)
-
-
-def _targets(targets):
-    return targets if isinstance(targets, str) else list(targets)
-
-
-HEAD_NAMES = ("classifier", "score")  # the task heads of transformers' sequence-classification models
-
-
-def head_names(model) -> list[str]:
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    heads = [h for h in HEAD_NAMES if h in names]
-    if not heads:
-        raise ValueError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
-                         "set lora.modules_to_save")
-    return heads[:1]
 
 
 def _modules_to_save(cfg, model) -> list[str]:

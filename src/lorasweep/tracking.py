@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from .lora.targets import targets_label
+
 
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
@@ -39,9 +41,7 @@ def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
     from .config import flatten
 
     flat: dict[str, Any] = {"config_hash": config_hash, **flatten(cfg)}
-    targets = flat.get("lora.targets")
-    if isinstance(targets, list):
-        flat["lora.targets"] = "[" + ",".join(targets) + "]"  # one categorical value for W&B's panels
+    flat["lora.targets"] = targets_label(cfg.lora.targets)  # one categorical value for W&B's panels
     flat["model"], flat["data"] = cfg.model.name, cfg.data.name
     return flat
 
@@ -64,7 +64,7 @@ class WandbTracker:
             name=run_id,
             group=cfg.sweep,
             job_type="sweep-trial" if cfg.sweep else "train",
-            tags=[*tracking.tags, cfg.model.name, cfg.data.name, f"targets={_targets_tag(cfg)}"],
+            tags=[*tracking.tags, cfg.model.name, cfg.data.name, f"targets={targets_label(cfg.lora.targets)}"],
             config=flat_config(cfg, config_hash),
             reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
@@ -94,11 +94,6 @@ class WandbTracker:
             print(f"W&B tracking stopped ({type(exc).__name__}: {exc}); training goes on, the run store keeps "
                   "its history", flush=True)
             self.run = None
-
-
-def _targets_tag(cfg: DictConfig) -> str:
-    targets = cfg.lora.targets
-    return targets if isinstance(targets, str) else "+".join(targets)
 
 
 def make_tracker(cfg: DictConfig, config_hash: str, run_id: str, root: Path) -> Tracker:

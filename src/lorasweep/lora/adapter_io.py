@@ -171,17 +171,21 @@ def _settings_from_peft(config: dict, model: nn.Module) -> dict:
     }
 
 
+def check_same_base(meta: dict, model: nn.Module, path: Path) -> None:
+    """The adapter's recorded base-model signature matches `model`'s; ValueError naming what differs."""
+    expected, actual = meta.get("base", {}), base_signature(model)
+    diff = [f"{k}: adapter {v!r} vs model {actual.get(k)!r}" for k, v in expected.items() if v != actual.get(k)]
+    if diff:
+        raise ValueError(f"adapter {path} was trained on a different base model ({', '.join(diff)})")
+
+
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a peft-format LoRA adapter into `model` (applying LoRA first if it has none). All-or-nothing:
     every shape is checked before anything in the model changes."""
     path = Path(path)
     config, tensors, meta = _read(path)
     if meta is not None:
-        expected, actual = meta.get("base", {}), base_signature(model)
-        diff = {k: (expected[k], actual.get(k)) for k in expected if expected[k] != actual.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"adapter {path} was trained on a different base model ({detail})")
+        check_same_base(meta, model, path)
     settings = meta if meta is not None else _settings_from_peft(config, model)
     has_lora = any(True for _ in lora_layers(model))
     plan = _plan(model, settings, has_lora)

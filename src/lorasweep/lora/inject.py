@@ -10,7 +10,7 @@ from torch import nn
 from ..accounting import count_parameters
 from .layer import LoraLayer
 from .scaling import validate_hyperparameters
-from .targets import Target, matches_suffix, model_type, resolve_targets
+from .targets import Target, as_targets, matches_suffix, model_type, resolve_targets
 
 SETTINGS_ATTR = "lorasweep_lora"
 
@@ -97,7 +97,7 @@ def apply_lora(
         model,
         SETTINGS_ATTR,
         LoraSettings(
-            targets=targets if isinstance(targets, str) else list(targets),
+            targets=as_targets(targets),
             rank=rank,
             alpha=alpha,
             dropout=dropout,

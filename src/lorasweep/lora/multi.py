@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter_io import PREFIX, _read, base_signature
+from .adapter_io import PREFIX, _read, check_same_base
 from .inject import SETTINGS_ATTR, lora_layers
 from .layer import is_adaptable, is_quantized, linear_dims
 from .scaling import lora_scale
@@ -226,10 +226,7 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
     """({module: (A, B, scale)}, {linear: {param: tensor}}) of one adapter, every shape checked against model."""
     config, tensors, meta = _read(path)
     if meta is not None:
-        expected, actual = meta.get("base", {}), base_signature(model)
-        diff = [f"{k}: adapter {v!r} vs model {actual.get(k)!r}" for k, v in expected.items() if v != actual.get(k)]
-        if diff:
-            raise ValueError(f"adapter {path} was trained on a different base model ({', '.join(diff)})")
+        check_same_base(meta, model, path)
     for flag in ("use_dora", "lora_bias"):
         if config.get(flag):
             raise ValueError(f"adapter {path}: {flag} adapters are not supported for mixed batches")

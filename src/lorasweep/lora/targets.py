@@ -160,6 +160,24 @@ def block_suffixes(names: Sequence[str]) -> list[str]:
     return sorted({re.sub(r"^(?:.*?\.)?\d+\.", "", n) for n in names})
 
 
+def as_targets(value) -> str | list[str]:
+    """A target setting as plain Python: a preset name, or a list of module-name suffixes (from OmegaConf too)."""
+    return value if isinstance(value, str) else [str(v) for v in value]
+
+
+def targets_label(targets) -> str:
+    """One string per target setting, for tables, W&B and tags: a preset's name, or a list as "[a,b]" (Hydra's
+    list syntax, so `lora.targets=<label>` is a valid override; parse_targets_label reverses it)."""
+    targets = as_targets(targets)
+    return targets if isinstance(targets, str) else "[" + ",".join(targets) + "]"
+
+
+def parse_targets_label(label: str) -> str | list[str]:
+    if label.startswith("[") and label.endswith("]"):
+        return [part.strip() for part in label[1:-1].split(",") if part.strip()]
+    return label
+
+
 def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[Target]:
     """The modules (and slices) that `targets` names in `model`; ValueError if it names none."""
     linear = _linear_names(model)
