@@ -303,7 +303,8 @@ def _storages(tmp_path):
     return urls
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", "journal",  # PostgreSQL with the slow tests: CI starts it for those
+                                  pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_dashboard_serves_the_study(tmp_path, kind):
     pytest.importorskip("optuna_dashboard")
     urls = [u for u in _storages(tmp_path) if u.startswith(kind)]
