@@ -110,7 +110,7 @@ class TrackingConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where runs execute. `local` runs here; the SLURM fields fill slurm/*.sbatch (lorasweep/cluster.py)."""
+    """Where runs execute. `local` runs here; the SLURM fields fill slurm/*.sbatch (lorasweep/slurm/render.py)."""
     name: str = "local"
     # Required of every SLURM cluster file (so a forgotten one is an error, not a surprise partition):
     partition: Optional[str] = MISSING  # null: the cluster's default partition

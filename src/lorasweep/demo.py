@@ -44,10 +44,10 @@ def run_demo(rank: int = 8, alpha: float = 16) -> list[dict]:
 
 
 def print_demo(rows: list[dict]) -> None:
+    from .tables import format_rows
+
     full = rows[0]["optimizer_bytes"]
-    print(f"{'setup':<20} {'trainable':>12} {'fraction':>9} {'AdamW state':>12} {'vs full':>8}")
-    for row in rows:
-        print(
-            f"{row['setup']:<20} {row['trainable']:>12,} {100 * row['fraction']:>8.3f}% "
-            f"{row['optimizer_bytes'] / 2**20:>9.2f} MiB {row['optimizer_bytes'] / full:>8.2%}"
-        )
+    table = [{"setup": r["setup"], "trainable": f"{r['trainable']:,}", "fraction": f"{100 * r['fraction']:.3f}%",
+              "AdamW state": f"{r['optimizer_bytes'] / 2**20:.2f} MiB", "vs full": f"{r['optimizer_bytes'] / full:.2%}"}
+             for r in rows]
+    print(format_rows(table, ["setup", "trainable", "fraction", "AdamW state", "vs full"]))

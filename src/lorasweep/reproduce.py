@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
 from .runstore import RunDir, RunStore, deterministic_metrics
+from .tables import format_rows
 from .lora.targets import parse_targets_label
 from .tracking import NullTracker
 
@@ -157,9 +158,9 @@ def _train_in_processes(cfg: DictConfig, target: Path, processes: int) -> dict:
 
 
 def format_comparison(comparison: Comparison, target: Path) -> str:
-    lines = [f"reproduction in {target}", f"{'metric':<34} {'original':>22} {'reproduction':>22}  match"]
-    for key, a, b, ok in comparison.rows:
-        lines.append(f"{key:<34} {a!r:>22} {b!r:>22}  {'yes' if ok else 'NO'}")
+    rows = [{"metric": key, "original": repr(a), "reproduction": repr(b), "match": "yes" if ok else "NO"}
+            for key, a, b, ok in comparison.rows]  # repr: every digit, so "bitwise" can be read off the table
+    lines = [f"reproduction in {target}", format_rows(rows, ["metric", "original", "reproduction", "match"])]
     lines += comparison.notes
     if comparison.matches:
         lines.append("all metrics bitwise equal" if comparison.exact else
