@@ -10,7 +10,8 @@ import yaml
 
 from lorasweep.cli import main
 from lorasweep.config import compose, config_hash
-from lorasweep.runstore import RunStore, deterministic_metrics
+from lorasweep.metrics import deterministic_metrics
+from lorasweep.runstore import RunStore
 from lorasweep.run import train
 
 SMALL = ["trainer=smoke", "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_length=24",

@@ -17,7 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from lorasweep.config import compose
-from lorasweep.runstore import RunStore, deterministic_metrics
+from lorasweep.metrics import deterministic_metrics
+from lorasweep.runstore import RunStore
 from lorasweep.slurm.submit import submit_sweep
 from lorasweep.run import train
 from wandb_reader import find_runs, read_run

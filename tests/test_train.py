@@ -8,7 +8,8 @@ import torch
 from lorasweep.config import compose
 from lorasweep.lora import load_adapter
 from lorasweep.models import build_model
-from lorasweep.runstore import RunStore, deterministic_metrics
+from lorasweep.metrics import deterministic_metrics
+from lorasweep.runstore import RunStore
 from lorasweep.run import Callbacks, train
 from wandb_reader import find_runs, read_run
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import flatten
 from .lora.targets import targets_label
+from .metrics import final_names
 from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
 from .tables import format_rows
@@ -70,7 +71,7 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
         raise ValueError("compare needs at least two runs")
     diffs = config_differences(runs)
     metrics = [r.record() for r in runs]
-    keys = sorted({k for m in metrics for k in m if k.startswith(("eval/", "train/loss", "params/", "memory/"))})
+    keys = [k for k in final_names() if any(k in m for m in metrics)]  # the registry's order
     names = [r.hash for r in runs]  # one column per run, separated however long the values (tables.py)
     diff_rows = [{"key": k, **{n: _num(v) for n, v in zip(names, values)}} for k, values in diffs.items()]
     metric_rows = [{"metric": "status", **{n: r.status() for n, r in zip(names, runs)}},

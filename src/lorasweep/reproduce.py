@@ -15,7 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
-from .runstore import RunDir, RunStore, deterministic_metrics
+from .metrics import deterministic_metrics
+from .runstore import RunDir, RunStore
 from .tables import format_rows
 from .lora.targets import parse_targets_label
 from .tracking import NullTracker

@@ -28,19 +28,13 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from ..metrics import objective_names
+
 PARAM_TYPES = ("int", "float", "categorical")
 SAMPLERS = ("tpe", "random", "qmc", "nsga2", "grid")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
 _SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description"}
-
-
-def reported_metrics(task: str) -> set[str]:
-    """Final metrics a trial can be optimised on (what train() returns)."""
-    accuracy = "eval/accuracy" if task == "classification" else "eval/token_accuracy"
-    return {"eval/loss", accuracy, "train/loss", "params/trainable", "params/trainable_fraction", "params/lora",
-            "memory/optimizer_state_bytes", "memory/peak_bytes", "memory/base_weights_bytes", "memory/trainable_bytes",
-            "memory/gradient_bytes"}
 
 
 @dataclass
@@ -215,7 +209,7 @@ def validate_against_config(spec: SweepSpec, overrides: list[str]) -> None:
             raise ValueError(f"sweep param {param.key!r} is not a key of the training config")
     if any(p.per_rank for p in spec.params) and not any(p.key == "lora.rank" for p in spec.params):
         raise ValueError("lora.alpha with per_rank needs lora.rank among the searched params")
-    known = reported_metrics(cfg.data.task)
+    known = objective_names(cfg.data.task)
     for o in spec.objectives:
         if o.metric not in known:
             raise ValueError(f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "

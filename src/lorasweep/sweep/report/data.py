@@ -15,14 +15,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ...metrics import label
 from ..spec import SweepSpec
 
-COSTS = {  # metric -> column title
-    "params/trainable_fraction": "trainable fraction",
-    "memory/optimizer_state_bytes": "optimizer bytes",
-    "memory/peak_bytes": "peak memory bytes",
-    "perf/loop_time_s": "loop time s",
-}
+# What each trial cost, as columns: metric -> title (the registry's label).
+COSTS = {m: label(m) for m in (
+    "params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "perf/loop_time_s")}
 
 
 @dataclass

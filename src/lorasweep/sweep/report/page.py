@@ -11,8 +11,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...metrics import BY_NAME
 from ...tables import cell
-from .data import ReportData
+from .data import COSTS, ReportData
 from .figures import Figure
 from .pivot import Pivot, pivot_html
 
@@ -88,14 +89,18 @@ def trial_table_html(data: ReportData) -> str:
     return f"<table id='trials'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+UNITS = {title: BY_NAME[metric].unit for metric, title in COSTS.items()}
+
+
 def _format(column: str, value) -> str:
     if value is None:
         return "-"
-    if column in ("optimizer bytes", "peak memory bytes") and isinstance(value, (int, float)):
+    unit = UNITS.get(column)  # the cost columns' units, from the metric registry
+    if unit == "bytes" and isinstance(value, (int, float)):
         return _bytes(value)
-    if column == "trainable fraction" and isinstance(value, float):
+    if unit == "fraction" and isinstance(value, float):
         return f"{100 * value:.3f}%"
-    if column == "loop time s" and isinstance(value, float):
+    if unit == "s" and isinstance(value, float):
         return f"{value:.1f}"
     return cell(value)
 

@@ -1,0 +1,78 @@
+"""Every metric a run reports: its name, meaning, better direction and unit, in one place.
+
+Spec validation (which metrics a sweep may optimise), the run store (which metrics `reproduce` must match
+bitwise), `runs`/`compare`/`report` (labels, units) and W&B (the summary of each history metric) all read this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS = ("classification", "causal_lm")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    meaning: str
+    direction: str = ""  # minimize | maximize: a sweep may optimise it; "": it describes, it is not a goal
+    unit: str = ""  # bytes | s | fraction | count | tokens/s | "" (a loss or an accuracy)
+    deterministic: bool = True  # the same config and seed give it bitwise on CPU (not times, not RSS)
+    final: bool = True  # in the run's record (metrics.json, W&B summary); False: logged per step only
+    tasks: tuple[str, ...] = TASKS
+
+    @property
+    def label(self) -> str:
+        """A short column title: the name's last part, spaces for underscores."""
+        return self.name.split("/")[-1].replace("_", " ")
+
+
+_CLS, _LM = ("classification",), ("causal_lm",)
+METRICS: tuple[Metric, ...] = (
+    Metric("eval/loss", "mean loss on the eval split at the last evaluation", "minimize"),
+    Metric("eval/accuracy", "share of eval examples classified right", "maximize", "fraction", tasks=_CLS),
+    Metric("eval/token_accuracy", "share of eval response tokens predicted right", "maximize", "fraction",
+           tasks=_LM),
+    Metric("eval/initial_loss", "eval loss of the untrained model (trainer.eval_at_start)"),
+    Metric("eval/initial_accuracy", "eval accuracy of the untrained model", unit="fraction", tasks=_CLS),
+    Metric("eval/initial_token_accuracy", "eval token accuracy of the untrained model", unit="fraction",
+           tasks=_LM),
+    Metric("train/loss", "mean training loss over the last log_every steps", "minimize"),
+    Metric("train/lr", "learning rate after the step", final=False),
+    Metric("params/trainable", "parameters that get gradients: LoRA A and B, and the task head", "minimize", "count"),
+    Metric("params/total", "every parameter of the model, LoRA included", unit="count"),
+    Metric("params/trainable_fraction", "params/trainable ÷ params/total", "minimize", "fraction"),
+    Metric("params/lora", "parameters in the LoRA A and B matrices", "minimize", "count"),
+    Metric("memory/base_weights_bytes", "bytes of the frozen base weights (quantized where the base is), "
+           "buffers included", "minimize", "bytes"),
+    Metric("memory/trainable_bytes", "bytes of the trainable parameters", "minimize", "bytes"),
+    Metric("memory/gradient_bytes", "bytes of their gradients (one per trainable parameter)", "minimize", "bytes"),
+    Metric("memory/optimizer_state_bytes", "bytes the optimizer holds (moments, step counters, 8-bit "
+           "quantization statistics)", "minimize", "bytes"),
+    Metric("memory/peak_bytes", "the run's own peak: CUDA max allocated, or CPU peak resident set (README)",
+           "minimize", "bytes", deterministic=False),
+    Metric("perf/loop_time_s", "seconds inside the training loop", "minimize", "s", deterministic=False),
+    Metric("perf/step_time_s", "seconds per optimizer step (evaluation and checkpoints excluded)", unit="s",
+           deterministic=False, final=False),
+    Metric("perf/tokens_per_s", "input tokens per second of training, all processes", unit="tokens/s",
+           deterministic=False, final=False),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def objective_names(task: str) -> set[str]:
+    """Final metrics of `task` that a sweep may optimise."""
+    return {m.name for m in METRICS if m.direction and m.final and task in m.tasks}
+
+
+def deterministic_metrics(metrics: dict) -> dict:
+    """The metrics that depend only on the config and seed (what `reproduce` compares bitwise on CPU)."""
+    return {k: v for k, v in metrics.items() if k in BY_NAME and BY_NAME[k].deterministic}
+
+
+def final_names() -> list[str]:
+    return [m.name for m in METRICS if m.final]
+
+
+def label(name: str) -> str:
+    return BY_NAME[name].label if name in BY_NAME else name
