@@ -48,6 +48,10 @@ class Param:
     choices: list | None = None
     per_rank: bool = False  # lora.alpha only: the sampled value is α/r, so α = value × rank
 
+    def config_value(self, sampled, values: dict) -> Any:
+        """The config's value for a sampled one: α = sampled × rank for a per_rank lora.alpha."""
+        return float(sampled) * float(values.get("lora.rank", 1)) if self.per_rank else sampled
+
     def suggest(self, trial) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(self.key, self.choices)
@@ -87,14 +91,7 @@ class SweepSpec:
     def overrides(self, values: dict[str, Any]) -> list[str]:
         """Hydra overrides for one trial's sampled values (only those: the caller orders them after `fixed`
         and the command line, see sweep.worker.trial_overrides)."""
-        out = []
-        rank = values.get("lora.rank")
-        for param in self.params:
-            value = values[param.key]
-            if param.per_rank:
-                value = float(value) * float(rank)
-            out.append(f"{param.key}={_override_value(value)}")
-        return out
+        return [f"{p.key}={_override_value(p.config_value(values[p.key], values))}" for p in self.params]
 
 
 def _override_value(value) -> str:

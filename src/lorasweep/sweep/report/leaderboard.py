@@ -35,8 +35,7 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
 def _alpha(trial, spec: SweepSpec):
     for param in spec.params:
         if param.key == "lora.alpha" and param.key in trial.params:
-            value = trial.params[param.key]
-            return value * trial.params.get("lora.rank", 1) if param.per_rank else value
+            return param.config_value(trial.params[param.key], trial.params)
     return None
 
 
