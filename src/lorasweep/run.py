@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
-from .accounting import count_parameters
+from .accounting import count_parameters, memory_account
 from .config import config_hash
 from .data import make_collator
 from .internals import reset_accelerator_settings
@@ -24,6 +24,7 @@ from .lora.targets import as_targets
 from .loop import Callbacks, Loop
 from .models import head_names
 from .memory import PeakMemory
+from .optim import build_optimizer
 from .resources import Resources
 from .runlock import RunLock
 from .runstore import RunDir, RunStore, environment_record
@@ -79,15 +80,13 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     with accelerator.main_process_first():
         train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
     total_steps = _total_steps(cfg, len(train_set), micro)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-        eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
-    )
+    optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])  # optim.py
     scheduler = _scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(accelerator.unwrap_model(model))
     figures = {"params/trainable": counts.trainable, "params/total": counts.total,
-               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters}
+               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters,
+               **memory_account(accelerator.unwrap_model(model))}  # base, trainable, gradient bytes (accounting.py)
 
     if main:
         run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
