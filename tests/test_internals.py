@@ -38,6 +38,7 @@ def test_reset_accelerator_settings_keeps_the_process_state():
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
+    internals.reset_accelerator_settings()  # whatever an earlier test in this process set
     Accelerator(cpu=True, mixed_precision="bf16")
     assert AcceleratorState().mixed_precision == "bf16"
     internals.reset_accelerator_settings()
