@@ -47,3 +47,23 @@ def test_demo_compares_lora_with_full_fine_tuning(capsys):
     full, qv, everything = [line.split() for line in out.splitlines()[1:4]]
     assert full[0] == "full" and qv[:2] == ["LoRA", "qv"] and everything[:2] == ["LoRA", "all"]
     assert float(qv[-1].rstrip("%")) < 1.0  # AdamW state shrinks with the trainable count: >99% saved
+
+
+def test_a_bug_keeps_its_traceback_and_bad_input_is_one_line(capsys, monkeypatch, tmp_path):
+    """Only UserError (and the config libraries' errors) become one line; a ValueError from a bug propagates."""
+    import lorasweep.compare
+    from lorasweep.errors import UserError
+
+    def buggy(*_args, **_kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(lorasweep.compare, "list_runs", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["runs", "--run-root", str(tmp_path)])
+
+    def refuse(*_args, **_kwargs):
+        raise UserError("no such run root")
+
+    monkeypatch.setattr(lorasweep.compare, "list_runs", refuse)
+    assert main(["runs", "--run-root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "lorasweep: error: no such run root\n"

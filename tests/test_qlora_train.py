@@ -11,7 +11,8 @@ pytest.importorskip("bitsandbytes")
 from lorasweep.cli import main  # noqa: E402
 from lorasweep.config import compose, config_hash, semantic_config  # noqa: E402
 from lorasweep.run import Callbacks, train  # noqa: E402
-from lorasweep.runstore import RunStore, deterministic_metrics  # noqa: E402
+from lorasweep.metrics import deterministic_metrics  # noqa: E402
+from lorasweep.runstore import RunStore  # noqa: E402
 
 SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32",
          "tracking=none"]

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import __version__
+from .errors import UserError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def _print_submission(result: dict, dry_run: bool) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     if args.slurm or args.dry_run or args.array is not None:
         if not args.slurm:
-            raise ValueError("--array and --dry-run go with --slurm")
+            raise UserError("--array and --dry-run go with --slurm")
         from .slurm.submit import submit_sweep
 
         return _print_submission(submit_sweep(args.spec, args.overrides, array=args.array, n_trials=args.n_trials,
@@ -125,8 +126,14 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .sweep.report import (format_pivot, format_table, leaderboard, log_summary_to_wandb, prepare_report,
-                               write_html_report)
+    from .sweep.report import (
+        format_pivot,
+        format_table,
+        leaderboard,
+        log_summary_to_wandb,
+        prepare_report,
+        write_html_report,
+    )
     from .sweep.storage import default_storage_url
     from .sweep.study import load_study
 
@@ -301,11 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
     from optuna.exceptions import StorageInternalError
 
-    # StorageInternalError: the study database refused (read-only file, lost connection): one line, not a trace.
-    return (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException, StorageInternalError)
+    # UserError: lorasweep's own verdict on its input. Hydra/OmegaConf: a config the user typed. FileNotFoundError:
+    # a path the user gave. StorageInternalError: the study database refused (read-only file, lost connection).
+    # Anything else, a ValueError from a bug included, keeps its traceback.
+    return (UserError, FileNotFoundError, HydraException, OmegaConfBaseException, StorageInternalError)
 
 
 def _quiet_libraries() -> None:

@@ -7,9 +7,10 @@ import html
 from pathlib import Path
 
 from .config import flatten
+from .errors import UserError
+from .fileio import atomic_write_text
 from .lora.targets import targets_label
 from .metrics import final_names
-from .fileio import atomic_write_text
 from .runstore import RunDir, RunStore
 from .tables import format_rows
 
@@ -44,7 +45,7 @@ def list_runs(run_root: str | Path, study: str | None = None, sort: str | None =
         rows = [r for r in rows if r["sweep"] == study]
     if sort:
         if rows and sort not in rows[0]:
-            raise ValueError(f"cannot sort by {sort!r}: choose one of {', '.join(COLUMNS)}")
+            raise UserError(f"cannot sort by {sort!r}: choose one of {', '.join(COLUMNS)}")
         rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else 0))
     return rows
 
@@ -68,7 +69,7 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     import matplotlib.pyplot as plt
 
     if len(runs) < 2:
-        raise ValueError("compare needs at least two runs")
+        raise UserError("compare needs at least two runs")
     diffs = config_differences(runs)
     metrics = [r.record() for r in runs]
     keys = [k for k in final_names() if any(k in m for m in metrics)]  # the registry's order

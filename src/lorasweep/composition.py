@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import internals
+from .errors import UserError
 from .sources import CONF_DIR, user_config_dirs
 
 _MERGED: dict[tuple, DictConfig] = {}
@@ -25,7 +26,7 @@ _MAX_ENTRIES = 64
 
 
 def compose_overrides(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
-    """The composed (not yet validated) config; Hydra's and OmegaConf's errors become one-line ValueErrors."""
+    """The composed (not yet validated) config; Hydra's and OmegaConf's errors become one-line UserErrors."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -43,7 +44,7 @@ def compose_overrides(overrides: list[str], config_dir: str | Path | None = None
         internals.hydra_apply_value_overrides(values, cfg)
         return cfg
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(describe(exc)) from exc
+        raise UserError(describe(exc)) from exc
 
 
 def compose_uncached(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
@@ -55,7 +56,7 @@ def compose_uncached(overrides: list[str], config_dir: str | Path | None = None)
         folders = user_config_dirs(config_dir)
         return internals.hydra_compose(list(overrides), internals.hydra_search_path(folders))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(describe(exc)) from exc
+        raise UserError(describe(exc)) from exc
 
 
 def _split(overrides: list[str], folders: list[Path]) -> tuple[list[str], list[str]]:

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .errors import UserError
 
 
 @dataclass
@@ -171,24 +172,24 @@ def check_keys(cfg: DictConfig) -> None:
         fields = {f.name for f in dataclasses.fields(schema)}
         unknown += [f"{group}.{k}" for k in cfg[group] if k not in fields]
     if unknown:
-        raise ValueError(f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
-                         f"(a `+key=value` override cannot add one)")
+        raise UserError(f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
+                        f"(a `+key=value` override cannot add one)")
 
 
 def validate(cfg: DictConfig) -> None:
     """Checks of values (types are checked by the schema): one clear message each."""
     t = cfg.trainer
     if t.max_steps == 0 or t.max_steps < -1:
-        raise ValueError(f"trainer.max_steps must be > 0 (or -1 for epochs), got {t.max_steps}")
+        raise UserError(f"trainer.max_steps must be > 0 (or -1 for epochs), got {t.max_steps}")
     if t.max_steps == -1 and t.epochs <= 0:
-        raise ValueError(f"trainer.epochs must be > 0, got {t.epochs}")
+        raise UserError(f"trainer.epochs must be > 0, got {t.epochs}")
     for key in ("batch_size", "eval_batch_size", "grad_accum"):
         if t[key] <= 0:
-            raise ValueError(f"trainer.{key} must be > 0, got {t[key]}")
+            raise UserError(f"trainer.{key} must be > 0, got {t[key]}")
     if t.batch_size % t.grad_accum:
-        raise ValueError(f"trainer.batch_size ({t.batch_size}) must be divisible by trainer.grad_accum ({t.grad_accum})")
+        raise UserError(f"trainer.batch_size ({t.batch_size}) must be divisible by trainer.grad_accum ({t.grad_accum})")
     if t.eval_every < 0 or t.log_every <= 0 or t.checkpoint_every < 0:
-        raise ValueError("trainer.eval_every and trainer.checkpoint_every must be >= 0, trainer.log_every > 0")
+        raise UserError("trainer.eval_every and trainer.checkpoint_every must be >= 0, trainer.log_every > 0")
     choices = {
         "trainer.mixed_precision": (t.mixed_precision, ("no", "bf16", "fp16")),
         "optim.schedule": (cfg.optim.schedule, ("linear", "cosine", "constant")),
@@ -202,13 +203,13 @@ def validate(cfg: DictConfig) -> None:
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     if cfg.optim.lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+        raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+        raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.data.max_length <= 0:
-        raise ValueError(f"data.max_length must be > 0, got {cfg.data.max_length}")
+        raise UserError(f"data.max_length must be > 0, got {cfg.data.max_length}")
     from .lora.scaling import validate_hyperparameters
 
     validate_hyperparameters(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.scaling)

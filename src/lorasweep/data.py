@@ -19,6 +19,8 @@ from pathlib import Path
 import datasets
 import torch
 
+from .errors import UserError
+
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 IGNORE = -100  # label that the loss skips
 SFT_SEPARATOR = "\n### Response:\n"  # between prompt and response; counted as prompt (no loss)
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 def load_raw_splits(data_cfg) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) as loaded, cut to max_*_examples, with the configured columns and labels checked."""
     if data_cfg.task not in TASKS:
-        raise ValueError(f"data.task must be one of {', '.join(TASKS)}; got {data_cfg.task!r}")
+        raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {data_cfg.task!r}")
     splits = _load_source(data_cfg)
     out = []
     for key, limit in (("train_split", data_cfg.max_train_examples), ("eval_split", data_cfg.max_eval_examples)):
@@ -54,15 +56,15 @@ def _load_source(cfg) -> datasets.DatasetDict:
         fmt, files = _data_files(cfg)
         return datasets.load_dataset(fmt, data_files=files)
     if cfg.source != "hub":
-        raise ValueError(f"data.source must be one of shipped, hub, local; got {cfg.source!r}")
+        raise UserError(f"data.source must be one of shipped, hub, local; got {cfg.source!r}")
     local = _local_dir(cfg.path)
     if local is None and cfg.path.startswith((".", "/", "~")):
-        raise ValueError(f"data path not found: {cfg.path}")
+        raise UserError(f"data path not found: {cfg.path}")
     where = f"{cfg.path!r}" + (f" (config {cfg.hub_config!r})" if cfg.hub_config else "")
     try:  # a hub id, or a local directory in hub layout (a snapshot): the same call
         return datasets.load_dataset(str(local or cfg.path), cfg.hub_config)
     except (OSError, ValueError) as exc:  # offline and not cached, no such repo, unknown config
-        raise ValueError(f"cannot load dataset {where}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load dataset {where}: {str(exc).splitlines()[0]}") from None
 
 
 def _local_dir(path: str) -> Path | None:
@@ -82,7 +84,7 @@ def _data_files(cfg) -> tuple[str, dict[str, list[str]]]:
         root = DATASETS_DIR / cfg.path
         if not root.is_dir():
             shipped = sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir())
-            raise ValueError(f"data path not found: {root} (shipped datasets: {', '.join(shipped)})")
+            raise UserError(f"data path not found: {root} (shipped datasets: {', '.join(shipped)})")
         return "json", _files_in_dir(root, "json", needed)
     path = os.path.expanduser(cfg.path)
     if os.path.isdir(path):
@@ -93,20 +95,20 @@ def _data_files(cfg) -> tuple[str, dict[str, list[str]]]:
         if missing:
             found = sorted(glob.glob(path.replace("{split}", "*")))
             if not found:
-                raise ValueError(f"data path not found: {path}")
+                raise UserError(f"data path not found: {path}")
             pattern = re.escape(path).replace(r"\{split\}", "([^/]+?)")
             pattern = pattern.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")  # the glob, as a regex
             available = sorted({m.group(1) for f in found if (m := re.fullmatch(pattern, f))})
-            raise ValueError(f"split {missing[0]!r} not found: no file matches {path}; available splits: "
-                             f"{', '.join(available)}")
+            raise UserError(f"split {missing[0]!r} not found: no file matches {path}; available splits: "
+                            f"{', '.join(available)}")
     else:  # one file or pattern: like datasets, it is the split "train"
         found = sorted(glob.glob(path))
         if not found:
-            raise ValueError(f"data path not found: {path}")
+            raise UserError(f"data path not found: {path}")
         files = {"train": found}
         if any(s != "train" for s in needed):
-            raise ValueError(f"split {[s for s in needed if s != 'train'][0]!r} not found: {path} is one split, "
-                             "'train'; available splits: train (slice it, e.g. data.eval_split='train[-500:]')")
+            raise UserError(f"split {[s for s in needed if s != 'train'][0]!r} not found: {path} is one split, "
+                            "'train'; available splits: train (slice it, e.g. data.eval_split='train[-500:]')")
     return _format(cfg.format, [f for fs in files.values() for f in fs]), files
 
 
@@ -119,29 +121,29 @@ def _files_in_dir(root: Path, fmt: str | None, needed: list[str]) -> dict[str, l
         files[split] = [str(p) for p in candidates if p.stem == split or p.stem.startswith(f"{split}-")]
         if not files[split]:
             available = sorted({p.stem.split("-")[0] for p in candidates})
-            raise ValueError(f"split {split!r} not found in {root}; available splits: {', '.join(available) or 'none'}")
+            raise UserError(f"split {split!r} not found in {root}; available splits: {', '.join(available) or 'none'}")
     return files
 
 
 def _format(fmt: str | None, files: list[str]) -> str:
     if fmt is not None:
         if fmt not in ("json", "parquet", "csv"):
-            raise ValueError(f"data.format must be one of json, parquet, csv; got {fmt!r}")
+            raise UserError(f"data.format must be one of json, parquet, csv; got {fmt!r}")
         return fmt
     kinds = {FORMAT_SUFFIXES.get(Path(f).suffix) for f in files}
     if len(kinds) != 1 or None in kinds:
-        raise ValueError(f"cannot tell the format of {files[0]}; set data.format to json, parquet or csv")
+        raise UserError(f"cannot tell the format of {files[0]}; set data.format to json, parquet or csv")
     return kinds.pop()
 
 
 def _select(splits: datasets.DatasetDict, spec: str, key: str) -> datasets.Dataset:
     missing = [s for s in _split_names(spec) if s not in splits]
     if missing:
-        raise ValueError(f"split {missing[0]!r} ({key}) not found; available splits: {', '.join(sorted(splits))}")
+        raise UserError(f"split {missing[0]!r} ({key}) not found; available splits: {', '.join(sorted(splits))}")
     try:
         parts = datasets.ReadInstruction.from_spec(spec).to_absolute({k: len(v) for k, v in splits.items()})
     except (ValueError, AssertionError) as exc:
-        raise ValueError(f"{key}={spec!r} is not a split or a slice like train[:90%]: {exc}") from None
+        raise UserError(f"{key}={spec!r} is not a split or a slice like train[:90%]: {exc}") from None
     chosen = [splits[p.splitname] if (p.from_, p.to) == (0, len(splits[p.splitname]))
               else splits[p.splitname].select(range(p.from_, p.to)) for p in parts]
     return chosen[0] if len(chosen) == 1 else datasets.concatenate_datasets(chosen)
@@ -151,7 +153,7 @@ def _first_rows(ds: datasets.Dataset, limit: int | None, key: str) -> datasets.D
     if limit is None or limit >= len(ds):
         return ds
     if limit <= 0:
-        raise ValueError(f"data.max_{key.split('_')[0]}_examples must be > 0, got {limit}")
+        raise UserError(f"data.max_{key.split('_')[0]}_examples must be > 0, got {limit}")
     return ds.select(range(limit))
 
 
@@ -160,8 +162,8 @@ def _check_columns(ds: datasets.Dataset, cfg, split: str) -> None:
     for key in keys:
         column = getattr(cfg, key)
         if column not in ds.column_names:
-            raise ValueError(f"column {column!r} (data.{key}) not found in split {split!r}; "
-                             f"available columns: {', '.join(ds.column_names)}")
+            raise UserError(f"column {column!r} (data.{key}) not found in split {split!r}; "
+                            f"available columns: {', '.join(ds.column_names)}")
 
 
 def _check_labels(ds: datasets.Dataset, cfg, split: str) -> None:
@@ -169,8 +171,8 @@ def _check_labels(ds: datasets.Dataset, cfg, split: str) -> None:
     bad = [v for v in ds.unique(cfg.label_field) if type(v) is not int or not 0 <= v < n]
     if bad:
         shown = ", ".join(repr(v) for v in sorted(bad, key=repr)[:5])
-        raise ValueError(f"labels outside [0, {n}) in split {split!r} (data.label_field={cfg.label_field!r}, "
-                         f"data.num_labels={n}): {shown}")
+        raise UserError(f"labels outside [0, {n}) in split {split!r} (data.label_field={cfg.label_field!r}, "
+                        f"data.num_labels={n}): {shown}")
 
 
 # ---------------------------------------------------------------- tokenisation and its cache
@@ -266,7 +268,7 @@ def _encode_classification(batch: dict, cfg, tokenizer) -> dict:
 def _end_token(tokenizer) -> int:
     end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if end is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an eos nor a sep token to end responses")
+        raise UserError(f"tokenizer {tokenizer.name_or_path!r} has neither an eos nor a sep token to end responses")
     return end
 
 
@@ -293,7 +295,7 @@ def _encode_sft(batch: dict, cfg, tokenizer) -> dict:
 # ---------------------------------------------------------------- batching
 def make_collator(task: str, tokenizer) -> "Collator":
     if task not in TASKS:
-        raise ValueError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
     candidates = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id)
     pad = next((t for t in candidates if t is not None), 0)  # no pad token (GPT-2): eos; padding is masked
     return Collator(task, pad)

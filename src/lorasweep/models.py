@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .errors import UserError
+
 TASK_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
     "causal_lm": "AutoModelForCausalLM",
@@ -48,8 +50,8 @@ def head_names(model: nn.Module) -> list[str]:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     heads = [h for h in HEAD_NAMES if h in names]
     if not heads:
-        raise ValueError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
-                         "set lora.modules_to_save")
+        raise UserError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
+                        "set lora.modules_to_save")
     return heads[:1]
 
 
@@ -64,7 +66,7 @@ def _auto_class(task: str):
     import transformers
 
     if task not in TASK_CLASSES:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASK_CLASSES)}")
+        raise UserError(f"unknown task {task!r}: expected one of {', '.join(TASK_CLASSES)}")
     return getattr(transformers, TASK_CLASSES[task])
 
 
@@ -80,13 +82,13 @@ def _from_hub_or_dir(loader, name_or_path, revision=None, **kwargs):
     """`loader.from_pretrained` on a local hub-format directory or a hub id, with one-line errors."""
     local = Path(str(name_or_path)).expanduser()
     if str(name_or_path).startswith((".", "/", "~")) and not local.is_dir():
-        raise ValueError(f"model path not found: {local}")
+        raise UserError(f"model path not found: {local}")
     if local.is_dir():
         return loader.from_pretrained(str(local), **kwargs)
     try:
         return loader.from_pretrained(str(name_or_path), revision=revision, **kwargs)
     except OSError as exc:  # not cached and offline, or no such repo
-        raise ValueError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None, **overrides) -> nn.Module:
@@ -94,7 +96,7 @@ def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None
     from transformers import AutoConfig
 
     if arch not in TINY_CONFIGS:
-        raise ValueError(f"no tiny config for {arch!r}: expected one of {', '.join(TINY_CONFIGS)}")
+        raise UserError(f"no tiny config for {arch!r}: expected one of {', '.join(TINY_CONFIGS)}")
     config = AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides})
     if task == "classification":
         config.num_labels = num_labels or 2
@@ -113,7 +115,7 @@ def build_model(model_cfg, task: str, num_labels: int):
     else:
         path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
         if path is None:
-            raise ValueError(f"model.name_or_path is required for model.source={model_cfg.source}")
+            raise UserError(f"model.name_or_path is required for model.source={model_cfg.source}")
         tokenizer = _load_tokenizer(path, model_cfg.revision)
         model = load_pretrained(path, task, num_labels=num_labels, revision=model_cfg.revision)
     if model_cfg.dropout is not None:

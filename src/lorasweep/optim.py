@@ -16,6 +16,8 @@ from typing import Iterable
 
 import torch
 
+from .errors import UserError
+
 # Said at the first step of every paged_adamw8bit run on CPU; the module docstring says it once.
 warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
 
@@ -29,13 +31,13 @@ def bitsandbytes_available() -> bool:
 def require_bitsandbytes(setting: str) -> None:
     """One-line error for a setting that needs bitsandbytes when it is not installed."""
     if not bitsandbytes_available():
-        raise ValueError(f"{setting} needs bitsandbytes, which is not installed: pip install 'lorasweep[qlora]'")
+        raise UserError(f"{setting} needs bitsandbytes, which is not installed: pip install 'lorasweep[qlora]'")
 
 
 def validate_optimizer(optim_cfg) -> None:
     name = optim_cfg.name
     if optim_cfg.min_8bit_size < 0:
-        raise ValueError(f"optim.min_8bit_size must be >= 0, got {optim_cfg.min_8bit_size}")
+        raise UserError(f"optim.min_8bit_size must be >= 0, got {optim_cfg.min_8bit_size}")
     if name in EIGHT_BIT:
         require_bitsandbytes(f"optim.name={name}")
 
@@ -53,4 +55,4 @@ def build_optimizer(optim_cfg, params: Iterable[torch.nn.Parameter]) -> torch.op
 
         cls = bnb.optim.AdamW8bit if optim_cfg.name == "adamw8bit" else bnb.optim.PagedAdamW8bit
         return cls(params, min_8bit_size=optim_cfg.min_8bit_size, **kwargs)
-    raise ValueError(f"optim.name must be one of adamw, {', '.join(EIGHT_BIT)}; got {optim_cfg.name!r}")
+    raise UserError(f"optim.name must be one of adamw, {', '.join(EIGHT_BIT)}; got {optim_cfg.name!r}")

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 
+from .errors import UserError
 from .fileio import atomic_write_text
 from .lora.adapter_io import CONFIG_NAME, PREFIX, WEIGHTS_NAME
 from .lora.multi import BASE, load_adapters
@@ -28,8 +29,8 @@ def resolve_adapter_path(spec: str | Path, run_root: str | Path = "runs") -> Pat
     for candidate in (path, path / "adapter", Path(run_root) / str(spec) / "adapter"):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
-    raise ValueError(f"adapter {str(spec)!r} is neither an adapter directory nor a run hash with an adapter under "
-                     f"{run_root}")
+    raise UserError(f"adapter {str(spec)!r} is neither an adapter directory nor a run hash with an adapter under "
+                    f"{run_root}")
 
 
 def parse_adapter_specs(specs: list[str], run_root: str | Path = "runs") -> dict[str, Path]:
@@ -38,11 +39,11 @@ def parse_adapter_specs(specs: list[str], run_root: str | Path = "runs") -> dict
     for spec in specs:
         name, sep, target = spec.partition("=")
         if not sep or not name or not target:
-            raise ValueError(f"--adapter {spec!r}: expected NAME=HASH_OR_DIR")
+            raise UserError(f"--adapter {spec!r}: expected NAME=HASH_OR_DIR")
         if name in out:
-            raise ValueError(f"duplicate adapter name {name!r}")
+            raise UserError(f"duplicate adapter name {name!r}")
         if name == BASE:
-            raise ValueError(f"adapter name {BASE!r} is reserved for the bare base model")
+            raise UserError(f"adapter name {BASE!r} is reserved for the bare base model")
         out[name] = resolve_adapter_path(target, run_root)
     return out
 
@@ -56,19 +57,19 @@ def read_requests(input_file: str | Path, known: set[str]) -> list[tuple[str, st
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{input_file}:{n}: not valid JSON: {exc}") from None
+            raise UserError(f"{input_file}:{n}: not valid JSON: {exc}") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{input_file}:{n}: expected an object with a string \"text\"")
+            raise UserError(f"{input_file}:{n}: expected an object with a string \"text\"")
         adapter = row.get("adapter", BASE)
         if not isinstance(adapter, str):
-            raise ValueError(f"{input_file}:{n}: \"adapter\" must be a name, got {adapter!r}")
+            raise UserError(f"{input_file}:{n}: \"adapter\" must be a name, got {adapter!r}")
         if adapter != BASE and adapter not in known:
             unknown.setdefault(adapter, n)
         requests.append((row["text"], adapter))
     if unknown:
         listed = ", ".join(f"{a!r} (line {n})" for a, n in unknown.items())
-        raise ValueError(f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} "
-                         f"(or {BASE!r})")
+        raise UserError(f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} "
+                        f"(or {BASE!r})")
     return requests
 
 
@@ -121,8 +122,8 @@ def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labe
     bases = {identity(cfg): cfg for cfg in runs.values()}
     if base is None and len(bases) > 1:
         listed = ", ".join(f"{n}: {cfg.model.name} (seed {cfg.seed})" for n, cfg in runs.items())
-        raise ValueError(f"the adapters come from runs on different base models ({listed}): serve them separately, "
-                         "or pass --base")
+        raise UserError(f"the adapters come from runs on different base models ({listed}): serve them separately, "
+                        "or pass --base")
     first = next(iter(bases.values()), None)
     model = _model_config(base) if base is not None else first.model if first is not None else _model_config("minilm")
     seeds = {cfg.seed for cfg in runs.values()}
@@ -152,7 +153,7 @@ def predict_file(adapters: Mapping[str, str | Path], input_file: str | Path, out
     tasks, num_labels = _adapter_facts(paths)
     if task is None:
         if len(tasks) > 1:
-            raise ValueError(f"the adapters were trained for different tasks: {sorted(tasks)}")
+            raise UserError(f"the adapters were trained for different tasks: {sorted(tasks)}")
         task = TASK_TYPES.get(next(iter(tasks), "SEQ_CLS"), "classification")
     model, tokenizer = _load_base(base_config(paths, None if base is None else str(base), task, num_labels))
     loaded = load_adapters(model, paths) if paths else None

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserError
 from .optim import require_bitsandbytes
 
 # bitsandbytes' int8 matmul says so at every call; casting fp32 activations to fp16 is how LLM.int8() works.
@@ -49,21 +50,21 @@ def validate_quantization(model_cfg, task: str | None = None) -> None:
     """Config-time checks (before anything runs or is written): one line each."""
     q = model_cfg.quantization
     if q not in QUANTIZATIONS:
-        raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {q!r}")
+        raise UserError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {q!r}")
     if model_cfg.compute_dtype is not None and model_cfg.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null; "
-                         f"got {model_cfg.compute_dtype!r}")
+        raise UserError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null; "
+                        f"got {model_cfg.compute_dtype!r}")
     if q not in ("nf4", "fp4"):
         for key, value, default in (("double_quant", model_cfg.double_quant, False),
                                     ("compute_dtype", model_cfg.compute_dtype, None)):
             if value != default:
-                raise ValueError(f"model.{key} applies to model.quantization=nf4|fp4 only (got quantization={q})")
+                raise UserError(f"model.{key} applies to model.quantization=nf4|fp4 only (got quantization={q})")
     if q == "none":
         return
     require_bitsandbytes(f"model.quantization={q}")
     model_type = _declared_model_type(model_cfg)
     if model_type in UNSUPPORTED:
-        raise ValueError(f"model.quantization={q} is not supported for {model_type}: {UNSUPPORTED[model_type]}")
+        raise UserError(f"model.quantization={q} is not supported for {model_type}: {UNSUPPORTED[model_type]}")
 
 
 def _declared_model_type(model_cfg) -> str | None:
@@ -102,12 +103,12 @@ def quantize_model(model: nn.Module, quantization: str, double_quant: bool = Fal
     if quantization == "none":
         return []
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+        raise UserError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
     require_bitsandbytes(f"model.quantization={quantization}")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in UNSUPPORTED:
-        raise ValueError(f"model.quantization={quantization} is not supported for {model_type}: "
-                         f"{UNSUPPORTED[model_type]}")
+        raise UserError(f"model.quantization={quantization} is not supported for {model_type}: "
+                        f"{UNSUPPORTED[model_type]}")
     from .lora.layer import Conv1D
 
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -116,8 +117,8 @@ def quantize_model(model: nn.Module, quantization: str, double_quant: bool = Fal
         if any(part in skip for part in name.split(".")) or module is output:
             continue
         if Conv1D and isinstance(module, Conv1D):
-            raise ValueError(f"model.quantization={quantization} is not supported for {model_type or 'this model'}: "
-                             f"{name} is a transformers Conv1D layer (bitsandbytes quantizes nn.Linear only)")
+            raise UserError(f"model.quantization={quantization} is not supported for {model_type or 'this model'}: "
+                            f"{name} is a transformers Conv1D layer (bitsandbytes quantizes nn.Linear only)")
         if type(module) is nn.Linear:
             chosen.append(name)
     with torch.random.fork_rng(devices=[]):

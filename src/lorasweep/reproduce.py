@@ -15,10 +15,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
+from .errors import UserError
+from .lora.targets import parse_targets_label
 from .metrics import deterministic_metrics
 from .runstore import RunDir, RunStore
 from .tables import format_rows
-from .lora.targets import parse_targets_label
 from .tracking import NullTracker
 
 ENV_KEYS = ("python", "torch", "transformers", "lorasweep", "git_commit", "device", "num_processes")
@@ -32,8 +33,8 @@ def recompose(stored: dict | DictConfig, source: str = "stored config") -> DictC
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise ValueError(f"{source} no longer composes with the current schema (key {key}): "
-                         f"{' '.join(str(exc).split()[:12])}") from None
+        raise UserError(f"{source} no longer composes with the current schema (key {key}): "
+                        f"{' '.join(str(exc).split()[:12])}") from None
     validate(cfg)
     return cfg
 
@@ -87,7 +88,7 @@ def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float 
         cfg = recompose(OmegaConf.to_container(run.config()), f"{run.config_file}")
         original = run.metrics() if run.is_complete() else None
         if original is None:
-            raise ValueError(f"run {run.hash} is not complete (no metrics.json): nothing to compare against")
+            raise UserError(f"run {run.hash} is not complete (no metrics.json): nothing to compare against")
         original_env = run.env()
     else:
         stored_config = dict(stored_config)
@@ -96,7 +97,7 @@ def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float 
         run = store.run(config_hash(cfg))
     digest = config_hash(cfg)
     if not digest.startswith(hash_prefix.lower()[: len(digest)]):
-        raise ValueError(f"stored config hashes to {digest}, not {hash_prefix}: the canonical form changed")
+        raise UserError(f"stored config hashes to {digest}, not {hash_prefix}: the canonical form changed")
     target = next_reproduction_dir(run)
     OmegaConf.update(cfg, "run_root", str(store.root), force_add=True)
     if tolerance is None and torch.cuda.is_available():
@@ -180,9 +181,9 @@ def fetch_wandb_config(entity_project: str, hash_prefix: str) -> dict:
     try:
         runs = list(wandb.Api().runs(entity_project, filters={"config.config_hash": hash_prefix}))
     except wandb.errors.Error as exc:  # no API key, unknown project, no network: one line, not a traceback
-        raise ValueError(f"W&B ({entity_project}): {' '.join(str(exc).split())}") from None
+        raise UserError(f"W&B ({entity_project}): {' '.join(str(exc).split())}") from None
     if not runs:
-        raise ValueError(f"no W&B run in {entity_project} with config_hash {hash_prefix}")
+        raise UserError(f"no W&B run in {entity_project} with config_hash {hash_prefix}")
     flat = dict(runs[0].config)
     nested: dict = {}
     for key, value in flat.items():

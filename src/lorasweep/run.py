@@ -18,12 +18,13 @@ from . import checkpoint as ckpt
 from .accounting import count_parameters, memory_account
 from .config import config_hash
 from .data import make_collator
+from .errors import UserError
 from .internals import reset_accelerator_settings
+from .loop import Callbacks, Loop
 from .lora import apply_lora, save_adapter
 from .lora.targets import as_targets
-from .loop import Callbacks, Loop
-from .models import head_names
 from .memory import PeakMemory
+from .models import head_names
 from .optim import build_optimizer
 from .resources import Resources
 from .runlock import RunLock
@@ -68,8 +69,8 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     memory = PeakMemory(accelerator.device).start()
     micro = cfg.trainer.batch_size // cfg.trainer.grad_accum
     if micro % accelerator.num_processes:
-        raise ValueError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the "
-                         f"{accelerator.num_processes} processes")
+        raise UserError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the "
+                        f"{accelerator.num_processes} processes")
 
     resources = resources or Resources(keep=False)
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
@@ -151,7 +152,7 @@ def _record(loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: 
 def _total_steps(cfg, n_examples: int, micro: int) -> int:
     batches_per_epoch = n_examples // micro
     if batches_per_epoch < cfg.trainer.grad_accum:
-        raise ValueError(f"{n_examples} training examples are fewer than one batch of {cfg.trainer.batch_size}")
+        raise UserError(f"{n_examples} training examples are fewer than one batch of {cfg.trainer.batch_size}")
     if cfg.trainer.max_steps > 0:
         return cfg.trainer.max_steps
     return cfg.trainer.epochs * (batches_per_epoch // cfg.trainer.grad_accum)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .errors import UserError
 from .fileio import atomic_write_json
 from .slurm.identity import job as slurm_job
 
 
-class RunLockTimeout(ValueError):
+class RunLockTimeout(UserError):
     """The run's lock could not be had in time (a user-facing, one-line error)."""
 
 

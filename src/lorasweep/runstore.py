@@ -21,9 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import UserError
 from .fileio import atomic_write_json, atomic_write_text
-
-from .metrics import deterministic_metrics  # noqa: F401  TODO(lead): drop once test_qlora_train imports metrics
 
 
 class RunDir:
@@ -62,7 +61,7 @@ class RunDir:
 
     def config(self) -> DictConfig:
         if not self.config_file.is_file():
-            raise ValueError(f"run directory {self.path} has no config.yaml")
+            raise UserError(f"run directory {self.path} has no config.yaml")
         return OmegaConf.load(self.config_file)
 
     def history(self) -> list[dict]:
@@ -103,15 +102,15 @@ class RunStore:
     def find(self, prefix: str) -> RunDir:
         """The run whose hash starts with `prefix`; ValueError naming the candidates if none or several."""
         if not prefix or not all(c in "0123456789abcdef" for c in prefix.lower()):
-            raise ValueError(f"{prefix!r} is not a config hash (hex digits)")
+            raise UserError(f"{prefix!r} is not a config hash (hex digits)")
         candidates = [RunDir(p) for p in sorted(self.root.iterdir()) if p.is_dir()] if self.root.is_dir() else []
         matches = [r for r in candidates if r.hash.startswith(prefix.lower())]
         if not matches:
-            raise ValueError(f"no run with hash {prefix!r} in {self.root}")
+            raise UserError(f"no run with hash {prefix!r} in {self.root}")
         if len(matches) > 1:
-            raise ValueError(f"hash prefix {prefix!r} is ambiguous: {', '.join(r.hash for r in matches)}")
+            raise UserError(f"hash prefix {prefix!r} is ambiguous: {', '.join(r.hash for r in matches)}")
         if not matches[0].config_file.is_file():
-            raise ValueError(f"run directory {matches[0].path} has no config.yaml")
+            raise UserError(f"run directory {matches[0].path} has no config.yaml")
         return matches[0]
 
     def runs(self) -> list[RunDir]:

@@ -13,6 +13,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .errors import UserError
+
 CONFIG_DIR_ENV = "LORASWEEP_CONFIG_DIR"
 PACKAGED_CONF = "pkg://lorasweep.conf"
 CONF_DIR = Path(str(resources.files("lorasweep.conf")))  # the packaged config groups (a real folder)
@@ -28,7 +30,7 @@ def user_config_dirs(config_dir: str | Path | None = None) -> list[Path]:
     if explicit:
         path = Path(explicit).expanduser().resolve()
         if not path.is_dir():
-            raise ValueError(f"--config-dir {explicit}: no such directory")
+            raise UserError(f"--config-dir {explicit}: no such directory")
         dirs.append(path)
     local = Path("conf").resolve()
     if local.is_dir() and local not in dirs and local != CONF_DIR.resolve():
@@ -46,4 +48,4 @@ def find_spec(spec: str | Path) -> Path:
     if packaged.is_file() and path.parent in (Path("."), Path("sweeps")):
         return packaged
     known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-    raise ValueError(f"sweep spec {str(spec)!r} not found (packaged specs: {known})")
+    raise UserError(f"sweep spec {str(spec)!r} not found (packaged specs: {known})")

@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from .inject import apply_lora, lora_layers, lora_settings, resolve_modules_to_save
 from .layer import LoraLayer, is_adaptable, linear_dims
@@ -134,19 +135,19 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     for f in (config_file, weights_file):
         if not f.is_file():
-            raise ValueError(f"adapter directory {path} has no {f.name}")
+            raise UserError(f"adapter directory {path} has no {f.name}")
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
+        raise UserError(f"{config_file} is not valid JSON: {exc}") from None
     try:
         with safe_open(str(weights_file), framework="pt") as handle:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{weights_file} is not a readable safetensors file: {exc}") from None
+        raise UserError(f"{weights_file} is not a readable safetensors file: {exc}") from None
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{config_file}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+        raise UserError(f"{config_file}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
     meta = json.loads(metadata[META_KEY]) if META_KEY in metadata else None
     return config, tensors, meta
 
@@ -154,10 +155,10 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
 def _settings_from_peft(config: dict, model: nn.Module) -> dict:
     """lorasweep settings for an adapter written by peft itself (whole modules, one rank)."""
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ValueError("adapters with rank_pattern/alpha_pattern are only loadable when lorasweep wrote them")
+        raise UserError("adapters with rank_pattern/alpha_pattern are only loadable when lorasweep wrote them")
     targets = config.get("target_modules")
     if not isinstance(targets, list):
-        raise ValueError(f"target_modules {targets!r}: only a list of module names is supported")
+        raise UserError(f"target_modules {targets!r}: only a list of module names is supported")
     names = [n for n, _ in model.named_modules()]
     to_save = [e for e in (config.get("modules_to_save") or []) if any(matches_suffix(n, e) for n in names)]
     return {
@@ -176,7 +177,7 @@ def check_same_base(meta: dict, model: nn.Module, path: Path) -> None:
     expected, actual = meta.get("base", {}), base_signature(model)
     diff = [f"{k}: adapter {v!r} vs model {actual.get(k)!r}" for k, v in expected.items() if v != actual.get(k)]
     if diff:
-        raise ValueError(f"adapter {path} was trained on a different base model ({', '.join(diff)})")
+        raise UserError(f"adapter {path} was trained on a different base model ({', '.join(diff)})")
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
@@ -223,7 +224,7 @@ def _plan(model: nn.Module, settings: dict, has_lora: bool) -> dict[str, Target]
     if has_lora:
         current = lora_settings(model)
         if current.rank != settings["rank"]:
-            raise ValueError(f"model has LoRA rank {current.rank}, adapter has rank {settings['rank']}")
+            raise UserError(f"model has LoRA rank {current.rank}, adapter has rank {settings['rank']}")
         return {n: Target(n, l.slices, l.slice_names) for n, l in lora_layers(model)}
     return {t.name: t for t in resolve_targets(model, settings["targets"])}
 
@@ -239,9 +240,9 @@ def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict
         a = tensors.get(f"{PREFIX}{name}.lora_A.weight")
         b = tensors.get(f"{PREFIX}{name}.lora_B.weight")
         if a is None or b is None:
-            raise ValueError(f"adapter {path} has no LoRA weights for module {name}")
+            raise UserError(f"adapter {path} has no LoRA weights for module {name}")
         if tuple(a.shape) != (k * rank, d_in) or tuple(b.shape) != (d_out, k * rank):
-            raise ValueError(
+            raise UserError(
                 f"adapter {path}: module {name} expects lora_A {(k * rank, d_in)} and lora_B {(d_out, k * rank)}, "
                 f"got {tuple(a.shape)} and {tuple(b.shape)}"
             )
@@ -253,15 +254,15 @@ def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict
     known = {f"{PREFIX}{n}.lora_{m}.weight" for n in plan for m in "AB"}
     stray = sorted(k for k in tensors if ".lora_" in k and k not in known)
     if stray:
-        raise ValueError(f"adapter {path} has LoRA weights for modules this model does not adapt: {stray[0]}")
+        raise UserError(f"adapter {path} has LoRA weights for modules this model does not adapt: {stray[0]}")
     saved = {}
     for module_name in resolve_modules_to_save(model, settings["modules_to_save"]):
         for key, value in model.get_submodule(module_name).state_dict().items():
             stored = tensors.get(f"{PREFIX}{module_name}.{key}")
             if stored is None:
-                raise ValueError(f"adapter {path} lacks {module_name}.{key} (listed in modules_to_save)")
+                raise UserError(f"adapter {path} lacks {module_name}.{key} (listed in modules_to_save)")
             if stored.shape != value.shape:
-                raise ValueError(
+                raise UserError(
                     f"adapter {path}: {module_name}.{key} has shape {tuple(stored.shape)}, model has {tuple(value.shape)}"
                 )
             saved[f"{module_name}.{key}"] = stored

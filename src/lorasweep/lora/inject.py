@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 from torch import nn
 
 from ..accounting import count_parameters
+from ..errors import UserError
 from .layer import LoraLayer
 from .scaling import validate_hyperparameters
 from .targets import Target, as_targets, matches_suffix, model_type, resolve_targets
@@ -56,7 +57,7 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
 def lora_settings(model: nn.Module) -> LoraSettings:
     settings = getattr(model, SETTINGS_ATTR, None)
     if settings is None:
-        raise ValueError("this model has no LoRA layers: call apply_lora (or load_adapter) first")
+        raise UserError("this model has no LoRA layers: call apply_lora (or load_adapter) first")
     return settings
 
 
@@ -77,7 +78,7 @@ def apply_lora(
     validate_hyperparameters(rank, alpha, dropout, scaling)
     existing = sum(1 for _ in lora_layers(model))
     if existing or hasattr(model, SETTINGS_ATTR):
-        raise ValueError(f"LoRA is already applied to this model ({existing} LoRA layers); apply it once")
+        raise UserError(f"LoRA is already applied to this model ({existing} LoRA layers); apply it once")
     resolved = resolve_targets(model, targets)
     to_save = resolve_modules_to_save(model, list(modules_to_save or []))
 
@@ -90,8 +91,8 @@ def apply_lora(
     for name in to_save:
         for parameter in model.get_submodule(name).parameters():
             if not parameter.dtype.is_floating_point:
-                raise ValueError(f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
-                                 "trained; quantization keeps only the task head and lm_head in full precision")
+                raise UserError(f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
+                                "trained; quantization keeps only the task head and lm_head in full precision")
             parameter.requires_grad_(True)
     setattr(
         model,
@@ -135,7 +136,7 @@ def resolve_modules_to_save(model: nn.Module, entries: list[str]) -> list[str]:
     for entry in entries:
         hits = [n for n in names if matches_suffix(n, entry)]
         if not hits:
-            raise ValueError(f"modules_to_save entry {entry!r} matches no module of this model")
+            raise UserError(f"modules_to_save entry {entry!r} matches no module of this model")
         found.extend(hits)
     return found
 
@@ -144,7 +145,7 @@ def merge_lora(model: nn.Module) -> int:
     """Fold scale·B·A into every adapted base weight (for inference); returns the number of layers merged."""
     layers = [layer for _, layer in lora_layers(model)]
     if not layers:
-        raise ValueError("this model has no LoRA layers to merge")
+        raise UserError("this model has no LoRA layers to merge")
     for layer in layers:
         layer.merge()
     return len(layers)
@@ -154,7 +155,7 @@ def unmerge_lora(model: nn.Module) -> int:
     """Subtract scale·B·A again, restoring W0 (up to float rounding)."""
     layers = [layer for _, layer in lora_layers(model)]
     if not layers:
-        raise ValueError("this model has no LoRA layers to unmerge")
+        raise UserError("this model has no LoRA layers to unmerge")
     for layer in layers:
         layer.unmerge()
     return len(layers)

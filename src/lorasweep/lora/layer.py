@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .kernel import OutputSlice, full_output, low_rank_add, low_rank_linear
 from .scaling import lora_scale, validate_hyperparameters
 
@@ -53,14 +54,14 @@ class LoraLayer(nn.Module):
     ):
         super().__init__()
         if not is_adaptable(base_layer):
-            raise ValueError(f"{name or 'module'}: LoRA needs nn.Linear or Conv1D, got {type(base_layer).__name__}")
+            raise UserError(f"{name or 'module'}: LoRA needs nn.Linear or Conv1D, got {type(base_layer).__name__}")
         validate_hyperparameters(rank, alpha, dropout, scaling)
         d_in, d_out = linear_dims(base_layer)
         self.slices = tuple(slices) if slices else full_output(d_out)
         self.slice_names = tuple(slice_names) if slice_names else ("",) * len(self.slices)
         smallest = min(d_in, *(s.rows for s in self.slices))
         if rank > smallest:
-            raise ValueError(
+            raise UserError(
                 f"{name or 'module'}: LoRA rank {rank} exceeds min(d_in, d_out) = {smallest}; a rank that large "
                 "is not low-rank"
             )
@@ -114,7 +115,7 @@ class LoraLayer(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         if self.quantized:
-            raise ValueError(
+            raise UserError(
                 "cannot merge LoRA into a quantized base (model.quantization): requantizing W0 + scale·B·A would "
                 "round most of the small update away and add a fresh quantization error, so the merged model "
                 "would not compute what was trained; load the base unquantized, load_adapter, then merge"

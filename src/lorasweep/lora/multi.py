@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .adapter_io import PREFIX, _read, check_same_base
 from .inject import SETTINGS_ATTR, lora_layers
 from .layer import is_adaptable, is_quantized, linear_dims
@@ -42,10 +43,10 @@ class _Selection:
 
     def current(self, x: torch.Tensor) -> tuple[torch.Tensor | None, int | None]:
         if self.ids is None:
-            raise ValueError("no adapter indices set: run the model inside `with adapters.use(ids):`")
+            raise UserError("no adapter indices set: run the model inside `with adapters.use(ids):`")
         if x.dim() < 2 or x.shape[0] != self.ids.shape[0]:
-            raise ValueError(f"batch has {x.shape[0] if x.dim() else 0} examples but {self.ids.shape[0]} adapter "
-                             "indices were given (one per example)")
+            raise UserError(f"batch has {x.shape[0] if x.dim() else 0} examples but {self.ids.shape[0]} adapter "
+                            "indices were given (one per example)")
         return self.ids, self.uniform
 
 
@@ -140,15 +141,15 @@ class AdapterSet:
         """(b,) int64 adapter indices from names ("base" → -1) or ints; ValueError for unknown/out of range."""
         if isinstance(adapters, torch.Tensor):
             if adapters.dim() != 1 or adapters.dtype.is_floating_point or adapters.dtype == torch.bool:
-                raise ValueError(f"adapter indices must be a 1-D integer tensor, got {adapters.dtype} "
-                                 f"{tuple(adapters.shape)}")
+                raise UserError(f"adapter indices must be a 1-D integer tensor, got {adapters.dtype} "
+                                f"{tuple(adapters.shape)}")
             ids = adapters.long()
         else:
             ids = torch.tensor([self._one(a) for a in adapters], dtype=torch.long)
         bad = ids[(ids < -1) | (ids >= len(self))]
         if bad.numel():
-            raise ValueError(f"adapter index {int(bad[0])} out of range: {len(self)} adapters loaded, valid "
-                             f"indices are 0..{len(self) - 1} and -1 for the base model")
+            raise UserError(f"adapter index {int(bad[0])} out of range: {len(self)} adapters loaded, valid "
+                            f"indices are 0..{len(self) - 1} and -1 for the base model")
         return ids
 
     def _one(self, a) -> int:
@@ -156,10 +157,10 @@ class AdapterSet:
             return -1
         if isinstance(a, str):
             if a not in self.index:
-                raise ValueError(f"unknown adapter {a!r}: loaded adapters are {', '.join(self.names)} (or 'base')")
+                raise UserError(f"unknown adapter {a!r}: loaded adapters are {', '.join(self.names)} (or 'base')")
             return self.index[a]
         if isinstance(a, bool) or not isinstance(a, int):
-            raise ValueError(f"adapter must be a name or an integer index, got {a!r}")
+            raise UserError(f"adapter must be a name or an integer index, got {a!r}")
         return a
 
     @contextmanager
@@ -203,7 +204,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def adapter_set(model: nn.Module) -> AdapterSet:
     found = getattr(model, MULTI_ATTR, None)
     if found is None:
-        raise ValueError("this model has no mixed-adapter set: call load_adapters first")
+        raise UserError("this model has no mixed-adapter set: call load_adapters first")
     return found
 
 
@@ -229,56 +230,56 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         check_same_base(meta, model, path)
     for flag in ("use_dora", "lora_bias"):
         if config.get(flag):
-            raise ValueError(f"adapter {path}: {flag} adapters are not supported for mixed batches")
+            raise UserError(f"adapter {path}: {flag} adapters are not supported for mixed batches")
     scaling = "rslora" if config.get("use_rslora") else "standard"
     modules = dict(model.named_modules())
     lora, heads = {}, {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
-            raise ValueError(f"adapter {path}: unexpected tensor {key}")
+            raise UserError(f"adapter {path}: unexpected tensor {key}")
         key = key[len(PREFIX):]
         if ".lora_" in key:
             name, _, part = key.partition(".lora_")
             if part not in ("A.weight", "B.weight"):
-                raise ValueError(f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B)")
+                raise UserError(f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B)")
             lora.setdefault(name, {})[part[0]] = value
             continue
         name, _, param = key.rpartition(".")
         module = modules.get(name)
         if not isinstance(module, nn.Linear) or param not in ("weight", "bias"):
             kind = type(module).__name__ if module is not None else "nothing"
-            raise ValueError(f"adapter {path}: saved module {name} is {kind} in this model; mixed batches support "
-                             "Linear modules_to_save only")
+            raise UserError(f"adapter {path}: saved module {name} is {kind} in this model; mixed batches support "
+                            "Linear modules_to_save only")
         heads.setdefault(name, {})[param] = value
     out = {}
     for name, ab in lora.items():
         module = modules.get(name)
         if module is None or not is_adaptable(module):
             kind = "missing" if module is None else type(module).__name__
-            raise ValueError(f"adapter {path}: module {name} is {kind} in this model, not a Linear/Conv1D")
+            raise UserError(f"adapter {path}: module {name} is {kind} in this model, not a Linear/Conv1D")
         if set(ab) != {"A", "B"}:
-            raise ValueError(f"adapter {path}: module {name} lacks lora_{'B' if 'A' in ab else 'A'}")
+            raise UserError(f"adapter {path}: module {name} lacks lora_{'B' if 'A' in ab else 'A'}")
         d_in, d_out = linear_dims(module)
         a, b = ab["A"], ab["B"]
         r = a.shape[0] if a.dim() == 2 else -1
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != d_in or tuple(b.shape) != (d_out, r):
-            raise ValueError(f"adapter {path}: module {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
-                             f"this model needs ({r}, {d_in}) and ({d_out}, {r})")
+            raise UserError(f"adapter {path}: module {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
+                            f"this model needs ({r}, {d_in}) and ({d_out}, {r})")
         if _pattern(config.get("rank_pattern"), name, config.get("r")) != r:
-            raise ValueError(f"adapter {path}: module {name} has lora_A of rank {r}, unlike its adapter_config.json")
+            raise UserError(f"adapter {path}: module {name} has lora_A of rank {r}, unlike its adapter_config.json")
         alpha = _pattern(config.get("alpha_pattern"), name, config.get("lora_alpha"))
         out[name] = (a, b, lora_scale(alpha, r, scaling))
     if not out:
-        raise ValueError(f"adapter {path} has no LoRA weights")
+        raise UserError(f"adapter {path} has no LoRA weights")
     for name, params in heads.items():
         module = modules[name]
         if name in out:
-            raise ValueError(f"adapter {path}: module {name} is both LoRA-adapted and saved whole")
+            raise UserError(f"adapter {path}: module {name} is both LoRA-adapted and saved whole")
         for p, ref in (("weight", module.weight), ("bias", module.bias)):
             got = params.get(p)
             if (ref is None) != (got is None) or (ref is not None and got.shape != ref.shape):
-                raise ValueError(f"adapter {path}: saved {name}.{p} is {None if got is None else tuple(got.shape)}, "
-                                 f"this model has {None if ref is None else tuple(ref.shape)}")
+                raise UserError(f"adapter {path}: saved {name}.{p} is {None if got is None else tuple(got.shape)}, "
+                                f"this model has {None if ref is None else tuple(ref.shape)}")
     return out, heads
 
 
@@ -302,16 +303,16 @@ def load_adapters(model: nn.Module, adapters: Mapping[str, str | Path] | Sequenc
     the model changes: any error (other base model, shapes, duplicate names) leaves it untouched."""
     pairs = list(adapters.items()) if isinstance(adapters, Mapping) else [tuple(p) for p in adapters]
     if not pairs:
-        raise ValueError("no adapters given")
+        raise UserError("no adapters given")
     names = [n for n, _ in pairs]
     for n in names:
         if not isinstance(n, str) or not n or n == BASE:
-            raise ValueError(f"adapter name {n!r} is not allowed (non-empty, and {BASE!r} means no adapter)")
+            raise UserError(f"adapter name {n!r} is not allowed (non-empty, and {BASE!r} means no adapter)")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"duplicate adapter names: {', '.join(dupes)}")
+        raise UserError(f"duplicate adapter names: {', '.join(dupes)}")
     if hasattr(model, MULTI_ATTR) or hasattr(model, SETTINGS_ATTR) or any(True for _ in lora_layers(model)):
-        raise ValueError("load_adapters needs a bare base model; this one already has LoRA or adapters loaded")
+        raise UserError("load_adapters needs a bare base model; this one already has LoRA or adapters loaded")
     paths = [Path(p) for _, p in pairs]
     parsed = [_parse(model, p) for p in paths]
 

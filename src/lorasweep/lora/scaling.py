@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import UserError
+
 SCALINGS = ("standard", "rslora")
 
 
@@ -18,7 +20,7 @@ def lora_scale(alpha: float, rank: int, scaling: str = "standard") -> float:
         return alpha / rank
     if scaling == "rslora":
         return alpha / math.sqrt(rank)
-    raise ValueError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
+    raise UserError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
 
 
 def alpha_for_scale(scale: float, rank: int, scaling: str = "standard") -> float:
@@ -27,18 +29,18 @@ def alpha_for_scale(scale: float, rank: int, scaling: str = "standard") -> float
         return scale * rank
     if scaling == "rslora":
         return scale * math.sqrt(rank)
-    raise ValueError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
+    raise UserError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
 
 
 def validate_hyperparameters(rank: int, alpha: float, dropout: float, scaling: str) -> None:
     """Reject values that cannot define a LoRA update, with a message naming the value."""
     if isinstance(rank, bool) or not isinstance(rank, int):
-        raise ValueError(f"LoRA rank must be an integer, got {rank!r}")
+        raise UserError(f"LoRA rank must be an integer, got {rank!r}")
     if rank <= 0:
-        raise ValueError(f"LoRA rank must be > 0, got {rank}")
+        raise UserError(f"LoRA rank must be > 0, got {rank}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
+        raise UserError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        raise UserError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     if scaling not in SCALINGS:
-        raise ValueError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
+        raise UserError(f"unknown LoRA scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")

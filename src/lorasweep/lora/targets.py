@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..errors import UserError
 from .kernel import OutputSlice
 from .layer import is_adaptable, linear_dims
 
@@ -192,12 +193,12 @@ def _role_wanted(role: str, wanted: tuple[str, ...]) -> bool:
 
 def _resolve_preset(model: nn.Module, preset: str, linear: list[str]) -> list[Target]:
     if preset not in PRESETS:
-        raise ValueError(
+        raise UserError(
             f"unknown target preset {preset!r}: expected one of {', '.join(PRESETS)} or a list of module names"
         )
     mtype = model_type(model)
     if mtype not in ARCHITECTURES:
-        raise ValueError(
+        raise UserError(
             f"no target presets for model type {mtype!r}; pass an explicit list of module names instead. "
             f"Its linear modules (per block): {', '.join(block_suffixes(linear)) or 'none'}"
         )
@@ -216,7 +217,7 @@ def _resolve_preset(model: nn.Module, preset: str, linear: list[str]) -> list[Ta
                 found.append(Target(name, tuple(rows[r] for r in roles), tuple(roles)))
             break
     if not found:
-        raise ValueError(
+        raise UserError(
             f"target preset {preset!r} matched no module in model type {mtype!r}; its linear modules (per block): "
             f"{', '.join(block_suffixes(linear)) or 'none'}"
         )
@@ -230,12 +231,12 @@ def matches_suffix(name: str, entry: str) -> bool:
 
 def _resolve_list(model: nn.Module, entries: list[str], linear: list[str]) -> list[Target]:
     if not entries:
-        raise ValueError("the list of target modules is empty")
+        raise UserError("the list of target modules is empty")
     for entry in entries:
         if not isinstance(entry, str) or not entry:
-            raise ValueError(f"target module names must be non-empty strings, got {entry!r}")
+            raise UserError(f"target module names must be non-empty strings, got {entry!r}")
         if not any(matches_suffix(n, entry) for n in linear):
-            raise ValueError(
+            raise UserError(
                 f"target module {entry!r} matches no linear module in model type {model_type(model)!r}; its linear "
                 f"modules (per block): {', '.join(block_suffixes(linear)) or 'none'}"
             )

@@ -6,13 +6,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def run(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
     """Run a SLURM client command; a controller that does not answer is an error, not a hang."""
     try:
         return subprocess.run(command, input=input, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        raise ValueError(f"{Path(command[0]).name} did not answer within 120 s (is slurmctld reachable?)") from None
+        raise UserError(f"{Path(command[0]).name} did not answer within 120 s (is slurmctld reachable?)") from None
 
 
 def first_error(text: str) -> str:
@@ -23,7 +25,7 @@ def first_error(text: str) -> str:
 def require_sbatch() -> str:
     found = shutil.which("sbatch")
     if not found:
-        raise ValueError("sbatch not found on PATH: run this on a SLURM login node (use --dry-run to see the script)")
+        raise UserError("sbatch not found on PATH: run this on a SLURM login node (use --dry-run to see the script)")
     return found
 
 
@@ -31,14 +33,14 @@ def check_with_sbatch(script: str) -> None:
     """`sbatch --test-only`: SLURM validates the request (partition, GPUs, time) and submits nothing."""
     done = run([require_sbatch(), "--test-only"], input=script)
     if done.returncode:
-        raise ValueError(f"sbatch rejects this job: {first_error(done.stderr or done.stdout)}")
+        raise UserError(f"sbatch rejects this job: {first_error(done.stderr or done.stdout)}")
 
 
 def sbatch(path: Path) -> str:
     """sbatch the script and return its job id at once (the job runs on its own)."""
     done = run([require_sbatch(), "--parsable", str(path)])
     if done.returncode:
-        raise ValueError(f"sbatch failed: {first_error(done.stderr or done.stdout)}")
+        raise UserError(f"sbatch failed: {first_error(done.stderr or done.stdout)}")
     return done.stdout.strip().split(";")[0]
 
 

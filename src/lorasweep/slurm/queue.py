@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 
+from ..errors import UserError
 from .client import first_error, run
 
 JOBS_ATTR = "slurm_jobs"  # the study's user attribute: array job ids submitted for it
@@ -27,5 +28,5 @@ def job_states(job_ids: list[str]) -> list[tuple[str, str, str]]:
         return []
     done = run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%R"])
     if done.returncode and "Invalid job id" not in done.stderr:  # finished jobs are "invalid" once purged
-        raise ValueError(f"squeue failed: {first_error(done.stderr)}")
+        raise UserError(f"squeue failed: {first_error(done.stderr)}")
     return [tuple(line.split("|", 2)) for line in done.stdout.splitlines() if line.count("|") == 2]

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from ..errors import UserError
 from ..fileio import atomic_write_text
 from ..sources import CONFIG_DIR_ENV, TEMPLATE_DIR  # TEMPLATE_DIR: the packaged slurm/*.sbatch
 
@@ -29,21 +30,21 @@ LAUNCH_MARKER = "# @launch"  # ends the template line that sources slurm/launch.
 def slurm_settings(cluster: DictConfig) -> dict:
     """The cluster config as plain values, checked: one clear message for the first problem."""
     if cluster.name == "local":
-        raise ValueError("cluster=local has no SLURM settings: pass cluster=slurm cluster.partition=NAME "
-                         "(or your own conf/cluster/<site>.yaml)")
+        raise UserError("cluster=local has no SLURM settings: pass cluster=slurm cluster.partition=NAME "
+                        "(or your own conf/cluster/<site>.yaml)")
     try:
         values = {key: cluster[key] for key in cluster}
     except MissingMandatoryValue as exc:
         key = exc.full_key.split(".")[-1]
-        raise ValueError(f"cluster.{key} is required by conf/cluster/{cluster.name}.yaml: "
-                         f"pass cluster.{key}=VALUE") from None
+        raise UserError(f"cluster.{key} is required by conf/cluster/{cluster.name}.yaml: "
+                        f"pass cluster.{key}=VALUE") from None
     if not values["time"] or not _TIME.match(str(values["time"])):
-        raise ValueError(f"cluster.time must be SLURM time like '04:00:00' or '1-00:00:00' (quoted in YAML), "
-                         f"got {values['time']!r}")
+        raise UserError(f"cluster.time must be SLURM time like '04:00:00' or '1-00:00:00' (quoted in YAML), "
+                        f"got {values['time']!r}")
     for key, low in (("nodes", 1), ("processes_per_node", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
                      ("array", 1), ("signal_seconds", 0)):
         if values[key] < low:
-            raise ValueError(f"cluster.{key} must be >= {low}, got {values[key]}")
+            raise UserError(f"cluster.{key} must be >= {low}, got {values[key]}")
     return values
 
 

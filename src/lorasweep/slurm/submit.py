@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import compose
+from ..errors import UserError
 from . import client, queue
 from .render import render, save_script, slurm_settings
 
@@ -23,7 +24,7 @@ def submit_sweep(spec_path: str, overrides: list[str], array: int | None = None,
     settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
     array = settings["array"] if array is None else array
     if array <= 0:
-        raise ValueError(f"--array must be > 0, got {array}")
+        raise UserError(f"--array must be > 0, got {array}")
     array = min(array, spec.n_trials)  # more workers than trials would only wait
     check_storage_for_array(url, settings)
     text = render("sweep_array", settings, {"STUDY": spec.study, "STORAGE": url},
@@ -62,6 +63,6 @@ def check_storage_for_array(storage_url: str, settings: dict) -> None:
     if settings["nodes"] > 1 or nodes is None or nodes > 1:
         where = f"trials span {settings['nodes']} nodes" if settings["nodes"] > 1 else (
             f"partition {settings['partition'] or '(default)'} has {nodes or 'an unknown number of'} nodes")
-        raise ValueError(f"a SQLite study storage is not safe for a multi-node array ({where}): use "
-                         "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB")
+        raise UserError(f"a SQLite study storage is not safe for a multi-node array ({where}): use "
+                        "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB")
 

@@ -5,6 +5,8 @@ so it reads the study exactly the way the workers write it."""
 
 from __future__ import annotations
 
+from ..errors import UserError
+
 HOST = "127.0.0.1"
 
 
@@ -13,15 +15,15 @@ def serve(study_name: str, storage_url: str, port: int = 8080, host: str = HOST)
     try:
         import optuna_dashboard
     except ImportError:
-        raise ValueError("optuna-dashboard is not installed: pip install 'lorasweep[dashboard]'") from None
+        raise UserError("optuna-dashboard is not installed: pip install 'lorasweep[dashboard]'") from None
     from .study import load_study
 
     study, _, _ = load_study(study_name, storage_url)  # a missing study fails here, listing the ones there
     if not 0 < port < 65536:
-        raise ValueError(f"--port must be 1-65535, got {port}")
+        raise UserError(f"--port must be 1-65535, got {port}")
     print(f"optuna-dashboard for study {study_name}: http://{host}:{port}/dashboard/studies/{study._study_id} "
           "(Ctrl-C stops it)", flush=True)
     try:
         optuna_dashboard.run_server(study._storage, host=host, port=port)
     except OSError as exc:  # the port is taken
-        raise ValueError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 from ..config import compose
+from ..errors import UserError
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
 from .study import create_study, make_pruner
@@ -20,7 +21,7 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
     spec = load_spec(spec_path)
     spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study)
     if spec.n_trials <= 0:
-        raise ValueError(f"--n-trials must be > 0, got {spec.n_trials}")
+        raise UserError(f"--n-trials must be > 0, got {spec.n_trials}")
     validate_against_config(spec, overrides)
     make_pruner(spec)  # a pruner option Optuna does not take fails here, not in the first worker
     url = storage or spec.storage or default_storage_url(compose([*spec.fixed, *overrides]).run_root)
@@ -32,7 +33,7 @@ def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: 
     """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
     StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials."""
     if workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {workers}")
+        raise UserError(f"--workers must be >= 0, got {workers}")
     spec, url = prepare(spec_path, overrides, n_trials, storage, study)
     optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before training
     if workers == 0:  # queue only: workers are started elsewhere (`lorasweep worker`, a SLURM array)

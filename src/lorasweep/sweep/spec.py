@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from ..errors import UserError
 from ..metrics import objective_names
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -103,11 +104,11 @@ def _override_value(value) -> str:
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"sweep spec not found: {path}")
+        raise UserError(f"sweep spec not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_spec(data, default_study=path.stem, source=str(path))
 
 
@@ -115,16 +116,16 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     where = source or "sweep spec"
     unknown = set(data) - _SPEC_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}")
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}")
     params = []
     for key, body in (data.get("params") or {}).items():
         params.append(_parse_param(key, body or {}, where))
     if not params:
-        raise ValueError(f"{where}: no params to search")
+        raise UserError(f"{where}: no params to search")
     objectives = data.get("objectives") or [{"metric": "eval/loss", "direction": "minimize"}]
     sampler = {"name": "tpe", "seed": 0, **(data.get("sampler") or {})}
     if sampler["name"] not in SAMPLERS:
-        raise ValueError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler['name']!r}")
+        raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler['name']!r}")
     default_budget = len(grid_points(params, where)) if sampler["name"] == "grid" else 10
     spec = SweepSpec(
         study=str(data.get("study") or default_study),
@@ -138,15 +139,15 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
         source=source,
     )
     if spec.n_trials <= 0:
-        raise ValueError(f"{where}: n_trials must be > 0, got {spec.n_trials}")
+        raise UserError(f"{where}: n_trials must be > 0, got {spec.n_trials}")
     for o in spec.objectives:
         if o.direction not in ("minimize", "maximize"):
-            raise ValueError(f"{where}: objective direction must be minimize or maximize, got {o.direction!r}")
+            raise UserError(f"{where}: objective direction must be minimize or maximize, got {o.direction!r}")
     check_grid_budget(spec, where)
     if spec.pruner["name"] not in PRUNERS:
-        raise ValueError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {spec.pruner['name']!r}")
+        raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {spec.pruner['name']!r}")
     if len(spec.objectives) > 1 and spec.pruner["name"] != "none":
-        raise ValueError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
+        raise UserError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
     return spec
 
 
@@ -156,8 +157,8 @@ def grid_points(params: list[Param], where: str = "sweep spec") -> list[dict]:
 
     for param in params:
         if param.type != "categorical":
-            raise ValueError(f"{where}: sampler grid needs categorical params; {param.key} is a {param.type} range "
-                             f"(list its values: {{type: categorical, choices: [...]}})")
+            raise UserError(f"{where}: sampler grid needs categorical params; {param.key} is a {param.type} range "
+                            f"(list its values: {{type: categorical, choices: [...]}})")
     return [dict(zip([p.key for p in params], values)) for values in itertools.product(*(p.choices for p in params))]
 
 
@@ -167,32 +168,32 @@ def check_grid_budget(spec: SweepSpec, where: str = "sweep spec") -> None:
         return
     size = len(grid_points(spec.params, where))
     if spec.n_trials != size:
-        raise ValueError(f"{where}: sampler grid runs each of its {size} points once; n_trials {spec.n_trials} "
-                         f"differs (leave n_trials out)")
+        raise UserError(f"{where}: sampler grid runs each of its {size} points once; n_trials {spec.n_trials} "
+                        f"differs (leave n_trials out)")
 
 
 def _parse_param(key: str, body: dict, where: str) -> Param:
     unknown = set(body) - _PARAM_KEYS
     if unknown:
-        raise ValueError(f"{where}: param {key}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"{where}: param {key}: unknown field(s) {', '.join(sorted(unknown))}")
     kind = body.get("type")
     if kind not in PARAM_TYPES:
-        raise ValueError(f"{where}: param {key}: type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+        raise UserError(f"{where}: param {key}: type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
     param = Param(key=key, **{k: v for k, v in body.items()})
     if kind == "categorical":
         if not param.choices:
-            raise ValueError(f"{where}: param {key}: categorical needs a non-empty choices list")
+            raise UserError(f"{where}: param {key}: categorical needs a non-empty choices list")
         if any(not isinstance(c, (str, int, float, bool)) for c in param.choices):
-            raise ValueError(f"{where}: param {key}: choices must be strings or numbers")
+            raise UserError(f"{where}: param {key}: choices must be strings or numbers")
     else:
         if param.low is None or param.high is None:
-            raise ValueError(f"{where}: param {key}: {kind} needs low and high")
+            raise UserError(f"{where}: param {key}: {kind} needs low and high")
         if param.low > param.high:
-            raise ValueError(f"{where}: param {key}: low ({param.low}) > high ({param.high})")
+            raise UserError(f"{where}: param {key}: low ({param.low}) > high ({param.high})")
         if param.log and param.low <= 0:
-            raise ValueError(f"{where}: param {key}: log scale needs low > 0")
+            raise UserError(f"{where}: param {key}: log scale needs low > 0")
     if param.per_rank and key != "lora.alpha":
-        raise ValueError(f"{where}: param {key}: per_rank applies to lora.alpha only")
+        raise UserError(f"{where}: param {key}: per_rank applies to lora.alpha only")
     return param
 
 
@@ -203,13 +204,13 @@ def validate_against_config(spec: SweepSpec, overrides: list[str]) -> None:
     cfg = compose([*spec.fixed, *overrides])
     for param in spec.params:
         if OmegaConf.select(cfg, param.key, default="__missing__") == "__missing__":
-            raise ValueError(f"sweep param {param.key!r} is not a key of the training config")
+            raise UserError(f"sweep param {param.key!r} is not a key of the training config")
     if any(p.per_rank for p in spec.params) and not any(p.key == "lora.rank" for p in spec.params):
-        raise ValueError("lora.alpha with per_rank needs lora.rank among the searched params")
+        raise UserError("lora.alpha with per_rank needs lora.rank among the searched params")
     known = objective_names(cfg.data.task)
     for o in spec.objectives:
         if o.metric not in known:
-            raise ValueError(f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "
-                             f"choose from {', '.join(sorted(known))}")
+            raise UserError(f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "
+                            f"choose from {', '.join(sorted(known))}")
     if spec.pruner["name"] != "none" and not spec.objectives[0].metric.startswith("eval/"):
-        raise ValueError(f"pruning reports eval metrics during training; {spec.objectives[0].metric} is not one")
+        raise UserError(f"pruning reports eval metrics during training; {spec.objectives[0].metric} is not one")

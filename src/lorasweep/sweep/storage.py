@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import UserError
 
 # A worker writes a heartbeat every interval; a RUNNING trial silent for the grace period is failed and re-queued.
 # The grace is long on purpose: a heartbeat can wait behind SQLite's write lock (timeout 60 s) on a busy machine,
@@ -43,13 +44,13 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
 
         path = url[len("journal://"):]
         if not Path(path).parent.is_dir():
-            raise ValueError(f"journal storage folder does not exist: {Path(path).parent}")
+            raise UserError(f"journal storage folder does not exist: {Path(path).parent}")
         backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
-        raise ValueError(f"unsupported storage URL {url!r}: use sqlite:///FILE, journal:///FILE or postgresql://...")
+        raise UserError(f"unsupported storage URL {url!r}: use sqlite:///FILE, journal:///FILE or postgresql://...")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -63,7 +64,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
         )
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         first = " ".join(str(exc).split())[:300]
-        raise ValueError(f"cannot open study storage {url}: {first}") from None
+        raise UserError(f"cannot open study storage {url}: {first}") from None
     if url.startswith("sqlite"):
         _serialize_sqlite_transactions(storage.engine)
     return storage

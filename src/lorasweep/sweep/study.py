@@ -12,6 +12,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from ..errors import UserError
 from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import open_storage
 
@@ -33,11 +34,11 @@ def make_sampler(spec: SweepSpec):
         "grid": lambda **o: optuna.samplers.GridSampler({p.key: list(p.choices) for p in spec.params}, **o),
     }
     if name not in kinds:
-        raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(kinds)}")
+        raise UserError(f"unknown sampler {name!r}: use one of {', '.join(kinds)}")
     try:
         return kinds[name](seed=seed, **options)
     except TypeError as exc:  # an option the sampler does not take
-        raise ValueError(f"sampler {name}: {exc}") from None
+        raise UserError(f"sampler {name}: {exc}") from None
 
 
 def make_pruner(spec: SweepSpec):
@@ -53,7 +54,7 @@ def make_pruner(spec: SweepSpec):
     try:
         return kinds[name](**options)
     except TypeError as exc:  # an option the pruner does not take
-        raise ValueError(f"pruner {name}: {exc}") from None
+        raise UserError(f"pruner {name}: {exc}") from None
 
 
 def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
@@ -109,10 +110,10 @@ def load_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SweepSp
         summary = optuna.study.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ValueError(f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}") from None
+        raise UserError(f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}") from None
     attrs = summary.user_attrs
     if SPEC_ATTR not in attrs:
-        raise ValueError(f"study {study_name!r} was not created by lorasweep (no spec stored on it)")
+        raise UserError(f"study {study_name!r} was not created by lorasweep (no spec stored on it)")
     spec = SweepSpec.from_dict(attrs[SPEC_ATTR])
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec),
                               pruner=make_pruner(spec))

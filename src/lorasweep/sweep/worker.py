@@ -19,8 +19,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from ..config import compose, config_hash
 from .. import internals
+from ..config import compose, config_hash
 from ..resources import Resources
 from ..run import Callbacks, train
 from ..slurm import identity

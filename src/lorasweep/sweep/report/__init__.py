@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 
+from ...errors import UserError
 from ..spec import SweepSpec
 from .data import ReportData, TrialRow, collect
 from .leaderboard import format_table, leaderboard
@@ -29,7 +30,7 @@ def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = 
         for row in data.rows:
             states[row.state.lower()] = states.get(row.state.lower(), 0) + 1
         found = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
-        raise ValueError(f"study {study.study_name!r} has no finished trial yet ({found}); nothing to report")
+        raise UserError(f"study {study.study_name!r} has no finished trial yet ({found}); nothing to report")
     return data, (make_pivot(data, *table) if table else None)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from ...errors import UserError
 from ...tables import cell
 from ..spec import SweepSpec
 from .data import ReportData
@@ -43,10 +44,10 @@ def check_table_keys(spec: SweepSpec, keys) -> None:
     names = [p.key for p in spec.params]
     for key in keys:
         if key not in names:
-            raise ValueError(f"--table: {key!r} is not a parameter study {spec.study!r} searched; "
-                             f"searched: {', '.join(names)}")
+            raise UserError(f"--table: {key!r} is not a parameter study {spec.study!r} searched; "
+                            f"searched: {', '.join(names)}")
     if len(keys) != 2 or keys[0] == keys[1]:
-        raise ValueError(f"--table needs two different searched parameters (rows, columns), got {' '.join(keys)}")
+        raise UserError(f"--table needs two different searched parameters (rows, columns), got {' '.join(keys)}")
 
 
 def make_pivot(data: ReportData, row_key: str, col_key: str) -> Pivot:

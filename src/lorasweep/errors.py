@@ -1,0 +1,9 @@
+"""The one exception type for bad input (a config value, a file, a spec, an adapter that does not fit).
+
+The CLI prints a UserError as one line and exits 2; any other exception keeps its traceback, since it is a bug.
+It is a ValueError, so code that catches ValueError around lorasweep's API keeps working.
+"""
+
+
+class UserError(ValueError):
+    pass
