@@ -87,13 +87,7 @@ class LowRankLinear(torch.autograd.Function):
             xl2 = x2
         g = grad_y.reshape(-1, grad_y.shape[-1])
         g_slices = _slice_grads(g, slices)
-        row = 0
-        gb_parts = []
-        for g_j, sl in zip(g_slices, slices):
-            # (B_jᵀ·g_jᵀ)ᵀ rather than g_j·B_j: BLAS is several times faster on this thin shape.
-            gb_parts.append(torch.mm(lora_B[row : row + sl.rows].t().contiguous(), g_j.t()).t())
-            row += sl.rows
-        gb = gb_parts[0] if len(gb_parts) == 1 else torch.cat(gb_parts, dim=1)  # (N, k·r)
+        gb = _grad_through_B(g_slices, slices, lora_B)  # (N, k·r)
 
         grad_x = grad_xl = grad_w = grad_bias = grad_A = grad_B = None
         if need_x or need_xl:
@@ -110,11 +104,7 @@ class LowRankLinear(torch.autograd.Function):
         if need_A:
             grad_A = (gb.t() @ xl2).mul_(scale)
         if need_B:
-            # (xa_jᵀ·g_j)ᵀ rather than g_jᵀ·xa_j: up to 6× faster for wide outputs (MLP up-projections).
-            parts = [
-                torch.mm(xa[:, j * rank : (j + 1) * rank].t(), g_j).mul_(scale).t() for j, g_j in enumerate(g_slices)
-            ]
-            grad_B = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
+            grad_B = _grad_B(xa, g_slices, rank, scale)
         return grad_x, grad_xl, grad_w, grad_bias, grad_A, grad_B, None, None
 
 
@@ -172,21 +162,14 @@ class LowRankAdd(torch.autograd.Function):
         _, need_x, need_A, need_B = ctx.needs_input_grad[:4]
         g = grad_y.reshape(-1, grad_y.shape[-1])
         g_slices = _slice_grads(g, slices)
-        row, gb_parts = 0, []
-        for g_j, sl in zip(g_slices, slices):
-            gb_parts.append(torch.mm(lora_B[row : row + sl.rows].t().contiguous(), g_j.t()).t())
-            row += sl.rows
-        gb = gb_parts[0] if len(gb_parts) == 1 else torch.cat(gb_parts, dim=1)
+        gb = _grad_through_B(g_slices, slices, lora_B)
         grad_x = grad_A = grad_B = None
         if need_x:
             grad_x = (gb @ lora_A).mul_(scale).view(*ctx.lead, -1)
         if need_A:
             grad_A = (gb.t() @ x2).mul_(scale)
         if need_B:
-            parts = [
-                torch.mm(xa[:, j * rank : (j + 1) * rank].t(), g_j).mul_(scale).t() for j, g_j in enumerate(g_slices)
-            ]
-            grad_B = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
+            grad_B = _grad_B(xa, g_slices, rank, scale)
         return grad_y, grad_x, grad_A, grad_B, None, None
 
 
@@ -210,3 +193,20 @@ def low_rank_add(
         y = y.contiguous() if not y.is_contiguous() else y.clone()
     with torch.autocast(device_type, enabled=False):
         return LowRankAdd.apply(y, cast(x), cast(lora_A), cast(lora_B), scale, tuple(slices))
+
+
+def _grad_through_B(g_slices, slices, lora_B: torch.Tensor) -> torch.Tensor:
+    """g·B per slice, side by side: (N, k·r)."""
+    row, parts = 0, []
+    for g_j, sl in zip(g_slices, slices):
+        # (B_jᵀ·g_jᵀ)ᵀ rather than g_j·B_j: BLAS is several times faster on this thin shape.
+        parts.append(torch.mm(lora_B[row : row + sl.rows].t().contiguous(), g_j.t()).t())
+        row += sl.rows
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _grad_B(xa: torch.Tensor, g_slices, rank: int, scale: float) -> torch.Tensor:
+    """The gradient of B, slice by slice: scale · g_jᵀ·xa_j."""
+    # (xa_jᵀ·g_j)ᵀ rather than g_jᵀ·xa_j: up to 6× faster for wide outputs (MLP up-projections).
+    parts = [torch.mm(xa[:, j * rank : (j + 1) * rank].t(), g_j).mul_(scale).t() for j, g_j in enumerate(g_slices)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
