@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -20,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
+from interleaved import time_interleaved
 
 from lorasweep.lora import apply_lora, resolve_targets
 from lorasweep.models import load_pretrained, packaged_minilm_dir
@@ -99,13 +99,7 @@ def main(argv=None) -> int:
 
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}×{args.seq}, r={RANK}")
-    for step in variants.values():  # warm-up
-        step()
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, step in variants.items():
-            times[name].append(step())
-    median = {name: statistics.median(t) for name, t in times.items()}
+    times, median = time_interleaved(variants, args.repeats)
 
     print(f"\n{'variant':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'/ bound':>8} {'/ peft':>7}")
     for name, t in times.items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
+from interleaved import time_interleaved
 
 RANK, ALPHA = 8, 16
 
@@ -100,13 +100,7 @@ def step_main(args) -> int:
         variants[f"lorasweep {preset}"] = Stepper(make_lorasweep(base, preset), batch, device)
     print(f"QLoRA nf4 MiniLM, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}×{args.seq}, r={RANK}")
-    for step in variants.values():  # warm-up
-        step()
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, step in variants.items():
-            times[name].append(step())
-    median = {name: statistics.median(t) for name, t in times.items()}
+    times, median = time_interleaved(variants, args.repeats)
     print(f"\n{'variant':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'/ peft':>7}")
     ratios = {}
     for name, t in times.items():
@@ -123,40 +117,11 @@ def step_main(args) -> int:
 
 # ---- memory table --------------------------------------------------------------------------------------------
 
-def _reset_peak(device) -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap (the fp32 weights quantization replaced)
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _baseline(device) -> int:
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _vm("VmRSS")
-
-
-def _peak(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _vm("VmHWM")
-
-
-def _vm(field) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq, device) -> dict:
     """Runs in a child process: the memory account and the peak of one configuration."""
     from lorasweep.accounting import memory_account
     from lorasweep.lora import apply_lora
+    from lorasweep.memory import PeakMemory, resident_bytes
     from lorasweep.models import build_tiny, load_pretrained, packaged_minilm_dir
     from lorasweep.optim import build_optimizer
     from lorasweep.quantize import quantize_model
@@ -168,7 +133,7 @@ def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq,
 
     device = torch.device(device)
     torch.manual_seed(0)
-    start = _baseline(device)
+    start = resident_bytes(device)
     if model_name == "minilm":
         model = load_pretrained(packaged_minilm_dir(), "classification", num_labels=2).to(device)
         head = ["classifier"]
@@ -185,13 +150,13 @@ def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq,
     optimizer = build_optimizer(Optim, [p for p in model.parameters() if p.requires_grad])
     batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
-    _reset_peak(device)
+    peak = PeakMemory(device).start()  # lorasweep's own per-run peak (memory.py)
     for _ in range(steps):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     account = memory_account(model, optimizer)
-    account["memory/peak_bytes"] = _peak(device) - start
+    account["memory/peak_bytes"] = peak.peak_bytes() - start
     return account
 
 

@@ -48,6 +48,13 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def resident_bytes(device: torch.device) -> int:
+    """What is held now: CUDA tensor bytes on `device`, or the process's resident set (VmRSS) on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return (_status_kib("VmRSS") or 0) * 1024
+
+
 def _release_free_heap() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
