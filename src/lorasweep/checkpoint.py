@@ -7,7 +7,6 @@ so resume never reads half a checkpoint; the newest two are kept.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .fileio import publish_directory
 
 KEEP = 2
 
@@ -66,10 +67,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, position: Posi
 
 def publish_checkpoint(directory: Path, step: int) -> None:
     """Main process, after every process has written: make the checkpoint visible, drop old ones."""
-    tmp, final = directory / f".step_{step:08d}.tmp", directory / f"step_{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    publish_directory(directory / f".step_{step:08d}.tmp", directory / f"step_{step:08d}")
     for old in sorted(directory.glob("step_*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
 

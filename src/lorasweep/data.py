@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 import torch
 
 from .errors import UserError
+from .fileio import atomic_directory
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 IGNORE = -100  # label that the loss skips
@@ -237,19 +236,9 @@ def _source_hash(cfg) -> str | None:
 
 
 def _save_atomic(encoded: datasets.DatasetDict, final: Path) -> None:
-    """Write to a temp dir beside `final`, then rename: a reader never sees half a cache entry."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
+    """A reader never sees half a cache entry; if another process published the same entry first, keep it."""
+    with atomic_directory(final, replace=False) as tmp:
         encoded.save_to_disk(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process renamed its copy first: keep that one
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tokenize(ds: datasets.Dataset, cfg, tokenizer, tag: str) -> datasets.Dataset:

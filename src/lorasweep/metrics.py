@@ -70,6 +70,10 @@ def deterministic_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in BY_NAME and BY_NAME[k].deterministic}
 
 
+def is_final_metric(name: str) -> bool:
+    return name in BY_NAME and BY_NAME[name].final
+
+
 def final_names() -> list[str]:
     return [m.name for m in METRICS if m.final]
 

@@ -24,6 +24,7 @@ from .loop import Callbacks, Loop
 from .lora import apply_lora, save_adapter
 from .lora.targets import as_targets
 from .memory import PeakMemory
+from .metrics import is_final_metric
 from .models import head_names
 from .optim import build_optimizer
 from .resources import Resources
@@ -111,7 +112,9 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
             raise
         final = _record(loop, figures, memory, status, digest)
         if main:
-            loop.tracker.summary({k: v for k, v in final.items() if k != "status"})
+            # W&B's summary: the registry's final metrics (metrics.py), and the run's hash and step.
+            loop.tracker.summary({k: v for k, v in final.items()
+                                  if is_final_metric(k) or k in ("config_hash", "step")})
             if status == "completed":
                 save_adapter(accelerator.unwrap_model(model), run.adapter_dir, cfg.model.name_or_path)
             run.write_metrics(final)

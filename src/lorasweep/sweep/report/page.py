@@ -5,12 +5,10 @@ failure half-way) never sees a half-written report."""
 from __future__ import annotations
 
 import html
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...fileio import atomic_directory
 from ...metrics import BY_NAME
 from ...tables import cell
 from .data import COSTS, ReportData
@@ -117,21 +115,7 @@ def write_folder(out_dir: Path, page: str) -> Path:
     """index.html and plotly.min.js into a sibling temporary folder, then renamed to out_dir."""
     from plotly.offline import get_plotlyjs
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_directory(out_dir) as tmp:
         (tmp / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir / "index.html"
+    return Path(out_dir) / "index.html"
