@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lorasweep train trainer.eval_at_start=true
 
-# The default run (what a developer runs; ~10 min on 2 cores). CI also runs `make test-slow`.
+# The default run (what a developer runs; ~4-5 min on 2 cores). CI also runs test-wheel, test-slow, test-slurm.
 test: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
