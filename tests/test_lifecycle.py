@@ -245,3 +245,59 @@ def test_ctrl_c_on_a_sweep_requeues_its_trial(tmp_path):
     assert done.returncode == 0 and f"resuming {run.hash} from step {step}" in done.stdout, done.stderr
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).get_trials()]
     assert states == ["FAIL", "COMPLETE"] and run.is_complete()
+
+
+def test_a_signal_while_waiting_for_the_lock_stops_the_wait(tmp_path):
+    overrides = [*SMALL, f"run_root={tmp_path}"]
+    run_dir = tmp_path / config_hash(compose(overrides))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from lorasweep.runlock import RunLock
+        with RunLock({str(run_dir)!r}):
+            print("held", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        result = train(compose(overrides), callbacks=Callbacks(should_stop=lambda: time.perf_counter() > started + 2))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result["status"] == "interrupted" and time.perf_counter() - started < 30
+    assert not run_dir.exists()
+
+
+def test_force_reruns_from_step_zero_and_a_late_failure_leaves_a_record(tmp_path, monkeypatch):
+    cfg = compose([*SMALL, f"run_root={tmp_path}", "trainer.checkpoint_every=2"])
+    first = train(cfg)
+    again = train(cfg, force=True)
+    run = RunStore(tmp_path).run(first["config_hash"])
+    assert not [h for h in run.history() if "event" in h]  # no resume: a rerun from step 0
+    assert again["status"] == "completed" and again["eval/loss"] == first["eval/loss"]
+
+    import lorasweep.run
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(lorasweep.run, "save_adapter", full_disk)
+    with pytest.raises(OSError):
+        train(cfg, force=True)
+    record = run.metrics()
+    assert record["status"] == "failed" and "No space left" in record["error"] and record["step"] == 4
+
+
+def test_one_ctrl_c_after_a_term_still_checkpoints():
+    from lorasweep.signals import StopOnSignal
+
+    stop = StopOnSignal()
+    stop._handle(signal.SIGTERM, None)
+    stop._handle(signal.SIGINT, None)  # not a second Ctrl-C: no KeyboardInterrupt
+    assert stop() and stop.exit_code == 128 + signal.SIGTERM
+    ctrl_c = StopOnSignal()
+    ctrl_c._handle(signal.SIGINT, None)  # the first Ctrl-C only sets the flag
+    assert ctrl_c() and ctrl_c.exit_code == 130
+    with pytest.raises(KeyboardInterrupt):  # the second one does not wait
+        ctrl_c._handle(signal.SIGINT, None)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -36,8 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     stop = StopOnSignal().install()
     metrics = train(cfg, force=args.force, callbacks=Callbacks(should_stop=stop))
     if metrics["status"] == "interrupted":
-        print(f"lorasweep: {stop.received}: run {metrics['config_hash']} checkpointed at step {metrics['step']}; "
-              "the same command resumes it", file=sys.stderr)
+        print(f"lorasweep: {stop.received}: run {metrics['config_hash']} stopped at step {metrics['step']} "
+              "(checkpointed); the same command resumes it", file=sys.stderr)
         return stop.exit_code or 1
     _print_result(cfg, metrics)
     return 0 if metrics["status"] in ("completed", "reused", "pruned") else 1

@@ -51,7 +51,8 @@ def atomic_directory(final: str | os.PathLike, replace: bool = True):
 
 def publish_directory(tmp: str | os.PathLike, final: str | os.PathLike, replace: bool = True) -> None:
     """Rename a fully written folder to `final`. An existing `final` is swapped out and removed (replace), or
-    kept (not replace: another process published the same content first)."""
+    kept (not replace: another process published the same content first). Between the two renames of a
+    replace `final` is briefly absent (never half-written); a crash there leaves the old one as .NAME.old-PID."""
     tmp, final = Path(tmp), Path(final)
     if final.exists() and replace:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -101,8 +101,8 @@ class Loop:
                 self.acc.backward(loss / len(micro_batches))
             loss_sum += loss.item() / len(micro_batches)
         step = self.position.step + 1
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"non-finite training loss ({loss_sum}) at step {step}")
+        if self._any_rank(not math.isfinite(loss_sum)):  # every rank raises, none waits in a collective
+            raise FloatingPointError(f"non-finite training loss ({loss_sum} here) at step {step}")
         if self.cfg.optim.max_grad_norm:
             self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
         self.optimizer.step()
@@ -178,6 +178,13 @@ class Loop:
     def _agree(self, flag: bool) -> bool:
         """Every rank takes the main rank's decision."""
         value = torch.tensor([1.0 if flag and self.acc.is_main_process else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(value, reduction="sum").item() > 0)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when the flag is set on any rank."""
+        if self.acc.num_processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
         return bool(self.acc.reduce(value, reduction="sum").item() > 0)
 
     def _record(self, record: dict) -> None:

@@ -9,6 +9,7 @@ Resources a sweep worker keeps between trials.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from .metrics import is_final_metric
 from .models import head_names
 from .optim import build_optimizer
 from .resources import Resources
-from .runlock import RunLock
+from .runlock import RunLock, RunLockStopped
 from .runstore import RunDir, RunStore, environment_record
 from .tracking import Tracker, make_tracker
 
@@ -46,22 +47,31 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes == 1 and run.is_complete() and not force:  # ranks decide together, below
         return _reused(run, digest)
-    lock = RunLock(run.path, cfg.trainer.lock_timeout_s) if state.is_main_process else None
-    # Only the main rank locks; the others learn its verdict (train or reuse) once it holds the lock.
-    with lock if lock else _NoLock():
-        reuse = _broadcast(state, run.is_complete() and not force)
-        if reuse:
-            if lock and lock.waited_for:
-                print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result", flush=True)
-            return _reused(run, digest)
-        return _train_locked(cfg, digest, run, tracker, callbacks or Callbacks(), resources)
+    callbacks = callbacks or Callbacks()
+    lock = RunLock(run.path, cfg.trainer.lock_timeout_s, should_stop=callbacks.should_stop) \
+        if state.is_main_process else None
+    # Only the main rank locks; the others learn its verdict once it holds the lock (or gave up on a signal).
+    try:
+        with lock if lock else _NoLock():
+            verdict = _broadcast(state, "reuse" if run.is_complete() and not force else "train")
+            if verdict == "reuse":
+                if lock and lock.waited_for:
+                    print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result",
+                          flush=True)
+                return _reused(run, digest)
+            if verdict == "train":
+                return _train_locked(cfg, digest, run, tracker, callbacks, resources, fresh=force)
+    except RunLockStopped as stopped:  # the main rank, on a signal while waiting: the others get "stop"
+        _broadcast(state, "stop")
+        print(f"{stopped}", flush=True)
+    return {"status": "interrupted", "config_hash": digest, "step": 0}
 
 
 def _reused(run: RunDir, digest: str) -> dict:
     return {**run.metrics(), "status": "reused", "config_hash": digest}
 
 
-def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, resources) -> dict:
+def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, resources, fresh: bool) -> dict:
     from accelerate import Accelerator
 
     reset_accelerator_settings()  # a worker's earlier trial may have had other settings
@@ -95,7 +105,7 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     accelerator.wait_for_everyone()
     loop = Loop(cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task,
                 tokenizer), micro, total_steps, run, None, callbacks, [])
-    position = _resume_or_start(run, loop, accelerator, digest)
+    position = _resume_or_start(run, loop, accelerator, digest, fresh)
 
     own_tracker = tracker is None and main
     if own_tracker:
@@ -105,19 +115,20 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     try:
         try:
             status = loop.run(position)
+            final = _record(loop, figures, memory, status, digest)
+            if main:
+                # W&B's summary: the registry's final metrics (metrics.py), and the run's hash and step.
+                loop.tracker.summary({k: v for k, v in final.items()
+                                      if is_final_metric(k) or k in ("config_hash", "step")})
+                if status == "completed":
+                    save_adapter(accelerator.unwrap_model(model), run.adapter_dir, cfg.model.name_or_path)
+                run.write_metrics(final)
         except BaseException as exc:
+            status = "failed"
             if main:  # a failed or killed run still leaves its record: how far it got and what it cost
                 ending = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
                 run.write_metrics(_record(loop, figures, memory, ending, digest, exc))
             raise
-        final = _record(loop, figures, memory, status, digest)
-        if main:
-            # W&B's summary: the registry's final metrics (metrics.py), and the run's hash and step.
-            loop.tracker.summary({k: v for k, v in final.items()
-                                  if is_final_metric(k) or k in ("config_hash", "step")})
-            if status == "completed":
-                save_adapter(accelerator.unwrap_model(model), run.adapter_dir, cfg.model.name_or_path)
-            run.write_metrics(final)
         accelerator.wait_for_everyone()
         return final
     finally:
@@ -125,8 +136,12 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
             tracker.finish(exit_code=0 if status != "failed" else 1)
 
 
-def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str) -> ckpt.Position:
-    """The latest checkpoint's position (restoring weights, optimizer, scheduler, RNG and loop state)."""
+def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str, fresh: bool) -> ckpt.Position:
+    """The latest checkpoint's position (restoring weights, optimizer, scheduler, RNG and loop state), or the
+    start: when there is none, or `fresh` (--force: a rerun from step 0, its old checkpoints dropped)."""
+    if fresh and accelerator.is_main_process:
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     latest = ckpt.latest_checkpoint(run.checkpoints_dir)
     if latest is None:
         if accelerator.is_main_process:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -23,6 +24,10 @@ from .slurm.identity import job as slurm_job
 
 class RunLockTimeout(UserError):
     """The run's lock could not be had in time (a user-facing, one-line error)."""
+
+
+class RunLockStopped(Exception):
+    """A stop signal arrived while waiting for another process's run: the caller treats it as interrupted."""
 
 
 def holder_identity() -> dict:
@@ -39,10 +44,11 @@ def describe_holder(identity: dict | None) -> str:
 class RunLock:
     """`with RunLock(run_path, timeout) as lock:` — `lock.waited_for` names the holder it waited for, if any."""
 
-    def __init__(self, run_path: Path, timeout: float | None = None, announce=print):
+    def __init__(self, run_path: Path, timeout: float | None = None, announce=print, should_stop=None):
         self.path = Path(run_path)
         self.timeout = timeout  # seconds; None: as long as it takes
         self.announce = announce
+        self.should_stop = should_stop  # a signal while waiting: give up (RunLockStopped)
         self.waited_for: str | None = None
         self._lock = FileLock(str(self.path.parent / f".{self.path.name}.lock"))
 
@@ -63,13 +69,30 @@ class RunLock:
         except Timeout:
             self.waited_for = describe_holder(self.holder())
             self.announce(f"run {self.path.name} is being trained by {self.waited_for}; waiting for it", flush=True)
-            try:
-                self._lock.acquire(timeout=-1 if self.timeout is None else self.timeout)
-            except Timeout:
-                raise RunLockTimeout(f"run directory {self.path} is locked by {describe_holder(self.holder())}; "
-                                     f"gave up after {self.timeout:g} s (trainer.lock_timeout_s)") from None
-        atomic_write_json(self.holder_file, holder_identity())
+            self._wait()
+        try:
+            atomic_write_json(self.holder_file, holder_identity())
+        except BaseException:
+            self._lock.release()
+            raise
         return self
+
+    def _wait(self) -> None:
+        """Acquire in one-second slices, so that a stop signal (preemption, Ctrl-C) is seen while waiting."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            if self.should_stop is not None and self.should_stop():
+                raise RunLockStopped(f"stopped while waiting for run directory {self.path} "
+                                     f"(locked by {describe_holder(self.holder())})")
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            try:
+                self._lock.acquire(timeout=max(left, 0))
+                return
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RunLockTimeout(f"run directory {self.path} is locked by "
+                                         f"{describe_holder(self.holder())}; gave up after {self.timeout:g} s "
+                                         "(trainer.lock_timeout_s)") from None
 
     def __exit__(self, *exc) -> None:
         self._lock.release()

@@ -26,7 +26,7 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        if self.received and signum == signal.SIGINT:  # the second Ctrl-C: the user does not want to wait
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:  # a second Ctrl-C: do not wait
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.received = self.received or signal.Signals(signum).name  # no I/O here: print() is not reentrant

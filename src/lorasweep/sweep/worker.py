@@ -165,6 +165,9 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         raise  # not this trial's failure: another worker already failed it as stale (run_worker)
     except Exception as exc:  # noqa: BLE001 - any failure ends this trial, never the sweep
         trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        if state.num_processes > 1:  # the other ranks may be inside a collective: end the worker, so that
+            trial.study.tell(trial, state=TrialState.FAIL)  # torchrun stops them all (other workers go on)
+            raise
         return TrialState.FAIL, None
     trial.set_user_attr("status", metrics["status"])
     # The run's figures whatever its ending (a pruned trial's parameters and memory are known too).
@@ -198,8 +201,7 @@ def _follow(state, resources, should_stop) -> int:
         overrides = _broadcast(state, STOP)
         if overrides is STOP:
             return done
-        try:
-            train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
-        except Exception:  # noqa: BLE001 - rank 0 records the failure; stay in step with it
-            pass
+        # A failure here ends this process (rank 0 records the trial's failure): torchrun then stops every rank,
+        # rather than leave rank 0 waiting in a collective this rank will never join.
+        train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
         done += 1
