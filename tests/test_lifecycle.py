@@ -25,6 +25,19 @@ def _cli(*argv, cwd=None, **kwargs):
                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd, **kwargs)
 
 
+def _hold_lock(run_dir) -> subprocess.Popen:
+    """Another process holding the run's lock (until killed), started and holding when this returns."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from lorasweep.runlock import RunLock
+        with RunLock({str(run_dir)!r}):
+            print("held", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def _records(run) -> list[tuple]:
     return [(h.get("step"), tuple(sorted(h))) for h in run.history()]
 
@@ -48,14 +61,7 @@ def test_two_processes_on_one_hash_train_it_once(tmp_path):
 def test_lock_of_a_killed_process_is_taken_over(tmp_path):
     cfg = compose([*SMALL, f"run_root={tmp_path}", "trainer.lock_timeout_s=60"])
     run_dir = tmp_path / config_hash(cfg)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from lorasweep.runlock import RunLock
-        with RunLock({str(run_dir)!r}):
-            print("held", flush=True)
-            time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, env=ENV)
-    assert holder.stdout.readline().strip() == "held"
+    holder = _hold_lock(run_dir)
     holder.kill()  # SIGKILL: no chance to release anything
     holder.wait()
     started = time.perf_counter()
@@ -66,15 +72,8 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
 def test_lock_that_cannot_be_had_in_time_is_a_one_line_error(tmp_path):
     overrides = [*SMALL, f"run_root={tmp_path}", "trainer.lock_timeout_s=1"]
     run_dir = tmp_path / config_hash(compose(overrides))
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from lorasweep.runlock import RunLock
-        with RunLock({str(run_dir)!r}):
-            print("held", flush=True)
-            time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = _hold_lock(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "held"
         out, err = _cli("train", *overrides).communicate(timeout=300)
     finally:
         holder.kill()
@@ -250,15 +249,8 @@ def test_ctrl_c_on_a_sweep_requeues_its_trial(tmp_path):
 def test_a_signal_while_waiting_for_the_lock_stops_the_wait(tmp_path):
     overrides = [*SMALL, f"run_root={tmp_path}"]
     run_dir = tmp_path / config_hash(compose(overrides))
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from lorasweep.runlock import RunLock
-        with RunLock({str(run_dir)!r}):
-            print("held", flush=True)
-            time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = _hold_lock(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "held"
         started = time.perf_counter()
         result = train(compose(overrides), callbacks=Callbacks(should_stop=lambda: time.perf_counter() > started + 2))
     finally:

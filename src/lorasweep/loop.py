@@ -145,7 +145,7 @@ class Loop:
 
     def loop_state(self) -> dict:
         """What a resumed run needs besides weights and optimizer to log exactly what it would have."""
-        return {"history_len": len(self.history), "window": self.window.losses_and_tokens(),
+        return {"history_len": len(self.history), "window": self.window.pending_losses(),
                 "last_eval": dict(self.last_eval), "initial_eval": dict(self.initial_eval),
                 "last_train_loss": self.last_train_loss, "optimizer_bytes": self.optimizer_bytes}
 
@@ -220,7 +220,8 @@ class _Window:
         finally:
             self.start += time.perf_counter() - began
 
-    def losses_and_tokens(self) -> list[float]:
+    def pending_losses(self) -> list[float]:
+        """The losses since the last log line (a resumed run logs the same mean)."""
         return list(self.losses)
 
     def restore(self, losses: list[float]) -> None:

@@ -10,6 +10,7 @@ Resources a sweep worker keeps between trials.
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -52,8 +53,8 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
         if state.is_main_process else None
     # Only the main rank locks; the others learn its verdict once it holds the lock (or gave up on a signal).
     try:
-        with lock if lock else _NoLock():
-            verdict = _broadcast(state, "reuse" if run.is_complete() and not force else "train")
+        with lock if lock else nullcontext():
+            verdict = broadcast_from_main(state, "reuse" if run.is_complete() and not force else "train")
             if verdict == "reuse":
                 if lock and lock.waited_for:
                     print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result",
@@ -62,7 +63,7 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
             if verdict == "train":
                 return _train_locked(cfg, digest, run, tracker, callbacks, resources, fresh=force)
     except RunLockStopped as stopped:  # the main rank, on a signal while waiting: the others get "stop"
-        _broadcast(state, "stop")
+        broadcast_from_main(state, "stop")
         print(f"{stopped}", flush=True)
     return {"status": "interrupted", "config_hash": digest, "step": 0}
 
@@ -190,8 +191,8 @@ def _modules_to_save(cfg, model) -> list[str]:
     return head_names(model) if cfg.data.task == "classification" else []
 
 
-def _broadcast(state, value):
-    """The main rank's value on every rank."""
+def broadcast_from_main(state, value):
+    """The main rank's value on every rank (any picklable value; a no-op on one process)."""
     if state.num_processes == 1:
         return value
     import torch.distributed as dist
@@ -199,13 +200,3 @@ def _broadcast(state, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class _NoLock:
-    waited_for = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None

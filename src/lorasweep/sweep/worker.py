@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from .. import internals
 from ..config import compose, config_hash
 from ..resources import Resources
-from ..run import Callbacks, train
+from ..run import Callbacks, broadcast_from_main, train
 from ..slurm import identity
 from .heartbeat import Heartbeat
 from .retry import requeue_copy
@@ -73,12 +73,12 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
     done = 0
     while True:
         if should_stop is not None and should_stop():  # a signal between trials: take no new one
-            _broadcast(state, STOP)
+            broadcast_from_main(state, STOP)
             return done
         optuna.storages.fail_stale_trials(study)
         queued = internals.pop_waiting_trial_id(study)  # only queued trials: the budget is the queue (study.py)
         if queued is None:
-            _broadcast(state, STOP)
+            broadcast_from_main(state, STOP)
             return done
         trial = optuna.Trial(study, queued)
         try:
@@ -87,7 +87,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
                 outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
                 _requeue(study, internals.trial_id(trial), "interrupted by a signal (preemption or time limit)")
-                _broadcast(state, STOP)
+                broadcast_from_main(state, STOP)
                 return done
             state_, values = outcome
             study.tell(trial, values=values, state=state_)
@@ -153,7 +153,7 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("overrides", overrides)
         cfg = compose(overrides)
         trial.set_user_attr("config_hash", config_hash(cfg))
-        _broadcast(state, overrides)
+        broadcast_from_main(state, overrides)
 
         def on_eval(step: int, metrics: dict) -> bool:
             trial.report(metrics[objective], step)
@@ -184,21 +184,11 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
     return TrialState.COMPLETE, values
 
 
-def _broadcast(state, payload):
-    if state.num_processes > 1:
-        import torch.distributed as dist
-
-        box = [payload]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return payload
-
-
 def _follow(state, resources, should_stop) -> int:
     """Ranks other than 0: train whatever config rank 0 sends, until it sends STOP."""
     done = 0
     while True:
-        overrides = _broadcast(state, STOP)
+        overrides = broadcast_from_main(state, STOP)
         if overrides is STOP:
             return done
         # A failure here ends this process (rank 0 records the trial's failure): torchrun then stops every rank,
