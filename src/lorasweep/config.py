@@ -63,6 +63,8 @@ class LoraConfig:
     dropout: float = 0.0
     scaling: str = "standard"  # standard: α/r | rslora: α/√r
     modules_to_save: Optional[List[str]] = None  # None: the task head for classification, nothing for causal_lm
+    dora: bool = False  # DoRA: W' = m ⊙ (W0 + s·B·A) / ‖W0 + s·B·A‖ per output row, m trained (lora/layer.py)
+    init: str = "kaiming"  # kaiming | gaussian | pissa | pissa_niter_N | olora (lora/init.py)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class OptimConfig:
     # adamw8bit / paged_adamw8bit (bitsandbytes): tensors with fewer elements than this keep 32-bit state.
     # bitsandbytes' default is 4096; LoRA matrices of small models (r·d_in < 4096) are then not 8-bit at all.
     min_8bit_size: int = 4096
+    lora_plus_ratio: float = 1.0  # LoRA+: the B matrices learn at ratio × lr (same schedule); 1: plain LoRA
 
 
 @dataclass
@@ -243,6 +246,9 @@ HASH_OMITTED_DEFAULTS = {
     "model.double_quant": False,
     "model.compute_dtype": None,
     "optim.min_8bit_size": 4096,
+    "lora.dora": False,
+    "lora.init": "kaiming",
+    "optim.lora_plus_ratio": 1.0,
 }
 
 
