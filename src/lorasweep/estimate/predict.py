@@ -1,0 +1,111 @@
+"""estimate_config(cfg, device) -> the memory account of one training step, predicted from the config alone.
+
+The run's own code builds and trains the model on fake tensors (FakeTensorMode: shapes and dtypes, no data, no
+memory): the transformers class from the architecture's config, quantize_model's layer choice, apply_lora (the
+project's kernel), gradient checkpointing, accelerate's autocast, the configured optimizer (8-bit included) and
+the task's loss (a causal LM's full-vocabulary logits included). A LiveBytes counter follows every storage
+through two steps; the second step's peak is the prediction (see step.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import config_hash
+from ..errors import UserError
+from .fake_model import bitsandbytes_constants, build_fake_model
+from .live import CUDA_BLOCK, LiveBytes
+from .step import batch_of, measure_steps, prepare, weight_account, with_mixed_precision
+
+DEVICES = ("cpu", "cuda")
+
+
+def default_device(cfg) -> str:
+    """The device a run of `cfg` would use: CUDA where the cluster gives GPUs or this machine has one."""
+    return "cuda" if cfg.cluster.gpus_per_node > 0 or torch.cuda.is_available() else "cpu"
+
+
+def processes(cfg) -> int:
+    return max(1, int(cfg.cluster.nodes) * int(cfg.cluster.processes_per_node))
+
+
+def micro_batch_of(cfg) -> int:
+    """The global micro batch a run takes per forward pass (trainer.batch_size / grad_accum)."""
+    return cfg.trainer.batch_size // cfg.trainer.grad_accum
+
+
+def estimate_config(cfg, device: str | None = None, micro_batch: int | None = None,
+                    sequence: tuple[int, str] | None = None) -> dict:
+    """The predicted account (memory/* keys as the run records them, plus memory/activation_bytes and
+    memory/predicted_peak_bytes), with config_hash, the device, the micro batch and the sequence length assumed.
+
+    `micro_batch`: predict for this global micro batch instead of the config's (micro_batch=auto tries several);
+    `sequence`: (length, where it comes from), to skip reading the data again."""
+    device = device or default_device(cfg)
+    if device not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
+    micro = micro_batch or micro_batch_of(cfg)
+    per_process = max(1, micro // processes(cfg))
+    length, length_source = sequence or sequence_length(cfg)
+    accum = cfg.trainer.batch_size // micro
+    traced_on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with torch.random.fork_rng(devices=[]), FakeTensorMode(allow_non_fake_inputs=True), bitsandbytes_constants():
+        model = build_fake_model(cfg.model, cfg.data.task, cfg.data.num_labels)
+        if traced_on == "cuda":
+            model = model.to("cuda")
+        report, optimizer = prepare(model, cfg)
+        account = weight_account(model)
+        model = with_mixed_precision(model, cfg.trainer.mixed_precision, traced_on)
+        # Two micro-batches show an accumulating step's peak (the second holds the first's gradients).
+        batches = [batch_of(per_process, length, cfg.data.task, traced_on) for _ in range(min(accum, 2))]
+        steps = measure_steps(model, optimizer, batches, cfg, LiveBytes(CUDA_BLOCK if device == "cuda" else 1))
+    return {
+        "config_hash": config_hash(cfg),
+        "device": device,
+        "traced_with": "CUDA kernels" if traced_on == "cuda" else "CPU kernels"
+                       + (" (no CUDA here; CUDA's 512-byte allocation granularity applied)" if device == "cuda" else ""),
+        "micro_batch": micro,
+        "micro_batch_per_process": per_process,
+        "sequence_length": length,
+        "sequence_length_source": length_source,
+        "params/lora": report.lora_parameters,
+        **account,
+        "memory/optimizer_state_bytes": steps.optimizer_state_bytes,
+        "memory/activation_bytes": steps.activation_bytes,
+        "memory/predicted_peak_bytes": steps.peak_bytes,
+    }
+
+
+def sequence_length(cfg) -> tuple[int, str]:
+    """(length, why): the collator pads each batch to its longest example, so the peak comes with the longest
+    training example: read from the tokenised data when it is on disk and the tokenizer loads offline, else
+    data.max_length (an upper bound)."""
+    bound = int(cfg.data.max_length)
+    longest = _longest_training_example(cfg)
+    if longest is None:
+        return bound, "data.max_length (the data or tokenizer is not available offline)"
+    return min(bound, longest), f"the longest training example ({longest} tokens, data.max_length {bound})"
+
+
+def _longest_training_example(cfg) -> int | None:
+    from ..data import tokenized_splits
+    from ..models import _load_tokenizer, packaged_minilm_dir
+
+    if cfg.data.source == "hub" and not Path(str(cfg.data.path)).expanduser().is_dir():
+        return None  # a hub dataset is not read here (no network in an estimate)
+    try:
+        if cfg.model.source in ("tiny", "packaged"):
+            path = packaged_minilm_dir()
+        elif Path(str(cfg.model.name_or_path)).expanduser().is_dir():
+            path = Path(str(cfg.model.name_or_path)).expanduser()
+        else:
+            return None  # a hub model's tokenizer: not read here either
+        tokenizer = _load_tokenizer(path)
+        train_set, _ = tokenized_splits(cfg.data, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+    except (UserError, OSError, ValueError):
+        return None
+    return max((len(ids) for ids in train_set["input_ids"]), default=None)
