@@ -11,7 +11,8 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import COSTS, ReportData
+from .data import COSTS, ReportData, TrialRow
+from .numbers import integer_axis, log_axis, log_ticks, short
 
 
 @dataclass
@@ -38,7 +39,7 @@ def build_figures(study: optuna.Study, data: ReportData) -> list[Figure]:
 
 
 def _target(study: optuna.Study):
-    return (lambda t: t.values[0]) if study._is_multi_objective() else None
+    return (lambda t: t.values[0]) if len(study.directions) > 1 else None
 
 
 def _category_axis(values: list, choices: list) -> tuple[list, dict]:
@@ -63,11 +64,13 @@ def _parallel(study, data: ReportData) -> Figure | None:
                 positions = [order.index(v) for v in values]
                 ticks = {"tickvals": list(range(len(order))), "ticktext": [str(v) for v in order]}
             dims.append({"label": param.key, "values": positions, **ticks})
+        elif param.log:  # plotted as log10, labelled in the parameter's own numbers over the searched range
+            ticks = log_ticks(param.low, param.high)
+            dims.append({"label": f"{param.key} (log)", "values": [math.log10(v) for v in values],
+                         "range": [math.log10(param.low), math.log10(param.high)],
+                         "tickvals": [math.log10(t) for t in ticks], "ticktext": [short(t) for t in ticks]})
         else:
-            dims.append({"label": param.key, "values": [math.log10(v) if param.log else v for v in values],
-                         **({"tickformat": ".2f"} if not param.log else {})})
-            if param.log:
-                dims[-1]["label"] = f"log10 {param.key}"
+            dims.append({"label": param.key, "values": values, "tickformat": "~.3g"})
     for objective in data.spec.objectives:
         dims.append({"label": objective.metric, "values": [r.objectives[objective.metric] for r in rows]})
     color = [r.objectives[data.metric] for r in rows]
@@ -81,23 +84,32 @@ def _parallel(study, data: ReportData) -> Figure | None:
 
 
 def _curves(study, data: ReportData) -> Figure | None:
-    """The intermediate values (eval metric against step) of every trial; pruned ones end in a cross."""
+    """The intermediate values (eval metric against step) of every trial; pruned ones end in a cross. Trials
+    whose curves are identical share one line named after all of them: drawn apart, the last would hide the
+    others. Lines are a little transparent, so curves that meet for a while show both colours."""
     rows = [r for r in data.rows if r.curve]
     if not rows:
         return None
-    figure = go.Figure()
+    groups: dict[tuple, list[TrialRow]] = {}
     for r in sorted(rows, key=lambda r: r.number):
-        steps, values = [p[0] for p in r.curve], [p[1] for p in r.curve]
-        pruned = r.state == "PRUNED"
+        groups.setdefault((tuple(map(tuple, r.curve)), r.state == "PRUNED"), []).append(r)
+    figure = go.Figure()
+    for (curve, pruned), group in groups.items():
+        steps, values = [p[0] for p in curve], [p[1] for p in curve]
+        numbers = ", ".join(str(r.number) for r in group)
+        name = (f"trials {numbers} (identical)" if len(group) > 1 else f"trial {numbers}") + \
+            (" (pruned)" if pruned else "")
         figure.add_trace(go.Scatter(
-            x=steps, y=values, mode="lines+markers", name=f"trial {r.number}" + (" (pruned)" if pruned else ""),
-            line={"dash": "dot" if pruned else "solid"},
+            x=steps, y=values, mode="lines+markers", name=name, opacity=0.8,
+            line={"dash": "dot" if pruned else "solid", "width": 2 + len(group)},
             marker={"symbol": ["circle"] * (len(steps) - 1) + ["x" if pruned else "circle"],
                     "size": [6] * (len(steps) - 1) + [12 if pruned else 6]},
-            hovertext=[r.status] * len(steps)))
+            hovertext=["; ".join(f"trial {r.number}: {r.status}" for r in group)] * len(steps)))
     figure.update_layout(xaxis_title="step", yaxis_title=data.metric, height=420)
+    figure.update_xaxes(**integer_axis(max(p[0] for r in rows for p in r.curve)))
     return Figure("curves", "Learning curves (intermediate values)", figure,
-                  "Dotted lines ending in a cross: trials pruned at that step.")
+                  "Dotted lines ending in a cross: trials pruned at that step. Trials with identical curves share "
+                  "one line (named after all of them).")
 
 
 def _costs(study, data: ReportData) -> Figure | None:
@@ -114,22 +126,28 @@ def _costs(study, data: ReportData) -> Figure | None:
             group = [r for r in rows if (r.number in data.pareto) == front and r.metrics.get(metric) is not None]
             if not group:
                 continue
-            scale = 2 ** -20 if metric.startswith("memory/") else 1  # bytes as MiB
             figure.add_trace(go.Scatter(
-                x=[r.metrics[metric] * scale for r in group], y=[r.objectives[data.metric] for r in group],
-                mode="markers",
+                x=[r.metrics[metric] * _COST_SCALE[metric] for r in group],
+                y=[r.objectives[data.metric] for r in group], mode="markers",
                 name=name, legendgroup=name, showlegend=i == 1,
                 marker={"size": 11 if front else 8, "color": "crimson" if front else "steelblue",
                         "symbol": "star" if front else "circle"},
-                text=[f"trial {r.number}: " + ", ".join(f"{k}={v}" for k, v in r.params.items()) for r in group],
-                hovertemplate="%{text}<br>%{x}<br>" + data.metric + "=%{y}<extra></extra>"), row=1, col=i)
-        figure.update_xaxes(type="log" if metric != "memory/peak_bytes" else "linear", row=1, col=i,
-                            title_text="MiB" if metric.startswith("memory/") else "fraction of all parameters")
+                text=[f"trial {r.number}: " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
+                      for r in group],
+                hovertemplate="%{text}<br>%{x:.3~g}<br>" + data.metric + "=%{y}<extra></extra>"), row=1, col=i)
+        scaled = [r.metrics[metric] * _COST_SCALE[metric] for r in rows if r.metrics.get(metric) is not None]
+        axis = log_axis(scaled) if metric != "memory/peak_bytes" else {"type": "linear"}  # decades labelled whole
+        figure.update_xaxes(**axis, row=1, col=i,
+                            title_text="MiB" if metric.startswith("memory/") else "% of all parameters")
     figure.update_yaxes(title_text=data.metric, row=1, col=1)
     figure.update_layout(height=420)
     return Figure("costs", f"{data.metric} against memory", figure,
                   "Trainable fraction and optimizer state on log scales; the "
                   + ("Pareto-front" if len(data.directions) > 1 else "best") + " trials starred.")
+
+
+# Each cost as plotted: bytes as MiB, the trainable fraction as a percentage (as the trial table shows it).
+_COST_SCALE = {"params/trainable_fraction": 100, "memory/optimizer_state_bytes": 2 ** -20, "memory/peak_bytes": 2 ** -20}
 
 
 def _pareto(study, data: ReportData) -> Figure | None:
@@ -174,4 +192,5 @@ def _history(study, data: ReportData) -> Figure | None:
     if not data.finished:
         return None
     figure = optuna.visualization.plot_optimization_history(study, target=_target(study), target_name=data.metric)
+    figure.update_xaxes(**integer_axis(max(r.number for r in data.rows)))  # no tick between two trials
     return Figure("history", "Optimisation history", figure)
