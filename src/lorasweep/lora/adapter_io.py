@@ -10,6 +10,11 @@ B block-structured (B_j in slice j's rows and columns j·r…(j+1)·r, zeros els
 with α chosen so peft computes the same scale. Modules whose exported rank differs from the most common one go
 into peft's rank_pattern / alpha_pattern. lorasweep's own settings (preset, per-slice layout, base-model
 signature) ride in the safetensors metadata, which peft ignores, so load_adapter restores the slices exactly.
+
+DoRA: `<module>.lora_magnitude_vector` (d_out,) and `use_dora: true`, as peft writes them; rows outside a fused
+module's adapted slices get the base row norms (a gain of exactly what peft computes for a zero update).
+pissa/olora moved B0·A0 out of the base during training; the adapter is written for the UNTOUCHED base as peft's
+own conversion does: per slice a rank-2r LoRA [A; A0], [B, −B0] with α giving the same scale.
 """
 
 from __future__ import annotations
@@ -56,14 +61,40 @@ def _is_whole(layer: LoraLayer) -> bool:
     return len(layer.slices) == 1 and layer.slices[0].rows == layer.d_out
 
 
-def _export_B(layer: LoraLayer) -> torch.Tensor:
-    if _is_whole(layer):
-        return layer.lora_B.detach()
+MAGNITUDE = "lora_magnitude_vector"
+
+
+def export_factors(layer: LoraLayer) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """(A (k·r', d_in), [B_j (rows_j, r')], r') of the LoRA that reproduces the layer on the UNTOUCHED base:
+    the layer's own A, B (r' = r), or for pissa/olora per slice [A_j; A0_j], [B_j, −B0_j] (r' = 2r)."""
     r = layer.rank
+    a = layer.lora_A.detach().cpu()
+    b_parts = list(layer.lora_B.detach().cpu().split([s.rows for s in layer.slices]))
+    if getattr(layer, "lora_A0", None) is None:
+        return a, b_parts, r
+    a0 = layer.lora_A0.cpu()
+    b0_parts = layer.lora_B0.cpu().split([s.rows for s in layer.slices])
+    a_out = torch.cat([t for j in range(len(layer.slices)) for t in (a[j * r : (j + 1) * r], a0[j * r : (j + 1) * r])])
+    return a_out, [torch.cat([b_j, -b0_j], dim=1) for b_j, b0_j in zip(b_parts, b0_parts)], 2 * r
+
+
+def _export_B(layer: LoraLayer, b_parts: list[torch.Tensor], r: int) -> torch.Tensor:
+    if _is_whole(layer):
+        return b_parts[0]
     full = torch.zeros(layer.d_out, len(layer.slices) * r, dtype=layer.lora_B.dtype)
-    for j, (sl, b_j) in enumerate(zip(layer.slices, layer.lora_B.detach().split([s.rows for s in layer.slices]))):
-        full[sl.row_index(layer.d_out), j * r : (j + 1) * r] = b_j.cpu()
+    for j, (sl, b_j) in enumerate(zip(layer.slices, b_parts)):
+        full[sl.row_index(layer.d_out), j * r : (j + 1) * r] = b_j
     return full
+
+
+@torch.no_grad()
+def _export_magnitude(layer: LoraLayer) -> torch.Tensor:
+    """DoRA's m over every output row: base row norms outside the adapted slices."""
+    m = layer.lora_magnitude.detach()
+    if layer.dora_rows is None:
+        return m.cpu()
+    full = torch.linalg.norm(layer.weight_t().t().to(m.dtype), dim=1)
+    return full.index_put((layer.dora_rows,), m).cpu()
 
 
 def _target_modules(model: nn.Module, adapted: list[str]) -> list[str]:
@@ -85,10 +116,14 @@ def save_adapter(model: nn.Module, path: str | Path, base_model_name_or_path: st
     use_rslora = settings.scaling == "rslora"
     tensors: dict[str, torch.Tensor] = {}
     export: dict[str, tuple[int, float]] = {}
+    slice_rank = settings.rank
     for name, layer in layers:
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().cpu().contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = _export_B(layer).cpu().contiguous()
-        rank = layer.lora_A.shape[0]
+        a, b_parts, slice_rank = export_factors(layer)
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = _export_B(layer, b_parts, slice_rank).contiguous()
+        if layer.dora:
+            tensors[f"{PREFIX}{name}.{MAGNITUDE}"] = _export_magnitude(layer).contiguous()
+        rank = a.shape[0]
         export[name] = (rank, alpha_for_scale(layer.scale, rank, settings.scaling))
     to_save = resolve_modules_to_save(model, settings.modules_to_save)
     for module_name in to_save:
@@ -109,15 +144,20 @@ def save_adapter(model: nn.Module, path: str | Path, base_model_name_or_path: st
         "alpha_pattern": {name: ra[1] for name, ra in odd.items()},
         "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in layers),
         "modules_to_save": settings.modules_to_save or None,
+        "use_dora": settings.dora,
         "bias": "none",
         "init_lora_weights": True,
         "inference_mode": True,
         "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
     }
+    # A pissa/olora adapter is written as the plain rank-2r LoRA on the untouched base that it is equal to.
+    converted = slice_rank != settings.rank
     meta = {
         "targets": settings.targets,
-        "rank": settings.rank,
-        "alpha": settings.alpha,
+        "rank": slice_rank,
+        "alpha": alpha_for_scale(layers[0][1].scale, slice_rank, settings.scaling) if converted else settings.alpha,
+        "dora": settings.dora,
+        "init": settings.init,  # how training started (a record: loading always gets the plain LoRA above)
         "dropout": settings.dropout,
         "scaling": settings.scaling,
         "modules_to_save": settings.modules_to_save,
@@ -156,6 +196,10 @@ def _settings_from_peft(config: dict, model: nn.Module) -> dict:
     """lorasweep settings for an adapter written by peft itself (whole modules, one rank)."""
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise UserError("adapters with rank_pattern/alpha_pattern are only loadable when lorasweep wrote them")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and (init.startswith("pissa") or init.startswith("olora")):
+        raise UserError(f"adapter init_lora_weights={init!r} was saved without peft's conversion: its A, B apply to a "
+                        "residual base, not this one; save it with path_initial_model_for_weight_conversion")
     targets = config.get("target_modules")
     if not isinstance(targets, list):
         raise UserError(f"target_modules {targets!r}: only a list of module names is supported")
@@ -167,6 +211,7 @@ def _settings_from_peft(config: dict, model: nn.Module) -> dict:
         "alpha": config["lora_alpha"],
         "dropout": config.get("lora_dropout", 0.0),
         "scaling": "rslora" if config.get("use_rslora") else "standard",
+        "dora": bool(config.get("use_dora", False)),
         "modules_to_save": to_save,
         "slices": {},
     }
@@ -200,12 +245,15 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             dropout=settings["dropout"],
             scaling=settings["scaling"],
             modules_to_save=settings["modules_to_save"],
+            dora=settings.get("dora", False),
         )
     with torch.no_grad():
-        for name, (a, b_parts) in updates["lora"].items():
+        for name, (a, b_parts, magnitude) in updates["lora"].items():
             layer = model.get_submodule(name)
             layer.lora_A.copy_(a)
             layer.lora_B.copy_(torch.cat(b_parts, dim=0))
+            if magnitude is not None:
+                layer.lora_magnitude.copy_(magnitude if layer.dora_rows is None else magnitude[layer.dora_rows.cpu()])
         for key, value in updates["saved"].items():
             model.get_parameter(key).copy_(value) if _is_param(model, key) else model.get_buffer(key).copy_(value)
     return model
@@ -225,13 +273,15 @@ def _plan(model: nn.Module, settings: dict, has_lora: bool) -> dict[str, Target]
         current = lora_settings(model)
         if current.rank != settings["rank"]:
             raise UserError(f"model has LoRA rank {current.rank}, adapter has rank {settings['rank']}")
+        if current.dora != settings.get("dora", False):
+            raise UserError(f"model has lora.dora={current.dora}, adapter has use_dora={settings.get('dora', False)}")
         return {n: Target(n, l.slices, l.slice_names) for n, l in lora_layers(model)}
     return {t.name: t for t in resolve_targets(model, settings["targets"])}
 
 
 def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict, path: Path) -> dict:
-    rank = settings["rank"]
-    lora: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+    rank, dora = settings["rank"], settings.get("dora", False)
+    lora: dict[str, tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]] = {}
     for name, target in plan.items():
         module = model.get_submodule(name)
         d_in, d_out = (module.d_in, module.d_out) if isinstance(module, LoraLayer) else linear_dims(module)
@@ -246,12 +296,17 @@ def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict
                 f"adapter {path}: module {name} expects lora_A {(k * rank, d_in)} and lora_B {(d_out, k * rank)}, "
                 f"got {tuple(a.shape)} and {tuple(b.shape)}"
             )
+        magnitude = tensors.get(f"{PREFIX}{name}.{MAGNITUDE}") if dora else None
+        if dora and (magnitude is None or tuple(magnitude.shape) != (d_out,)):
+            raise UserError(f"adapter {path}: module {name} needs a DoRA {MAGNITUDE} of shape ({d_out},), got "
+                            f"{None if magnitude is None else tuple(magnitude.shape)}")
         if target.slices is None:
-            lora[name] = (a, [b])
+            lora[name] = (a, [b], magnitude)
         else:
             parts = [b[sl.row_index(d_out), j * rank : (j + 1) * rank] for j, sl in enumerate(target.slices)]
-            lora[name] = (a, parts)
+            lora[name] = (a, parts, magnitude)
     known = {f"{PREFIX}{n}.lora_{m}.weight" for n in plan for m in "AB"}
+    known |= {f"{PREFIX}{n}.{MAGNITUDE}" for n in plan} if dora else set()
     stray = sorted(k for k in tensors if ".lora_" in k and k not in known)
     if stray:
         raise UserError(f"adapter {path} has LoRA weights for modules this model does not adapt: {stray[0]}")

@@ -9,7 +9,8 @@ from torch import nn
 
 from ..accounting import count_parameters
 from ..errors import UserError
-from .layer import LoraLayer
+from .init import changes_base, validate_init
+from .layer import LoraLayer, check_variant_on_base
 from .scaling import validate_hyperparameters
 from .targets import Target, as_targets, matches_suffix, model_type, resolve_targets
 
@@ -27,6 +28,8 @@ class LoraSettings:
     scaling: str
     modules_to_save: list[str]
     model_type: str
+    dora: bool = False
+    init: str = "kaiming"
 
 
 @dataclass
@@ -69,20 +72,31 @@ def apply_lora(
     dropout: float = 0.0,
     scaling: str = "standard",
     modules_to_save: Sequence[str] | None = None,
+    *,
+    dora: bool = False,
+    init: str = "kaiming",
 ) -> LoraReport:
     """Wrap the target modules in LoraLayer, freeze everything else except `modules_to_save`.
 
-    The LoRA A matrices are drawn from torch's global RNG in module order: seed before calling for
-    reproducible runs.
+    The LoRA A matrices (and pissa_niter_N's random projections) are drawn from torch's global RNG in module
+    order: seed before calling for reproducible runs. dora and init: see layer.py and init.py.
     """
     validate_hyperparameters(rank, alpha, dropout, scaling)
+    validate_init(init)
     existing = sum(1 for _ in lora_layers(model))
     if existing or hasattr(model, SETTINGS_ATTR):
         raise UserError(f"LoRA is already applied to this model ({existing} LoRA layers); apply it once")
     resolved = resolve_targets(model, targets)
     to_save = resolve_modules_to_save(model, list(modules_to_save or []))
 
-    new_layers = {t.name: _make_layer(model, t, rank, alpha, dropout, scaling) for t in resolved}
+    # pissa/olora change the base: only once every layer has passed its checks, so bad input leaves it untouched.
+    for t in resolved:
+        check_variant_on_base(model.get_submodule(t.name), dora, init, t.name)
+    first = "kaiming" if changes_base(init) else init
+    new_layers = {t.name: _make_layer(model, t, rank, alpha, dropout, scaling, dora, first) for t in resolved}
+    if first != init:
+        for layer in new_layers.values():
+            layer.initialise(init)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for name, layer in new_layers.items():
@@ -105,19 +119,29 @@ def apply_lora(
             scaling=scaling,
             modules_to_save=list(modules_to_save or []),
             model_type=model_type(model),
+            dora=dora,
+            init=init,
         ),
     )
     counts = count_parameters(model)
     return LoraReport(
         adapted=[t.name for t in resolved],
         slices={t.name: t.slice_names for t in resolved if t.slice_names},
-        lora_parameters=sum(l.lora_A.numel() + l.lora_B.numel() for l in new_layers.values()),
+        lora_parameters=sum(p.numel() for l in new_layers.values() for n, p in l.named_parameters()
+                            if n.startswith("lora_")),  # A, B and DoRA's magnitude
         trainable=counts.trainable,
         total=counts.total,
     )
 
 
-def _make_layer(model, target: Target, rank, alpha, dropout, scaling) -> LoraLayer:
+def apply_lora_config(model: nn.Module, lora_cfg, modules_to_save: Sequence[str]) -> LoraReport:
+    """apply_lora with every key of a run's `lora` config group (config.LoraConfig)."""
+    return apply_lora(model, as_targets(lora_cfg.targets), lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout,
+                      lora_cfg.scaling, modules_to_save, dora=bool(getattr(lora_cfg, "dora", False)),
+                      init=str(getattr(lora_cfg, "init", "kaiming")))
+
+
+def _make_layer(model, target: Target, rank, alpha, dropout, scaling, dora, init) -> LoraLayer:
     return LoraLayer(
         model.get_submodule(target.name),
         rank=rank,
@@ -127,6 +151,8 @@ def _make_layer(model, target: Target, rank, alpha, dropout, scaling) -> LoraLay
         slices=target.slices,
         slice_names=target.slice_names,
         name=target.name,
+        dora=dora,
+        init=init,
     )
 
 

@@ -6,6 +6,11 @@ extra graph nodes per layer. Here the low-rank term is accumulated into the base
 `addmm_`, and its input gradient into the base input gradient, so a LoRA layer costs the frozen layer plus
 two thin (N×r) matmuls each way.
 
+DoRA passes a per-output `gain` g = m / ‖W0 + scale·B·A‖ (the norm detached, as the DoRA paper and peft do):
+y = g ⊙ (x·W0ᵀ + scale·(x·Aᵀ)·Bᵀ) + b, still one node. The gain is applied in place on the accumulated output;
+its gradient Σ_N grad_y ⊙ (y − b) / g is read from the saved output (which the next layer holds anyway), so no
+second full-size activation is kept.
+
 An output may be split into slices (fused q|k|v projections): slice j adds B_j·A_j only to its own rows.
 A slice is `OutputSlice(start, size, groups)`: the output is seen as `groups` equal blocks (attention heads
 for GPT-NeoX's interleaved [q k v] per head; 1 for contiguous layouts) and the slice owns rows
@@ -65,31 +70,47 @@ def _slice_grads(g, slices):
 
 class LowRankLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_lora, weight_t, bias, lora_A, lora_B, scale, slices):
+    def forward(ctx, x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, slices):
         lead, d_in = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, d_in)
         xl2 = x2 if x_lora is None else x_lora.reshape(-1, d_in)
-        y = torch.addmm(bias, x2, weight_t) if bias is not None else x2 @ weight_t
+        bias_first = bias is not None and gain is None
+        y = torch.addmm(bias, x2, weight_t) if bias_first else x2 @ weight_t
         xa = xl2 @ lora_A.t()
         rank = lora_A.shape[0] // len(slices)
         _add_low_rank(y, xa, lora_B, slices, rank, scale)
-        ctx.save_for_backward(x2, None if x_lora is None else xl2, weight_t, lora_A, lora_B, xa)
+        if gain is not None:
+            y.mul_(gain)
+            if bias is not None:
+                y.add_(bias)
+        ctx.save_for_backward(x2, None if x_lora is None else xl2, weight_t, lora_A, lora_B, xa, gain,
+                              None if gain is None else y, None if gain is None else bias)
         ctx.scale, ctx.slices, ctx.rank, ctx.lead = scale, slices, rank, lead
         return y.view(*lead, y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, xl2, weight_t, lora_A, lora_B, xa = ctx.saved_tensors
+        x2, xl2, weight_t, lora_A, lora_B, xa, gain, y, bias = ctx.saved_tensors
         scale, slices, rank = ctx.scale, ctx.slices, ctx.rank
-        need_x, need_xl, need_w, need_b, need_A, need_B = ctx.needs_input_grad[:6]
+        need_x, need_xl, need_w, need_b, need_A, need_B, need_gain = ctx.needs_input_grad[:7]
         separate_lora_input = xl2 is not None
         if not separate_lora_input:
             xl2 = x2
         g = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_bias = grad_gain = None
+        if need_b:
+            grad_bias = g.sum(0)
+        if gain is not None:
+            if need_gain:  # Σ_N g ⊙ (y − b) / gain: the pre-gain output from the saved one
+                grad_gain = (g * y).sum(0)
+                if bias is not None:
+                    grad_gain.sub_(g.sum(0) * bias)
+                grad_gain.div_(gain)
+            g = g * gain
         g_slices = _slice_grads(g, slices)
         gb = _grad_through_B(g_slices, slices, lora_B)  # (N, k·r)
 
-        grad_x = grad_xl = grad_w = grad_bias = grad_A = grad_B = None
+        grad_x = grad_xl = grad_w = grad_A = grad_B = None
         if need_x or need_xl:
             grad_x = g @ weight_t.t()
             if separate_lora_input:
@@ -99,13 +120,11 @@ class LowRankLinear(torch.autograd.Function):
             grad_x = grad_x.view(*ctx.lead, -1)
         if need_w:
             grad_w = x2.t() @ g
-        if need_b:
-            grad_bias = g.sum(0)
         if need_A:
             grad_A = (gb.t() @ xl2).mul_(scale)
         if need_B:
             grad_B = _grad_B(xa, g_slices, rank, scale)
-        return grad_x, grad_xl, grad_w, grad_bias, grad_A, grad_B, None, None
+        return grad_x, grad_xl, grad_w, grad_bias, grad_A, grad_B, grad_gain, None, None
 
 
 def low_rank_linear(
@@ -117,8 +136,10 @@ def low_rank_linear(
     lora_B: torch.Tensor,
     scale: float,
     slices: Sequence[OutputSlice],
+    gain: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x: (..., d_in); weight_t: (d_in, d_out); lora_A: (k·r, d_in); lora_B: (Σ slice rows, r).
+    """x: (..., d_in); weight_t: (d_in, d_out); lora_A: (k·r, d_in); lora_B: (Σ slice rows, r); gain: (d_out,)
+    DoRA's per-output factor, or None for plain LoRA.
 
     x_lora is the (dropped-out) input of the low-rank path, or None when it is x itself.
     Under autocast every operand is cast to the autocast dtype first, as F.linear would be.
@@ -128,10 +149,9 @@ def low_rank_linear(
         dtype = torch.get_autocast_dtype(device_type)
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         with torch.autocast(device_type, enabled=False):
-            return LowRankLinear.apply(
-                cast(x), cast(x_lora), cast(weight_t), cast(bias), cast(lora_A), cast(lora_B), scale, tuple(slices)
-            )
-    return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, scale, tuple(slices))
+            return LowRankLinear.apply(cast(x), cast(x_lora), cast(weight_t), cast(bias), cast(lora_A),
+                                       cast(lora_B), cast(gain), scale, tuple(slices))
+    return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, tuple(slices))
 
 
 class LowRankAdd(torch.autograd.Function):
