@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from lorasweep.cli import main
@@ -45,12 +45,19 @@ def recorded_study(tmp_path, trials, spec=SPEC, url=None):
                                 directions=[o.direction for o in spec.objectives])
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(BUDGET_ATTR, spec.n_trials)
-    dists = {p.key: CategoricalDistribution(p.choices) for p in spec.params}
+    dists = {p.key: _distribution(p) for p in spec.params}
     for state, params, value, attrs, curve in trials:
         study.add_trial(optuna.create_trial(
             state=state, params=params, distributions={k: dists[k] for k in params},
             values=None if value is None else [value], user_attrs=attrs, intermediate_values=curve))
     return study, spec, url
+
+
+def _distribution(param):
+    if param.type == "categorical":
+        return CategoricalDistribution(param.choices)
+    kind = IntDistribution if param.type == "int" else FloatDistribution
+    return kind(param.low, param.high, log=param.log)
 
 
 def _metrics(loss, peak=2**30):
