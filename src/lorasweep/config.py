@@ -216,11 +216,13 @@ def validate(cfg: DictConfig) -> None:
     from .lora.scaling import validate_hyperparameters
 
     validate_hyperparameters(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.scaling)
+    from .lora.init import validate_variant
     from .optim import validate_optimizer
     from .quantize import validate_quantization
 
     validate_quantization(cfg.model, cfg.data.task)
     validate_optimizer(cfg.optim)
+    validate_variant(cfg.lora, cfg.model)  # lora.init, and DoRA/PiSSA/OLoRA on a quantized base
 
 
 # Keys that do not change what is computed: where files go, how progress is shown, where it runs.

@@ -63,3 +63,18 @@ def init_low_rank(init: str, a: torch.Tensor, b: torch.Tensor, w0: torch.Tensor 
         root = torch.sqrt(s / scale)
         a.copy_(root.unsqueeze(1) * uh)
         b.copy_(v * root)
+
+
+def validate_variant(lora_cfg, model_cfg) -> None:
+    """lora.init's value, and the variants a quantized base cannot take (config.validate calls this)."""
+    init = lora_cfg.get("init", "kaiming")
+    validate_init(init)
+    quantization = model_cfg.get("quantization", "none")
+    if quantization == "none":
+        return
+    if lora_cfg.get("dora", False):
+        raise UserError(f"lora.dora=true is not supported with model.quantization={quantization}: DoRA needs the "
+                        "float weight's row norms; use model.quantization=none or lora.dora=false")
+    if changes_base(init):
+        raise UserError(f"lora.init={init} needs the float base weights (it subtracts B·A from them), not "
+                        f"model.quantization={quantization}; use model.quantization=none or lora.init=kaiming")
