@@ -50,11 +50,17 @@ def with_mixed_precision(model: nn.Module, mixed_precision: str, device_type: st
 
 
 def batch_of(micro: int, length: int, task: str, device) -> dict[str, torch.Tensor]:
-    """A collated batch of `micro` examples padded to `length` (data.Collator's keys, dtypes and shapes)."""
+    """A collated batch of `micro` examples padded to `length` (data.Collator's keys, dtypes and shapes).
+
+    The last example is one token shorter: a batch padded to its longest example has padding, and with padding
+    transformers passes attention an explicit mask (without, SDPA may skip it and hold less); fake tensors
+    cannot tell, so both the prediction and the measurement take the padded path."""
     shape = (micro, length)
     labels = torch.zeros(shape if task == "causal_lm" else (micro,), dtype=torch.long, device=device)
-    return {"input_ids": torch.ones(shape, dtype=torch.long, device=device),
-            "attention_mask": torch.ones(shape, dtype=torch.long, device=device), "labels": labels}
+    mask = torch.ones(shape, dtype=torch.long, device=device)
+    if length > 1:
+        mask[-1, -1] = 0
+    return {"input_ids": torch.ones(shape, dtype=torch.long, device=device), "attention_mask": mask, "labels": labels}
 
 
 @dataclass
@@ -78,6 +84,7 @@ def measure_steps(model, optimizer, batches: list[dict], cfg, counter: LiveBytes
     """Two optimizer steps over `batches` (the micro-batches of one step); `on_second_step(counter)` is a
     context for the second step (the benchmark's allocator profile)."""
     counter = counter or LiveBytes()
+    model.train()  # as Loop.run: dropout on (from_pretrained returns an eval-mode model)
     counter.track([*model_tensors(model), *(t for b in batches for t in b.values())])
     params = [p for p in model.parameters() if p.requires_grad]
     activation = 0
