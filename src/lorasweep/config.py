@@ -100,6 +100,10 @@ class TrainerConfig:
     checkpoint_every: int = 0  # 0: no checkpoints
     lock_timeout_s: Optional[float] = None  # wait at most this long for another process training the same run
     progress: bool = True
+    # Examples per forward pass (all processes): null: batch_size / grad_accum; a divisor of batch_size; auto: the
+    # largest divisor whose predicted peak fits the memory cap or the device (lorasweep/estimate/fit.py). The
+    # global batch is unchanged, so it is not hashed.
+    micro_batch: Optional[str] = None
 
 
 @dataclass
@@ -129,6 +133,7 @@ class ClusterConfig:
     signal_seconds: int = 120  # SLURM signals the worker this long before the time limit: checkpoint, requeue
     log_dir: str = "slurm-logs"
     setup: List[str] = field(default_factory=list)  # shell lines run before lorasweep (module load, venv)
+    memory_cap: Optional[str] = None  # one device's memory here (e.g. 80GiB): sweeps skip trials predicted over it
 
 
 @dataclass
@@ -236,6 +241,7 @@ NON_SEMANTIC_KEYS = (
     "trainer.checkpoint_every",
     "trainer.lock_timeout_s",
     "trainer.progress",
+    "trainer.micro_batch",
 )
 # Keys of earlier versions, no longer in the schema, that old run files may still carry: not hashed either.
 RETIRED_KEYS = ("trainer.num_workers",)

@@ -1,0 +1,154 @@
+"""What runs and sweeps do with a prediction: stay under a memory cap, choose a micro batch that fits.
+
+The cap, first given first: `--memory-cap` (sweep / worker), the spec's `memory_cap`, then the config's
+`cluster.memory_cap` (a cluster file says what one device of its nodes holds). `trainer.micro_batch=auto`
+without any cap fits the device: CUDA's total memory, or the memory available on a CPU machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .predict import estimate_config, micro_batch_of, processes, sequence_length
+from .size import format_bytes, parse_memory_size
+
+OVER_CAP_ATTR = "memory_over_cap"  # trial user attr: (predicted - cap) / cap; > 0 is infeasible (Optuna's rule)
+PREDICTED_ATTR = "memory_predicted_peak_bytes"
+
+
+def memory_cap(cfg, cap=None) -> int | None:
+    """Bytes of the cap that applies to `cfg` (None: no cap)."""
+    if cap is not None:
+        return parse_memory_size(cap, "--memory-cap")
+    value = cfg.cluster.get("memory_cap")
+    return parse_memory_size(value, "cluster.memory_cap") if value is not None else None
+
+
+def over_cap(estimate: dict, cap: int) -> str | None:
+    """The reason a prediction does not fit, in words ("predicted 93.4 GiB > cap 80.0 GiB"), or None."""
+    peak = estimate["memory/predicted_peak_bytes"]
+    return f"predicted {format_bytes(peak)} > cap {format_bytes(cap)}" if peak > cap else None
+
+
+def constraint(trial) -> list[float]:
+    """Optuna's constraints_func (TPE, NSGA-II): ≤ 0 feasible. Trials predicted over the cap carry how far."""
+    return [float(trial.user_attrs.get(OVER_CAP_ATTR, 0.0))]
+
+
+def device_memory(device: str) -> int:
+    """What one device holds: CUDA's total memory, or MemAvailable on a CPU machine."""
+    if device == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise UserError("cannot tell this machine's memory: give a cap (cluster.memory_cap or --memory-cap)")
+
+
+def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
+    """(the global micro batch a run takes, figures for its record) from trainer.micro_batch:
+    null: batch_size / grad_accum; a number: that (a divisor of batch_size); auto: the largest divisor of
+    batch_size (a multiple of the processes) whose predicted peak fits the cap or the device. The global batch,
+    and so the config hash and what the run means, stay the same."""
+    setting = cfg.trainer.get("micro_batch")
+    batch = int(cfg.trainer.batch_size)
+    if setting is None:
+        return micro_batch_of(cfg), {}
+    if str(setting) != "auto":
+        micro = _fixed_micro_batch(setting, batch)
+        return micro, {"trainer/micro_batch": micro}
+    limit = memory_cap(cfg, cap) or device_memory(device)
+    candidates = [m for m in range(batch, 0, -1) if batch % m == 0 and m % processes(cfg) == 0]
+    sequence = sequence_length(cfg)
+    fitting, last = None, None
+    low, high = 0, len(candidates) - 1  # peaks grow with the micro batch: binary search, largest first
+    while low <= high:
+        middle = (low + high) // 2
+        last = estimate_config(cfg, device, micro_batch=candidates[middle], sequence=sequence)
+        if over_cap(last, limit) is None:
+            fitting, high = (candidates[middle], last), middle - 1
+        else:
+            low = middle + 1
+    if fitting is None:
+        raise UserError(f"trainer.micro_batch=auto: nothing fits in {format_bytes(limit)}, not even micro batch "
+                        f"{candidates[-1]} ({over_cap(last, limit)}); lower data.max_length, set "
+                        f"trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap")
+    micro, estimate = fitting
+    return micro, {"trainer/micro_batch": micro, "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"]}
+
+
+def _fixed_micro_batch(setting, batch: int) -> int:
+    try:
+        micro = int(setting)
+    except ValueError:
+        micro = 0
+    if micro <= 0 or batch % micro:
+        raise UserError(f"trainer.micro_batch must be auto, null or a divisor of trainer.batch_size ({batch}); "
+                        f"got {setting!r}")
+    return micro
+
+
+def with_micro_batch(cfg, micro: int):
+    """A copy of cfg whose grad_accum takes `micro` per forward pass (for the loop; the hash is the original's)."""
+    from omegaconf import OmegaConf
+
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    copy.trainer.grad_accum = int(cfg.trainer.batch_size) // micro
+    return copy
+
+
+def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = None) -> list[dict]:
+    """`lorasweep sweep SPEC --estimate`: the predicted peak of every grid point, or of the corners of the search
+    space (each numeric range at its low and high, every categorical choice), and which exceed the cap.
+    Params that cannot change memory (learning rate, alpha, ...) are held at one value, so each memory-relevant
+    point is traced once."""
+    import itertools
+
+    from ..config import compose
+    from ..sweep.spec import grid_points
+    from ..sweep.worker import trial_overrides
+
+    if spec.sampler["name"] == "grid":
+        points = grid_points(spec.params)
+    else:
+        axes = [_corner_values(p) for p in spec.params]
+        points = [dict(zip([p.key for p in spec.params], values)) for values in itertools.product(*axes)]
+    rows = []
+    for point in points:
+        cfg = compose(trial_overrides(spec, overrides, point))
+        limit = memory_cap(cfg, cap if cap is not None else getattr(spec, "memory_cap", None))
+        estimate = estimate_config(cfg, device)
+        rows.append({"params": point, "config_hash": estimate["config_hash"],
+                     "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
+                     "cap_bytes": limit, "over_cap": over_cap(estimate, limit) if limit else None})
+    return rows
+
+
+MEMORY_NEUTRAL_KEYS = ("optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
+                       "optim.warmup_steps", "optim.schedule", "lora.alpha", "seed", "trainer.max_steps",
+                       "trainer.eval_every", "trainer.epochs")
+
+
+def _corner_values(param) -> list:
+    if param.type == "categorical":
+        return list(param.choices) if param.key not in MEMORY_NEUTRAL_KEYS else list(param.choices[:1])
+    low = int(param.low) if param.type == "int" else float(param.low)
+    high = int(param.high) if param.type == "int" else float(param.high)
+    return [low] if param.key in MEMORY_NEUTRAL_KEYS or low == high else [low, high]
+
+
+def format_sweep_estimate(rows: list[dict]) -> str:
+    """The table `sweep --estimate` prints: one line per point, the over-cap ones marked with the reason."""
+    lines = []
+    for row in rows:
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        verdict = f"OVER: {row['over_cap']}" if row["over_cap"] else ("fits" if row["cap_bytes"] else "")
+        lines.append(f"{format_bytes(row['memory/predicted_peak_bytes']):>10}  {row['config_hash']}  {params}"
+                     + (f"  {verdict}" if verdict else ""))
+    over = sum(1 for r in rows if r["over_cap"])
+    lines.append(f"{len(rows)} points, {over} over the cap" if any(r["cap_bytes"] for r in rows)
+                 else f"{len(rows)} points (no cap given)")
+    return "\n".join(lines)
