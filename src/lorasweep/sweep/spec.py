@@ -35,7 +35,8 @@ PARAM_TYPES = ("int", "float", "categorical")
 SAMPLERS = ("tpe", "random", "qmc", "nsga2", "grid")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
-_SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description"}
+_SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description",
+              "memory_cap"}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py)
 
 
 @dataclass
@@ -132,7 +133,7 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
         n_trials=int(data.get("n_trials", default_budget)),
         objectives=[Objective(**o) for o in objectives],
         params=params,
-        fixed=[str(f) for f in data.get("fixed") or []],
+        fixed=[*_memory_cap_override(data.get("memory_cap"), where), *(str(f) for f in data.get("fixed") or [])],
         sampler=sampler,
         pruner={"name": "median", **(data.get("pruner") or {})},
         storage=data.get("storage"),
@@ -149,6 +150,17 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     if len(spec.objectives) > 1 and spec.pruner["name"] != "none":
         raise UserError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
     return spec
+
+
+def _memory_cap_override(cap, where: str) -> list[str]:
+    """The spec's memory_cap as the first fixed override (cluster.memory_cap): the command line's --memory-cap
+    comes later and wins."""
+    if cap is None:
+        return []
+    from ..estimate.size import parse_memory_size
+
+    parse_memory_size(cap, f"{where}: memory_cap")
+    return [f"cluster.memory_cap={str(cap).replace(' ', '')}"]
 
 
 def grid_points(params: list[Param], where: str = "sweep spec") -> list[dict]:
