@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from ..estimate.fit import constraint  # trials predicted over the memory cap are infeasible
 from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import open_storage
 
@@ -25,11 +26,12 @@ def make_sampler(spec: SweepSpec):
     options = {k: v for k, v in spec.sampler.items() if k not in ("name", "seed")}
     kinds = {
         "random": optuna.samplers.RandomSampler,
-        "tpe": lambda **o: optuna.samplers.TPESampler(**{"n_startup_trials": 4,
+        "tpe": lambda **o: optuna.samplers.TPESampler(**{"n_startup_trials": 4, "constraints_func": constraint,
                                                          "multivariate": len(spec.params) > 1, **o}),
         "qmc": lambda **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False,
                                                          **o}),
-        "nsga2": optuna.samplers.NSGAIISampler,  # multi-objective (a genetic algorithm; fine for one too)
+        # multi-objective (a genetic algorithm; fine for one too)
+        "nsga2": lambda **o: optuna.samplers.NSGAIISampler(**{"constraints_func": constraint, **o}),
         # Grid points are queued with fixed values (create_study), so the sampler only names the space.
         "grid": lambda **o: optuna.samplers.GridSampler({p.key: list(p.choices) for p in spec.params}, **o),
     }

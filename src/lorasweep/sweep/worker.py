@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..config import compose, config_hash
+from ..estimate.fit import check_trial_memory
 from ..resources import Resources
 from ..run import Callbacks, broadcast_from_main, train
 from ..slurm import identity
@@ -153,6 +154,10 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("overrides", overrides)
         cfg = compose(overrides)
         trial.set_user_attr("config_hash", config_hash(cfg))
+        skip = check_trial_memory(trial, cfg)  # predicted over the memory cap: not trained (estimate/fit.py)
+        if skip:
+            print(f"trial {trial.number} not trained: {skip}", flush=True)
+            return TrialState.PRUNED, None
         broadcast_from_main(state, overrides)
 
         def on_eval(step: int, metrics: dict) -> bool:
