@@ -152,3 +152,20 @@ def format_sweep_estimate(rows: list[dict]) -> str:
     lines.append(f"{len(rows)} points, {over} over the cap" if any(r["cap_bytes"] for r in rows)
                  else f"{len(rows)} points (no cap given)")
     return "\n".join(lines)
+
+
+def check_trial_memory(trial, cfg) -> str | None:
+    """A sweep trial under a memory cap: its prediction recorded on the trial (user attrs), and the reason it
+    must not be trained, or None. The sampler reads OVER_CAP_ATTR through `constraint`."""
+    cap = memory_cap(cfg)
+    if cap is None:
+        return None
+    estimate = estimate_config(cfg)
+    peak = estimate["memory/predicted_peak_bytes"]
+    trial.set_user_attr(PREDICTED_ATTR, peak)
+    trial.set_user_attr(OVER_CAP_ATTR, (peak - cap) / cap)
+    reason = over_cap(estimate, cap)
+    if reason:
+        trial.set_user_attr("status", "over_memory_cap")
+        trial.set_user_attr("skip_reason", reason)
+    return reason
