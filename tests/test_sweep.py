@@ -87,20 +87,30 @@ def test_sweep_runs_trials_as_runs_and_continues_to_budget(tmp_path):
 
 
 def test_failures_end_the_trial_not_the_sweep(tmp_path):
-    body = BASIC.replace("choices: [2, 4]", "choices: [2, 4096]").replace("n_trials: 4", "n_trials: 6")
+    """Failures only a run can find (too few examples for a batch, a diverging loss) end their trial."""
+    body = BASIC.replace("n_trials: 4", "n_trials: 6")
+    body += "  data.max_train_examples: {type: categorical, choices: [32, 1]}\n"
     body += "  optim.lr: {type: categorical, choices: [1.0e-3, 1.0e+9]}\n"
     study, _ = run_sweep(_spec(tmp_path, body), [*FAST, f"run_root={tmp_path / 'runs'}",
                                                  "optim.max_grad_norm=null"])
     trials = study.get_trials()
     assert len(trials) == 6  # the sweep went on to its budget
     for t in trials:  # each failing trial is FAIL with its own reason; every other trial completed
-        if t.params["lora.rank"] == 4096:  # rank 4096 on a 384-wide model
-            assert t.state == TrialState.FAIL and "exceeds min(d_in, d_out)" in t.user_attrs["fail_reason"], t
+        if t.params["data.max_train_examples"] == 1:
+            assert t.state == TrialState.FAIL and "fewer than one batch" in t.user_attrs["fail_reason"], t
         elif t.params["optim.lr"] > 1:  # lr 1e9 without clipping: FAIL once the loss is no longer finite
             assert t.state == TrialState.COMPLETE or "non-finite" in t.user_attrs["fail_reason"], t
         else:
             assert t.state == TrialState.COMPLETE, t
-    assert any(t.params["lora.rank"] == 4096 for t in trials) and any(t.state == TrialState.COMPLETE for t in trials)
+    assert any(t.state == TrialState.FAIL for t in trials) and any(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_choice_that_cannot_train_is_refused_before_the_sweep(tmp_path):
+    """What the config alone shows (rank 4096 on a 384-wide model) is judged for every choice up front."""
+    body = BASIC.replace("choices: [2, 4]", "choices: [2, 4096]")
+    with pytest.raises(ValueError, match=r"sweep param lora.rank, value 4096: .*exceeds min\(d_in, d_out\) = 384"):
+        run_sweep(_spec(tmp_path, body), [*FAST, f"run_root={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_pruner_stops_trials_from_reported_eval_values(tmp_path):

@@ -25,7 +25,10 @@ def _train(args: argparse.Namespace) -> int:
         from .slurm.submit import submit_train
 
         return _print_submission(submit_train(args.overrides, dry_run=args.dry_run), args.dry_run)
+    from .preflight import check_config
+
     cfg = compose(args.overrides)
+    check_config(cfg)  # the checks train() makes first, so --cfg refuses what train would
     if args.cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         print(f"# config hash: {config_hash(cfg)}")
@@ -54,7 +57,7 @@ def _print_result(cfg, metrics: dict) -> None:
         ("status", metrics["status"]),
         ("trainable", f"{metrics['params/trainable']:,} / {metrics['params/total']:,} "
                       f"({100 * metrics['params/trainable_fraction']:.3f}%)"),
-        ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB"),
+        ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB{_eight_bit_note(cfg)}"),
         ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
     ]
     if "eval/accuracy" in metrics:
@@ -64,6 +67,23 @@ def _print_result(cfg, metrics: dict) -> None:
     lines.append(("run directory", str(run_dir)))
     for key, value in lines:
         print(f"{key + ':':<17}{value}")
+
+
+def _eight_bit_note(cfg) -> str:
+    """adamw8bit keeps 32-bit state for tensors under optim.min_8bit_size elements: say so where that is all."""
+    from .optim import EIGHT_BIT
+    from .preflight import lora_skeleton
+
+    model = lora_skeleton(cfg) if cfg.optim.name in EIGHT_BIT else None
+    if model is None:
+        return ""
+    sizes = [p.numel() for p in model.parameters() if p.requires_grad]
+    small = sum(n for n in sizes if n < cfg.optim.min_8bit_size)
+    if not small:
+        return ""
+    share = "all" if small == sum(sizes) else f"{100 * small / sum(sizes):.0f}% of"
+    return (f" ({share} the trainable parameters are in tensors under optim.min_8bit_size="
+            f"{cfg.optim.min_8bit_size} elements and keep 32-bit state; lower it to make them 8-bit)")
 
 
 def _print_submission(result: dict, dry_run: bool) -> int:
@@ -132,13 +152,14 @@ def _report(args: argparse.Namespace) -> int:
         leaderboard,
         log_summary_to_wandb,
         prepare_report,
+        summary_mode,
         write_html_report,
     )
     from .sweep.storage import default_storage_url
     from .sweep.study import load_study
 
     url = args.storage or default_storage_url(args.run_root)
-    study, spec, _ = load_study(args.study, url)
+    study, spec, overrides = load_study(args.study, url)
     data, pivot = prepare_report(study, spec, args.run_root, args.table)  # bad --table, nothing finished: errors
     print(format_table(leaderboard(study, spec)))
     if pivot is not None:
@@ -147,8 +168,10 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.run_root) / "reports" / args.study)
     index = write_html_report(study, spec, out, prepared=(data, pivot))
     print(f"report: {index}")
-    if args.wandb != "none":
-        log_summary_to_wandb(study, spec, data, Path(args.run_root), pivot=pivot, mode=args.wandb)
+    mode = summary_mode(spec, overrides, args.wandb)
+    if mode is not None:
+        log_summary_to_wandb(study, spec, data, Path(args.run_root), pivot=pivot, mode=mode)
+        print(f"W&B summary run: {args.study}-summary ({mode})")
     return 0
 
 
@@ -249,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=None)
     report.add_argument("--run-root", default="runs")
     report.add_argument("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
-    report.add_argument("--wandb", default="offline", choices=["offline", "online", "none"])
+    report.add_argument("--wandb", default="auto", choices=["auto", "offline", "online", "none"],
+                        help="the W&B summary run; auto: in the trials' own W&B mode, none if they were not tracked")
     report.add_argument("--table", nargs=2, default=None, metavar=("ROW", "COL"),
                         help="paper-style pivot: rows one searched param, columns another, cells the best objective")
     report.set_defaults(func=_report)

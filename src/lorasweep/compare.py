@@ -1,5 +1,5 @@
 """`lorasweep runs` (a table of runs) and `lorasweep compare` (config differences, metrics side by side, loss
-curves as PNG and HTML)."""
+curves on an HTML page)."""
 
 from __future__ import annotations
 
@@ -8,35 +8,14 @@ from pathlib import Path
 
 from .config import flatten
 from .errors import UserError
-from .fileio import atomic_write_text
-from .lora.targets import targets_label
 from .metrics import final_names
+from .runrow import run_row, settings_columns
 from .runstore import RunDir, RunStore
+from .sweep.report.page import PLOTLY_JS, write_folder
 from .tables import format_rows
 
-COLUMNS = ("hash", "model", "targets", "rank", "alpha", "trainable_fraction", "optimizer_bytes", "peak_bytes",
-           "eval/loss", "eval/accuracy", "state", "step")
-
-
-def run_row(run: RunDir) -> dict:
-    cfg = run.config()
-    metrics = run.record()  # pruned, failed and interrupted runs have their figures too
-    targets = cfg.lora.targets
-    return {
-        "hash": run.hash,
-        "model": cfg.model.name,
-        "targets": targets_label(targets),
-        "rank": cfg.lora.rank,
-        "alpha": cfg.lora.alpha,
-        "trainable_fraction": metrics.get("params/trainable_fraction"),
-        "optimizer_bytes": metrics.get("memory/optimizer_state_bytes"),
-        "eval/loss": metrics.get("eval/loss"),
-        "eval/accuracy": metrics.get("eval/accuracy"),
-        "peak_bytes": metrics.get("memory/peak_bytes"),
-        "state": run.status(),
-        "step": metrics.get("step"),
-        "sweep": cfg.sweep,
-    }
+FIGURES = ("trainable_fraction", "optimizer_bytes", "peak_bytes", "predicted_peak_bytes", "eval/loss", "eval/accuracy",
+           "state", "step")
 
 
 def list_runs(run_root: str | Path, study: str | None = None, sort: str | None = None) -> list[dict]:
@@ -45,13 +24,16 @@ def list_runs(run_root: str | Path, study: str | None = None, sort: str | None =
         rows = [r for r in rows if r["sweep"] == study]
     if sort:
         if rows and sort not in rows[0]:
-            raise UserError(f"cannot sort by {sort!r}: choose one of {', '.join(COLUMNS)}")
+            raise UserError(f"cannot sort by {sort!r}: choose one of {', '.join(c for c in rows[0] if c != 'sweep')}")
         rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else 0))
     return rows
 
 
 def format_runs(rows: list[dict]) -> str:
-    return format_rows(rows, COLUMNS)
+    """hash, the settings that tell runs apart (runrow.py), then the record's figures (a column nobody has, such
+    as a predicted peak before estimates existed, is left out)."""
+    figures = [c for c in FIGURES if any(r.get(c) is not None for r in rows)]
+    return format_rows(rows, ["hash", "model", *[c for c in settings_columns(rows) if c != "model"], *figures])
 
 
 def config_differences(runs: list[RunDir]) -> dict[str, list]:
@@ -62,12 +44,8 @@ def config_differences(runs: list[RunDir]) -> dict[str, list]:
 
 
 def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
-    """A text summary (differences and metrics) and an HTML page with the overlaid loss curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A text summary (differences and metrics) and an HTML page with the overlaid loss curves (plotly, the
+    report's library; plotly.min.js beside the page, so it works offline from disk)."""
     if len(runs) < 2:
         raise UserError("compare needs at least two runs")
     diffs = config_differences(runs)
@@ -78,32 +56,36 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     metric_rows = [{"metric": "status", **{n: r.status() for n, r in zip(names, runs)}},
                    {"metric": "step", **{n: _num(m.get("step")) for n, m in zip(names, metrics)}},
                    *({"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys)]
-    lines = ["config differences:", format_rows(diff_rows, ["key", *names]), "",
-             "final metrics:", format_rows(metric_rows, ["metric", *names])]
+    text = "\n".join(["config differences:", format_rows(diff_rows, ["key", *names]), "",
+                      "final metrics:", format_rows(metric_rows, ["metric", *names])])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title>"
+            f"<script src='{PLOTLY_JS}'></script></head><body>"
+            f"<h1>Runs {html.escape(', '.join(names))}</h1><pre>{html.escape(text)}</pre>"
+            f"{_loss_curves(runs).to_html(full_html=False, include_plotlyjs=False, div_id='loss-curves')}"
+            f"</body></html>")
+    return text, write_folder(out_dir, page)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
+
+def _loss_curves(runs: list[RunDir]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("train/loss", "eval/loss"))
+    for i, run in enumerate(runs):
         history = run.history()
-        train_points = [(h["step"], h["train/loss"]) for h in history if "train/loss" in h]
-        eval_points = [(h["step"], h["eval/loss"]) for h in history if "eval/loss" in h]
-        if train_points:
-            axes[0].plot(*zip(*train_points), label=run.hash)
-        if eval_points:
-            axes[1].plot(*zip(*eval_points), "o-", label=run.hash)
-    for ax, title in zip(axes, ("train/loss", "eval/loss")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend()
-    fig.savefig(out_dir / "loss_curves.png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    text = "\n".join(lines)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title></head><body>"
-            f"<h1>Runs {html.escape(', '.join(r.hash for r in runs))}</h1><pre>{html.escape(text)}</pre>"
-            f"<img src='loss_curves.png' alt='loss curves'></body></html>")
-    index = out_dir / "index.html"
-    atomic_write_text(index, page)
-    return text, index
+        for col, metric, mode in ((1, "train/loss", "lines"), (2, "eval/loss", "lines+markers")):
+            points = [(h["step"], h[metric]) for h in history if metric in h]
+            if points:
+                steps, values = zip(*points)
+                figure.add_trace(go.Scatter(x=steps, y=values, mode=mode, name=run.hash, legendgroup=run.hash,
+                                            showlegend=col == 1, line={"color": _COLORS[i % len(_COLORS)]}),
+                                 row=1, col=col)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(template="plotly_white", height=420, width=1100)
+    return figure
+
+
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def _num(value) -> str:

@@ -91,4 +91,13 @@ def describe(exc: BaseException) -> str:
         if text and text not in parts:
             parts.append(text)
         exc = exc.__cause__
-    return ": ".join(parts)
+    return ": ".join(parts) + _package_hint(parts)
+
+
+def _package_hint(parts: list[str]) -> str:
+    """A group file merged at its own group's key (`local: ...`) means a missing `# @package _global_` line."""
+    match = re.search(r"In '(local|experiment)/([^']+)'.*Key '\1' not in", " ".join(parts))
+    if not match:
+        return ""
+    return (f" (hint: {match.group(1)}/{match.group(2)}.yaml sets keys of the whole config, so its first line "
+            f"must be `# @package _global_`)")

@@ -115,13 +115,18 @@ def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labe
 
     runs = {name: cfg for name, cfg in ((n, run_config(p)) for n, p in paths.items()) if cfg is not None}
 
-    def identity(cfg):  # what fixes the base weights
+    def identity(cfg):  # what fixes the base weights: the model config, and a tiny model's seed
         model = OmegaConf.to_container(cfg.model)
-        return json.dumps([model, cfg.seed if model.get("source") == "tiny" else None], sort_keys=True)
+        return {**{f"model.{k}": v for k, v in model.items()},
+                "seed": cfg.seed if model.get("source") == "tiny" else None}
 
-    bases = {identity(cfg): cfg for cfg in runs.values()}
+    identities = {name: identity(cfg) for name, cfg in runs.items()}
+    bases = {json.dumps(identities[name], sort_keys=True): cfg for name, cfg in runs.items()}
     if base is None and len(bases) > 1:
-        listed = ", ".join(f"{n}: {cfg.model.name} (seed {cfg.seed})" for n, cfg in runs.items())
+        differ = sorted(k for k in set().union(*identities.values())
+                        if len({json.dumps(i.get(k)) for i in identities.values()}) > 1)
+        listed = ", ".join(f"{n}: {cfg.model.name} ({', '.join(f'{k}={identities[n].get(k)}' for k in differ)})"
+                           for n, cfg in runs.items())
         raise UserError(f"the adapters come from runs on different base models ({listed}): serve them separately, "
                         "or pass --base")
     first = next(iter(bases.values()), None)

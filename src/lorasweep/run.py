@@ -29,6 +29,7 @@ from .memory import PeakMemory
 from .metrics import is_final_metric
 from .models import head_names
 from .optim import build_optimizer
+from .preflight import check_config
 from .resources import Resources
 from .runlock import RunLock, RunLockStopped
 from .runstore import RunDir, RunStore, environment_record
@@ -43,6 +44,7 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     `run_dir` puts the run somewhere other than <run_root>/<hash> (reproductions)."""
     from accelerate import PartialState
 
+    check_config(cfg, run_root=run_dir is None)  # before any lock or file (preflight.py)
     digest = config_hash(cfg)
     run = RunDir(run_dir) if run_dir else RunStore(cfg.run_root).run(digest)
     state = PartialState(cpu=not torch.cuda.is_available())

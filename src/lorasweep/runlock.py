@@ -1,10 +1,14 @@
 """At most one process trains a run directory at a time.
 
-The lock is filelock's FileLock on runs/.<hash>.lock, beside the run directory (which appears only once
-training begins, so a config that fails to load leaves nothing): an fcntl/flock lock that the kernel drops when its
-holder dies (killed, OOM, a requeued SLURM job), so a lock can never be left stale; on NFS (v3 with lockd, v4)
-Linux carries such locks to the server, so processes on different nodes exclude each other too. Beside it,
-runs/.<hash>.lock.holder says who holds it (host, pid, SLURM job) for the messages of whoever waits.
+The lock is filelock's FileLock on runs/.locks/<hash>.lock, outside the run directory (which appears only once
+training begins): an fcntl/flock lock that the kernel drops when its holder dies (killed, OOM, a requeued SLURM
+job), so a lock can never be left stale; on NFS (v3 with lockd, v4) Linux carries such locks to the server, so
+processes on different nodes exclude each other too. Beside it, runs/.locks/<hash>.holder says who holds it (host,
+pid, SLURM job) for the messages of whoever waits; it is removed when the lock is released.
+
+The empty .lock files stay in runs/.locks/ and are harmless: deleting a lock file on release would let a waiting
+process hold a lock on a deleted file while a third locks a new one (the classic unlink race), so they are kept;
+`rm -r runs/.locks` while nothing runs is safe.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from filelock import FileLock, Timeout
 from .errors import UserError
 from .fileio import atomic_write_json
 from .slurm.identity import job as slurm_job
+
+
+LOCK_DIR = ".locks"  # in the run root, beside the run directories
 
 
 class RunLockTimeout(UserError):
@@ -50,11 +57,11 @@ class RunLock:
         self.announce = announce
         self.should_stop = should_stop  # a signal while waiting: give up (RunLockStopped)
         self.waited_for: str | None = None
-        self._lock = FileLock(str(self.path.parent / f".{self.path.name}.lock"))
+        self._lock = FileLock(str(self.path.parent / LOCK_DIR / f"{self.path.name}.lock"))
 
     @property
     def holder_file(self) -> Path:
-        return self.path.parent / f".{self.path.name}.lock.holder"
+        return self.path.parent / LOCK_DIR / f"{self.path.name}.holder"
 
     def holder(self) -> dict | None:
         try:
@@ -63,7 +70,7 @@ class RunLock:
             return None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        (self.path.parent / LOCK_DIR).mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
@@ -95,4 +102,7 @@ class RunLock:
                                          "(trainer.lock_timeout_s)") from None
 
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        try:
+            self.holder_file.unlink(missing_ok=True)  # while still held: no one else writes it now
+        finally:
+            self._lock.release()

@@ -7,7 +7,7 @@
                     step it reached, its last evaluation, params and memory figures; complete = "completed"
     adapter/        the LoRA adapter in peft's format
     checkpoints/    step_<N>/ when trainer.checkpoint_every > 0 or a run is interrupted (resume); the newest two
-Beside it, runs/.<hash>.lock is held (flock) by the one process training the run; .<hash>.lock.holder says who.
+runs/.locks/<hash>.lock is held (flock) by the one process training the run; .locks/<hash>.holder says who (runlock.py).
 Every file but history.jsonl is written atomically, so an interrupted write never leaves half a file;
 history.jsonl is appended a line at a time and rewritten atomically on resume.
 """

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from ..config import compose
 from ..errors import UserError
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
@@ -22,9 +21,9 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
     spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study)
     if spec.n_trials <= 0:
         raise UserError(f"--n-trials must be > 0, got {spec.n_trials}")
-    validate_against_config(spec, overrides)
+    cfg = validate_against_config(spec, overrides)
     make_pruner(spec)  # a pruner option Optuna does not take fails here, not in the first worker
-    url = storage or spec.storage or default_storage_url(compose([*spec.fixed, *overrides]).run_root)
+    url = storage or spec.storage or default_storage_url(cfg.run_root)
     return spec, url
 
 

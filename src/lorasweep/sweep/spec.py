@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 from ..metrics import objective_names
@@ -96,6 +96,17 @@ class SweepSpec:
         return [f"{p.key}={_override_value(p.config_value(values[p.key], values))}" for p in self.params]
 
 
+def _values_to_check(param: Param, params: list[Param]) -> list:
+    """A categorical's every choice; a range's two ends."""
+    return list(param.choices) if param.type == "categorical" else [param.low, param.high]
+
+
+def _rank_hint(params: list[Param]) -> dict:
+    """For a per-rank α alone: the smallest searched rank (the value checked is α/r × that rank)."""
+    ranks = next((p.choices or [p.low] for p in params if p.key == "lora.rank"), [1])
+    return {"lora.rank": min(ranks)}
+
+
 def _override_value(value) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -115,6 +126,12 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     where = source or "sweep spec"
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: a sweep spec is a YAML mapping (study:, params:, ...), got a "
+                        f"{_yaml_kind(data)}; see sweeps/*.yaml for examples")
+    if not isinstance(data.get("params") or {}, dict):
+        raise UserError(f"{where}: params is a mapping of config key -> {{type: ..., ...}}, got a "
+                        f"{_yaml_kind(data['params'])}")
     unknown = set(data) - _SPEC_KEYS
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}")
@@ -150,6 +167,11 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     if len(spec.objectives) > 1 and spec.pruner["name"] != "none":
         raise UserError(f"{where}: pruning needs a single objective; set pruner: {{name: none}} for multi-objective")
     return spec
+
+
+def _yaml_kind(value) -> str:
+    return {list: "list", str: "plain string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__)
 
 
 def _memory_cap_override(cap, where: str) -> list[str]:
@@ -209,14 +231,24 @@ def _parse_param(key: str, body: dict, where: str) -> Param:
     return param
 
 
-def validate_against_config(spec: SweepSpec, overrides: list[str]) -> None:
-    """Every searched key exists in the composed config and every objective is a metric train() reports."""
+def validate_against_config(spec: SweepSpec, overrides: list[str]) -> DictConfig:
+    """Every searched key exists in the composed config, every choice (and each end of a range) passes the checks
+    train() makes first (preflight.py), and every objective is a metric train() reports. Returns the base config."""
     from ..config import compose
+    from ..preflight import check_config
 
     cfg = compose([*spec.fixed, *overrides])
+    check_config(cfg)
     for param in spec.params:
         if OmegaConf.select(cfg, param.key, default="__missing__") == "__missing__":
             raise UserError(f"sweep param {param.key!r} is not a key of the training config")
+    for param in spec.params:
+        for value in _values_to_check(param, spec.params):
+            override = f"{param.key}={_override_value(param.config_value(value, _rank_hint(spec.params)))}"
+            try:
+                check_config(compose([*spec.fixed, *overrides, override]), run_root=False)
+            except UserError as exc:
+                raise UserError(f"sweep param {param.key}, value {value!r}: {exc}") from None
     if any(p.per_rank for p in spec.params) and not any(p.key == "lora.rank" for p in spec.params):
         raise UserError("lora.alpha with per_rank needs lora.rank among the searched params")
     known = objective_names(cfg.data.task)
@@ -226,3 +258,4 @@ def validate_against_config(spec: SweepSpec, overrides: list[str]) -> None:
                             f"choose from {', '.join(sorted(known))}")
     if spec.pruner["name"] != "none" and not spec.objectives[0].metric.startswith("eval/"):
         raise UserError(f"pruning reports eval metrics during training; {spec.objectives[0].metric} is not one")
+    return cfg

@@ -24,6 +24,7 @@ from ..config import compose, config_hash
 from ..estimate.fit import check_trial_memory
 from ..resources import Resources
 from ..run import Callbacks, broadcast_from_main, train
+from ..runrow import settings
 from ..slurm import identity
 from .heartbeat import Heartbeat
 from .retry import requeue_copy
@@ -158,6 +159,7 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         if skip:
             print(f"trial {trial.number} not trained: {skip}", flush=True)
             return TrialState.PRUNED, None
+        trial.set_user_attr("settings", settings(cfg))  # what the leaderboard shows (runrow.py)
         broadcast_from_main(state, overrides)
 
         def on_eval(step: int, metrics: dict) -> bool:

@@ -15,7 +15,7 @@ from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
 from .wandb_summary import log_summary_to_wandb
 
 __all__ = ["ReportData", "TrialRow", "Pivot", "collect", "format_table", "leaderboard", "check_table_keys",
-           "format_pivot", "make_pivot", "log_summary_to_wandb", "prepare_report", "write_html_report"]
+           "format_pivot", "make_pivot", "log_summary_to_wandb", "prepare_report", "summary_mode", "write_html_report"]
 
 
 def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs",
@@ -32,6 +32,18 @@ def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = 
         found = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
         raise UserError(f"study {study.study_name!r} has no finished trial yet ({found}); nothing to report")
     return data, (make_pivot(data, *table) if table else None)
+
+
+def summary_mode(spec: SweepSpec, overrides: list[str], asked: str = "auto") -> str | None:
+    """The W&B mode of the study's summary run, or None for none: `asked` (offline | online | none), or with
+    "auto" the trials' own tracking (their spec's `fixed` and the sweep's command line): a sweep whose runs were
+    not tracked in W&B gets no summary run there either."""
+    if asked != "auto":
+        return None if asked == "none" else asked
+    from ...config import compose
+
+    tracking = compose([*spec.fixed, *overrides]).tracking
+    return tracking.mode if tracking.backend == "wandb" and tracking.mode != "disabled" else None
 
 
 def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: str | Path, run_root: str | Path = "runs",

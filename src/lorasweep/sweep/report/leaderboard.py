@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from ...runrow import SETTINGS, settings_columns
 from ...tables import format_rows
 from ..spec import SweepSpec
 
@@ -14,14 +15,8 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         metrics = t.user_attrs.get("metrics", {})
-        row = {
-            "trial": t.number,
-            "state": t.state.name,
-            "hash": t.user_attrs.get("config_hash", ""),
-            "rank": t.params.get("lora.rank"),
-            "alpha": _alpha(t, spec),
-            "targets": t.params.get("lora.targets"),
-        }
+        row = {"trial": t.number, "state": t.state.name, "hash": t.user_attrs.get("config_hash", ""),
+               **trial_settings(t, spec)}
         for objective in spec.objectives:
             row[objective.metric] = metrics.get(objective.metric)
         if t.state == TrialState.FAIL:
@@ -32,15 +27,29 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
     return sorted(rows, key=lambda r: (r[first.metric] is None, sign * (r[first.metric] or 0), r["trial"]))
 
 
-def _alpha(trial, spec: SweepSpec):
+def trial_settings(trial, spec: SweepSpec) -> dict:
+    """The trial's settings as its worker recorded them (runrow.settings of the composed config); for a trial
+    not yet started, the sampled values it has (α from α/r where the spec searches it per rank)."""
+    recorded = trial.user_attrs.get("settings")
+    if recorded:
+        return dict(recorded)
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    out = {"targets": params.get("lora.targets"), "rank": params.get("lora.rank"), "alpha": None}
     for param in spec.params:
-        if param.key == "lora.alpha" and param.key in trial.params:
-            return param.config_value(trial.params[param.key], trial.params)
-    return None
+        if param.key == "lora.alpha" and param.key in params:
+            out["alpha"] = param.config_value(params[param.key], params)
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
+    """trial, state, hash, the settings that tell the trials apart, the objectives, then extra columns."""
     if not rows:
         return "(no trials)"
-    columns = [c for c in rows[0] if c != "note"] + (["note"] if any("note" in r for r in rows) else [])
-    return format_rows(rows, columns)
+    known = {c for c, _, _ in SETTINGS}
+    shown = settings_columns(rows)
+    quiet = [c for c in ("quant", "optim") if len({repr(r.get(c)) for r in rows}) == 1 and c in shown]
+    shown = [c for c in shown if c not in quiet]  # the same for every trial: said once, above the table
+    rest = [c for c in rows[0] if c not in known and c not in ("trial", "state", "hash", "note")]
+    columns = ["trial", "state", "hash", *shown, *rest] + (["note"] if any("note" in r for r in rows) else [])
+    same = ", ".join(f"{c} {rows[0].get(c)}" for c in quiet if rows[0].get(c) is not None)
+    return (f"(every trial: {same})\n" if same else "") + format_rows(rows, columns)
