@@ -196,12 +196,14 @@ def test_identical_learning_curves_stay_visible(report):
     assert shared["name"].startswith("trials 1, 2, 3")
 
 
-def test_one_significant_formula_for_the_page():
-    from lorasweep.sweep.report.numbers import integer_axis, log_ticks, short
+def test_short_numbers_and_ticks():
+    from lorasweep.sweep.report.numbers import integer_axis, log_axis, log_ticks, short
 
     assert short(LR) == "0.000318" and short(8) == "8" and short(1.0e-5) == "1e-05" and short("qv") == "qv"
+    assert short(1234.5) == "1230" and short(1000.0) == "1000"  # plain, not 1.23e+03
     assert log_ticks(1.5, 22) == [2, 5, 10, 20] and log_ticks(250, 5200) == [500, 1000, 2000, 5000]
     assert log_ticks(300, 310) == [300, 310]  # too narrow for 1..9: its two ends
+    assert log_axis([2.0, 2.0])["tickvals"] == [2]  # every trial alike: that value, not the padding's ends
     wide = log_ticks(2e-7, 3e3)
     assert 3 <= len(wide) <= 8 and all(math.log10(t) == round(math.log10(t)) for t in wide)  # decades only
     assert [integer_axis(n)["dtick"] for n in (3, 10, 11, 25, 60, 1000)] == [1, 1, 2, 5, 10, 100]

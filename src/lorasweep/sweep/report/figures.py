@@ -112,6 +112,11 @@ def _curves(study, data: ReportData) -> Figure | None:
                   "one line (named after all of them).")
 
 
+# Each cost as plotted: bytes as MiB, the trainable fraction as a percentage (as the trial table shows it).
+_COST_SCALE = {"params/trainable_fraction": 100,
+               "memory/optimizer_state_bytes": 2 ** -20, "memory/peak_bytes": 2 ** -20}
+
+
 def _costs(study, data: ReportData) -> Figure | None:
     """The first objective against trainable fraction, optimizer state and peak memory."""
     rows = [r for r in data.finished if any(r.metrics.get(m) is not None for m in COSTS)]
@@ -144,10 +149,6 @@ def _costs(study, data: ReportData) -> Figure | None:
     return Figure("costs", f"{data.metric} against memory", figure,
                   "Trainable fraction and optimizer state on log scales; the "
                   + ("Pareto-front" if len(data.directions) > 1 else "best") + " trials starred.")
-
-
-# Each cost as plotted: bytes as MiB, the trainable fraction as a percentage (as the trial table shows it).
-_COST_SCALE = {"params/trainable_fraction": 100, "memory/optimizer_state_bytes": 2 ** -20, "memory/peak_bytes": 2 ** -20}
 
 
 def _pareto(study, data: ReportData) -> Figure | None:

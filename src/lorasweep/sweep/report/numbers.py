@@ -12,8 +12,8 @@ def short(value) -> str:
     """A parameter value at a glance: a float to SIGNIFICANT digits, anything else as it is."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.{SIGNIFICANT}g}"
+    if isinstance(value, float):  # rounded, then printed plainly: 1234.5 -> 1230 (not 1.23e+03), 2e-05 as is
+        return f"{float(f'{value:.{SIGNIFICANT}g}'):g}"
     return str(value)
 
 
@@ -22,10 +22,11 @@ def full(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def log_ticks(low: float, high: float, most: int = 8) -> list[float]:
+def log_ticks(low: float, high: float, most: int = 8, ends: tuple | None = None) -> list[float]:
     """Tick values for a log axis over [low, high], every one a full number: the coarsest of 1-per-decade,
     1-2-5, 1-2-3-5 and 1..9 that puts at least three ticks in the range (at most `most`), so each decade is
-    labelled whole ("1000", not a bare mantissa "1")."""
+    labelled whole ("1000", not a bare mantissa "1"). A range too narrow for that gets `ends` (default: low and
+    high), rounded."""
     low, high = min(low, high), max(low, high)
     if not (low > 0 and math.isfinite(high)):
         return []
@@ -41,8 +42,8 @@ def log_ticks(low: float, high: float, most: int = 8) -> list[float]:
         found = ticks
         if len(ticks) >= 3:
             break
-    if len(found) < 2:  # a range narrower than 1..9 can split: its two ends, rounded
-        found = sorted({float(short(low)), float(short(high))})
+    if len(found) < 2:
+        found = sorted({float(short(v)) for v in (ends or (low, high))})
     return found
 
 
@@ -53,8 +54,9 @@ def log_axis(values: list[float], pad: float = 0.08) -> dict:
         return {"type": "log"}
     low, high = min(values), max(values)
     span = [math.log10(low) - pad, math.log10(high) + pad]
-    ticks = log_ticks(10 ** span[0], 10 ** span[1])
-    return {"type": "log", "range": span, "tickmode": "array", "tickvals": ticks, "ticktext": [short(t) for t in ticks]}
+    ticks = log_ticks(10 ** span[0], 10 ** span[1], ends=(low, high))  # the data's own values when narrow
+    return {"type": "log", "range": span, "tickmode": "array", "tickvals": ticks,
+            "ticktext": [short(t) for t in ticks]}
 
 
 def integer_axis(largest: float, most: int = 10) -> dict:

@@ -62,7 +62,8 @@ def render_page(data: ReportData, figures: list[Figure], pivot: Pivot | None) ->
         div = figure.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{figure.key}",
                                     config={"displaylogo": False, "responsive": True})
         note = f"<p class='note'>{html.escape(figure.note)}</p>" if figure.note else ""
-        parts.append(f"<h2 id='figure-{figure.key}'>{html.escape(figure.title)}</h2>{note}<div class='plot'>{div}</div>")
+        heading = f"<h2 id='figure-{figure.key}'>{html.escape(figure.title)}</h2>"
+        parts.append(f"{heading}{note}<div class='plot'>{div}</div>")
     parts += ["<h2 id='trials-title'>Trials</h2>", "<div class='scroll'>", trial_table_html(data), "</div>",
               "</body></html>"]
     return "\n".join(parts)
