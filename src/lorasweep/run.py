@@ -23,8 +23,8 @@ from .data import make_collator
 from .errors import UserError
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
-from .lora import apply_lora, save_adapter
-from .lora.targets import as_targets
+from .lora import save_adapter
+from .lora.inject import apply_lora_config
 from .memory import PeakMemory
 from .metrics import is_final_metric
 from .models import head_names
@@ -88,14 +88,13 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
 
     resources = resources or Resources(keep=False)
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
-    report = apply_lora(model, as_targets(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
-                        cfg.lora.scaling, _modules_to_save(cfg, model))
+    report = apply_lora_config(model, cfg.lora, _modules_to_save(cfg, model))  # every lora.* key (dora, init)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with accelerator.main_process_first():
         train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
     total_steps = _total_steps(cfg, len(train_set), micro)
-    optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])  # optim.py
+    optimizer = build_optimizer(cfg.optim, model)  # optim.py: its trainable parameters, LoRA+ groups
     scheduler = _scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(accelerator.unwrap_model(model))
