@@ -1,11 +1,14 @@
-"""One training step (forward, backward, AdamW) on MiniLM, batch 32×128, r=8: lorasweep vs peft vs the bound.
+"""One training step (forward, backward, AdamW) on MiniLM, batch 32×128, r=8: lorasweep vs peft vs the bound,
+for plain LoRA and for DoRA (`--kinds lora dora`; peft's use_dora recomputes B·A through an identity matrix and
+the full weight's norm every forward, lorasweep gets the norm from W0·Aᵀ and cached row norms, see lora/layer.py).
 
 The bound is the frozen base with gradients flowing back through every layer's activations and no LoRA at all:
 what any LoRA implementation must pay at least. The classifier head is trained in every variant.
 Variants are interleaved (one step of each per round) and each figure is the median over the rounds, so the
 machine's drift hits all variants alike; the ratios are what to read.
 
-    python benchmarks/lora_step.py [--repeats 7] [--batch 32] [--seq 128] [--profile] [--device cuda]
+    python benchmarks/lora_step.py [--repeats 7] [--batch 32] [--seq 128] [--kinds lora dora] [--profile]
+                                   [--device cuda]
 """
 
 from __future__ import annotations
@@ -42,18 +45,19 @@ def make_bound():
     return model
 
 
-def make_lorasweep(preset):
+def make_lorasweep(preset, dora=False):
     model = _base()
-    apply_lora(model, preset, rank=RANK, alpha=ALPHA, modules_to_save=["classifier"])
+    apply_lora(model, preset, rank=RANK, alpha=ALPHA, modules_to_save=["classifier"], dora=dora)
     return model
 
 
-def make_peft(preset):
+def make_peft(preset, dora=False):
     from peft import LoraConfig, get_peft_model
 
     model = _base()
     names = [t.name for t in resolve_targets(model, preset)]  # exactly the same modules as lorasweep
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, modules_to_save=["classifier"])
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, modules_to_save=["classifier"],
+                        use_dora=dora)
     return get_peft_model(model, config).train()
 
 
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--presets", nargs="+", default=["qv", "all"])
+    parser.add_argument("--kinds", nargs="+", default=["lora", "dora"], choices=["lora", "dora"])
     parser.add_argument("--profile", action="store_true", help="print the top ops of one step per variant")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
@@ -93,20 +98,22 @@ def main(argv=None) -> int:
     }
     batch = {k: v.to(args.device) for k, v in batch.items()}
     variants = {"bound": Stepper(make_bound(), batch)}
-    for preset in args.presets:
-        variants[f"peft {preset}"] = Stepper(make_peft(preset), batch)
-        variants[f"lorasweep {preset}"] = Stepper(make_lorasweep(preset), batch)
+    for kind in args.kinds:
+        for preset in args.presets:
+            tag = preset if kind == "lora" else f"{preset}+dora"
+            variants[f"peft {tag}"] = Stepper(make_peft(preset, kind == "dora"), batch)
+            variants[f"lorasweep {tag}"] = Stepper(make_lorasweep(preset, kind == "dora"), batch)
 
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}×{args.seq}, r={RANK}")
     times, median = time_interleaved(variants, args.repeats)
 
-    print(f"\n{'variant':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'/ bound':>8} {'/ peft':>7}")
+    print(f"\n{'variant':<21} {'median s':>9} {'min s':>7} {'max s':>7} {'/ bound':>8} {'/ peft':>7}")
     for name, t in times.items():
         preset = name.split()[-1]
         vs_peft = f"{median[name] / median[f'peft {preset}']:.3f}" if name.startswith("lorasweep") else ""
         print(
-            f"{name:<16} {median[name]:>9.3f} {min(t):>7.3f} {max(t):>7.3f} "
+            f"{name:<21} {median[name]:>9.3f} {min(t):>7.3f} {max(t):>7.3f} "
             f"{median[name] / median['bound']:>8.3f} {vs_peft:>7}"
         )
     if args.profile:

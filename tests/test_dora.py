@@ -172,3 +172,35 @@ def test_dora_refused_on_a_quantized_base():
         apply_lora(model, "qv", rank=4, alpha=8, dora=True)
     assert not list(lora_layers(model))
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items() if n in before)
+
+
+@pytest.mark.parametrize("arch, preset", [("gpt2", "qv"), ("llama", "all")])  # Conv1D with bias; Linear without
+def test_dora_adapters_mix_with_plain_ones_in_one_batch(arch, preset, tmp_path):
+    from lorasweep.lora.multi import load_adapters
+
+    paths = {}
+    for name, dora, seed in (("dora", True, 1), ("plain", False, 2), ("dora2", True, 3)):
+        model = tiny(arch)
+        apply_lora(model, preset, rank=4, alpha=8, dora=dora)
+        randomize_dora(model, seed=seed, std=0.1)
+        paths[name] = save_adapter(model, tmp_path / name)
+    ids = torch.randint(0, 512, (5, 9), generator=torch.Generator().manual_seed(4))
+    order = ["dora", "plain", "base", "dora2", "dora"]
+    expected = []
+    for i, name in enumerate(order):
+        alone = tiny(arch)
+        if name != "base":
+            load_adapter(alone, paths[name])
+        with torch.no_grad():
+            expected.append(alone(ids[i : i + 1]).logits)
+    model = tiny(arch)
+    adapters = load_adapters(model, paths)
+    with torch.no_grad(), adapters.use(order):
+        mixed = model(ids).logits
+        assert torch.allclose(mixed, torch.cat(expected), atol=1e-5)
+        for name in ("dora", "plain"):  # one adapter for the whole batch: the merged and the low-rank path
+            alone = tiny(arch)
+            load_adapter(alone, paths[name])
+            for rows in (ids.repeat(8, 1), ids[:1, :2]):  # 360 tokens: merged on the fly; 2: low-rank
+                with adapters.use([name] * len(rows)):
+                    assert torch.allclose(model(rows).logits, alone(rows).logits, atol=1e-5)

@@ -12,6 +12,10 @@ code. For x (b, T, d_in) with slots s (b,): y = base(x) + scale[s] · bmm(bmm(x,
 matmuls per layer for any mix of adapters, no Python loop over adapters. A batch using one adapter takes the
 single-adapter path (merged on the fly for large batches). Linear modules_to_save (a classifier head per adapter)
 become MultiHeadLinear: the same per-example gather over the head weights.
+
+DoRA adapters mix with plain ones (peft refuses such batches): at inference DoRA's factor g = m / ‖W0 + s·B·A‖
+is a constant per output row, computed once at load; a module where some adapter is DoRA holds gains (S+1, d_out)
+(1 for plain adapters and the base) and computes y = g[s] ⊙ (x·W0ᵀ + s·x·Aᵀ·Bᵀ) + b: one extra elementwise pass.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class _Selection:
 
 class MultiLoraLayer(nn.Module):
     def __init__(self, base_layer, lora_A, lora_Bt, scales: list[float], ranks: list[int], slot_of: list[int],
-                 selection: _Selection):
+                 selection: _Selection, gains: torch.Tensor | None = None):
         super().__init__()
         self.base_layer, self.selection = base_layer, selection
         self.d_in, self.d_out = linear_dims(base_layer)
@@ -63,6 +67,8 @@ class MultiLoraLayer(nn.Module):
         self.register_buffer("lora_Bt", lora_Bt.to(**to), persistent=False)  # (S+1, R, d_out)
         self.register_buffer("scales", torch.tensor(scales, **to), persistent=False)  # (S+1,)
         self.register_buffer("slot_of", torch.tensor(slot_of, device=weight.device), persistent=False)  # (K+1,)
+        # DoRA's per-row factors (S+1, d_out), or None when no adapter here is DoRA
+        self.register_buffer("gains", None if gains is None else gains.to(**to), persistent=False)
         self.scale_list, self.ranks, self.slot_list = scales, ranks, slot_of
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +79,14 @@ class MultiLoraLayer(nn.Module):
         b, slots = x.shape[0], self.slot_of[ids]
         xa = torch.bmm(x.reshape(b, -1, self.d_in), self.lora_A[slots].transpose(1, 2))  # (b, T, R)
         xa.mul_(self.scales[slots].view(b, 1, 1))
+        bias = self.base_layer.bias
+        if self.gains is not None and bias is not None:
+            y.sub_(bias)
         y.view(b, -1, self.d_out).baddbmm_(xa, self.lora_Bt[slots])
+        if self.gains is not None:
+            y.view(b, -1, self.d_out).mul_(self.gains[slots].unsqueeze(1))
+            if bias is not None:
+                y.add_(bias)
         return y
 
     def _single(self, x: torch.Tensor, s: int) -> torch.Tensor:
@@ -83,17 +96,27 @@ class MultiLoraLayer(nn.Module):
         if not r:
             return self.base_layer(x)
         a, bt = self.lora_A[s, :r], self.lora_Bt[s, :r]
+        gain = None if self.gains is None else self.gains[s]
         weight, bias = self.base_layer.weight, self.base_layer.bias
         x2 = x.reshape(-1, self.d_in)
         if not self.quantized and x2.shape[0] * (self.d_in + self.d_out) >= 2 * self.d_in * self.d_out:
             delta = (bt.t() @ a).mul_(scale)  # rounded as LoraLayer.merge rounds it
             if isinstance(self.base_layer, nn.Linear):
-                return F.linear(x, weight + delta, bias)
+                merged = weight + delta
+                return F.linear(x, merged if gain is None else merged.mul_(gain.unsqueeze(1)), bias)
             merged_t = weight + delta.t()  # Conv1D keeps W as (d_in, d_out)
+            if gain is not None:
+                merged_t.mul_(gain)
             y = torch.addmm(bias, x2, merged_t) if bias is not None else x2 @ merged_t
             return y.view(*x.shape[:-1], self.d_out)
         y = self.base_layer(x)
+        if gain is not None and bias is not None:
+            y.sub_(bias)
         y.view(-1, self.d_out).addmm_(x2 @ a.t(), bt, alpha=scale)
+        if gain is not None:
+            y.mul_(gain)
+            if bias is not None:
+                y.add_(bias)
         return y
 
     def extra_repr(self) -> str:
@@ -228,9 +251,9 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
     config, tensors, meta = _read(path)
     if meta is not None:
         check_same_base(meta, model, path)
-    for flag in ("use_dora", "lora_bias"):
-        if config.get(flag):
-            raise UserError(f"adapter {path}: {flag} adapters are not supported for mixed batches")
+    if config.get("lora_bias"):
+        raise UserError(f"adapter {path}: lora_bias adapters are not supported for mixed batches")
+    dora = bool(config.get("use_dora"))
     scaling = "rslora" if config.get("use_rslora") else "standard"
     modules = dict(model.named_modules())
     lora, heads = {}, {}
@@ -240,8 +263,9 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         key = key[len(PREFIX):]
         if ".lora_" in key:
             name, _, part = key.partition(".lora_")
-            if part not in ("A.weight", "B.weight"):
-                raise UserError(f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B)")
+            if part not in ("A.weight", "B.weight", "magnitude_vector") or (part == "magnitude_vector" and not dora):
+                raise UserError(f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B, and "
+                                "lora_magnitude_vector of a use_dora adapter)")
             lora.setdefault(name, {})[part[0]] = value
             continue
         name, _, param = key.rpartition(".")
@@ -257,8 +281,11 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         if module is None or not is_adaptable(module):
             kind = "missing" if module is None else type(module).__name__
             raise UserError(f"adapter {path}: module {name} is {kind} in this model, not a Linear/Conv1D")
-        if set(ab) != {"A", "B"}:
-            raise UserError(f"adapter {path}: module {name} lacks lora_{'B' if 'A' in ab else 'A'}")
+        wanted = {"A", "B", "m"} if dora else {"A", "B"}
+        if set(ab) != wanted:
+            missing = sorted(wanted - set(ab))
+            raise UserError(f"adapter {path}: module {name} lacks " + ", ".join(
+                "lora_magnitude_vector" if m == "m" else f"lora_{m}" for m in missing))
         d_in, d_out = linear_dims(module)
         a, b = ab["A"], ab["B"]
         r = a.shape[0] if a.dim() == 2 else -1
@@ -268,7 +295,8 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         if _pattern(config.get("rank_pattern"), name, config.get("r")) != r:
             raise UserError(f"adapter {path}: module {name} has lora_A of rank {r}, unlike its adapter_config.json")
         alpha = _pattern(config.get("alpha_pattern"), name, config.get("lora_alpha"))
-        out[name] = (a, b, lora_scale(alpha, r, scaling))
+        scale = lora_scale(alpha, r, scaling)
+        out[name] = (a, b, scale, _dora_gain(module, a, b, scale, ab["m"], path, name) if dora else None)
     if not out:
         raise UserError(f"adapter {path} has no LoRA weights")
     for name, params in heads.items():
@@ -283,14 +311,35 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
     return out, heads
 
 
+@torch.no_grad()
+def _dora_gain(module: nn.Module, a, b, scale: float, magnitude, path: Path, name: str) -> torch.Tensor:
+    """m / ‖W0 + scale·B·A‖ per output row: DoRA's factor, constant at inference."""
+    d_in, d_out = linear_dims(module)
+    if is_quantized(module):
+        raise UserError(f"adapter {path}: DoRA on module {name} needs the float base weight, and this base is "
+                        "quantized; load the base without model.quantization for DoRA adapters")
+    if tuple(magnitude.shape) != (d_out,):
+        raise UserError(f"adapter {path}: module {name} has lora_magnitude_vector {tuple(magnitude.shape)}; this "
+                        f"model needs ({d_out},)")
+    weight = module.weight if isinstance(module, nn.Linear) else module.weight.t()
+    w = weight.float() + scale * (b.float() @ a.float())
+    return magnitude.float() / torch.linalg.norm(w, dim=1)
+
+
 def _stack_lora(base: nn.Module, found: list[tuple], slot_of: list[int], selection) -> MultiLoraLayer:
-    (d_in, d_out), ranks = linear_dims(base), [a.shape[0] for a, _, _ in found]
+    (d_in, d_out), ranks = linear_dims(base), [a.shape[0] for a, _, _, _ in found]
     a_stack = torch.zeros(len(found) + 1, max(ranks), d_in)
     bt_stack = torch.zeros(len(found) + 1, max(ranks), d_out)
-    for s, (a, b, _) in enumerate(found):
+    for s, (a, b, _, _) in enumerate(found):
         a_stack[s, : a.shape[0]], bt_stack[s, : a.shape[0]] = a, b.t()
-    scales = [scale for _, _, scale in found] + [0.0]
-    return MultiLoraLayer(base, a_stack, bt_stack, scales, ranks + [0], slot_of, selection)
+    scales = [scale for _, _, scale, _ in found] + [0.0]
+    gains = None
+    if any(g is not None for *_, g in found):
+        gains = torch.ones(len(found) + 1, d_out)
+        for s, (*_, g) in enumerate(found):
+            if g is not None:
+                gains[s] = g
+    return MultiLoraLayer(base, a_stack, bt_stack, scales, ranks + [0], slot_of, selection, gains)
 
 
 def _stack_head(base: nn.Linear, found: list[dict], slot_of: list[int], selection) -> MultiHeadLinear:
