@@ -21,6 +21,7 @@ from .accounting import count_parameters, memory_account
 from .config import config_hash
 from .data import make_collator
 from .errors import UserError
+from .estimate.fit import plan_run, with_micro_batch
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
 from .lora import save_adapter
@@ -81,7 +82,9 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     memory = PeakMemory(accelerator.device).start()
-    micro = cfg.trainer.batch_size // cfg.trainer.grad_accum
+    # trainer.micro_batch (auto: the largest that fits) and the predicted peak, recorded beside the measured one
+    micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes)  # estimate/fit.py
+    loop_cfg = with_micro_batch(cfg, micro)  # the global batch (and the hash) unchanged
     if micro % accelerator.num_processes:
         raise UserError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the "
                         f"{accelerator.num_processes} processes")
@@ -93,19 +96,19 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with accelerator.main_process_first():
         train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
-    total_steps = _total_steps(cfg, len(train_set), micro)
+    total_steps = _total_steps(loop_cfg, len(train_set), micro)
     optimizer = build_optimizer(cfg.optim, model)  # optim.py: its trainable parameters, LoRA+ groups
     scheduler = _scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(accelerator.unwrap_model(model))
     figures = {"params/trainable": counts.trainable, "params/total": counts.total,
                "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters,
-               **memory_account(accelerator.unwrap_model(model))}  # base, trainable, gradient bytes (accounting.py)
+               **memory_account(accelerator.unwrap_model(model)), **planned}  # base, trainable, gradient bytes
 
     if main:
         run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
     accelerator.wait_for_everyone()
-    loop = Loop(cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task,
+    loop = Loop(loop_cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task,
                 tokenizer), micro, total_steps, run, None, callbacks, [])
     position = _resume_or_start(run, loop, accelerator, digest, fresh)
 
