@@ -48,6 +48,21 @@ def device_memory(device: str) -> int:
     raise UserError("cannot tell this machine's memory: give a cap (cluster.memory_cap or --memory-cap)")
 
 
+def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
+    """What run.py records beside what it measures: (the micro batch to train with, figures): the micro batch
+    (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not stop the
+    run (it is said, one line); a micro batch that cannot be chosen does (UserError)."""
+    micro, figures = plan_micro_batch(cfg, device)
+    if "memory/predicted_peak_bytes" not in figures:
+        try:
+            estimate = estimate_config(cfg, device, micro_batch=micro, num_processes=num_processes)
+            figures["memory/predicted_peak_bytes"] = estimate["memory/predicted_peak_bytes"]
+        except Exception as exc:  # noqa: BLE001 - the estimate is advice; the run itself decides
+            print(f"memory estimate unavailable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                  flush=True)
+    return micro, figures
+
+
 def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
     """(the global micro batch a run takes, figures for its record) from trainer.micro_batch:
     null: batch_size / grad_accum; a number: that (a divisor of batch_size); auto: the largest divisor of
@@ -95,6 +110,8 @@ def with_micro_batch(cfg, micro: int):
     """A copy of cfg whose grad_accum takes `micro` per forward pass (for the loop; the hash is the original's)."""
     from omegaconf import OmegaConf
 
+    if int(cfg.trainer.batch_size) // micro == int(cfg.trainer.grad_accum):
+        return cfg
     copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     copy.trainer.grad_accum = int(cfg.trainer.batch_size) // micro
     return copy

@@ -37,17 +37,18 @@ def micro_batch_of(cfg) -> int:
 
 
 def estimate_config(cfg, device: str | None = None, micro_batch: int | None = None,
-                    sequence: tuple[int, str] | None = None) -> dict:
+                    sequence: tuple[int, str] | None = None, num_processes: int | None = None) -> dict:
     """The predicted account (memory/* keys as the run records them, plus memory/activation_bytes and
     memory/predicted_peak_bytes), with config_hash, the device, the micro batch and the sequence length assumed.
 
     `micro_batch`: predict for this global micro batch instead of the config's (micro_batch=auto tries several);
-    `sequence`: (length, where it comes from), to skip reading the data again."""
+    `sequence`: (length, where it comes from), to skip reading the data again; `num_processes`: the processes
+    sharing each micro batch (default: the cluster config's nodes x processes_per_node)."""
     device = device or default_device(cfg)
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}; got {device!r}")
     micro = micro_batch or micro_batch_of(cfg)
-    per_process = max(1, micro // processes(cfg))
+    per_process = max(1, micro // (num_processes or processes(cfg)))
     length, length_source = sequence or sequence_length(cfg)
     accum = cfg.trainer.batch_size // micro
     traced_on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
