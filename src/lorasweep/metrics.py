@@ -51,6 +51,10 @@ METRICS: tuple[Metric, ...] = (
            "quantization statistics)", "minimize", "bytes"),
     Metric("memory/peak_bytes", "the run's own peak: CUDA max allocated, or CPU peak resident set (README)",
            "minimize", "bytes", deterministic=False),
+    Metric("memory/predicted_peak_bytes", "the peak of one training step predicted before the run (lorasweep "
+           "estimate: live tensors; CUDA: what max allocated reports; docs/memory.md)", "minimize", "bytes"),
+    Metric("trainer/micro_batch", "examples per forward pass when trainer.micro_batch is set (auto: chosen to fit)",
+           unit="count"),
     Metric("perf/loop_time_s", "seconds inside the training loop", "minimize", "s", deterministic=False),
     Metric("perf/step_time_s", "seconds per optimizer step (evaluation and checkpoints excluded)", unit="s",
            deterministic=False, final=False),
