@@ -43,6 +43,15 @@ def config_differences(runs: list[RunDir]) -> dict[str, list]:
     return {k: [f.get(k) for f in flats] for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
 
 
+def compare_from_store(run_root: str | Path, hashes: list[str], study: str | None = None,
+                       out: str | Path | None = None) -> tuple[str, Path]:
+    """`lorasweep compare`: the runs named by hash (or prefix), or every run of a study, side by side."""
+    store = RunStore(run_root)
+    runs = [r for r in store.runs() if r.config().sweep == study] if study else [store.find(h) for h in hashes]
+    out_dir = Path(out or Path(run_root) / "compare" / "-".join(r.hash[:6] for r in runs[:6]))
+    return compare_runs(runs, out_dir)
+
+
 def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     """A text summary (differences and metrics) and an HTML page with the overlaid loss curves (plotly, the
     report's library; plotly.min.js beside the page, so it works offline from disk)."""

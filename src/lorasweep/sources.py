@@ -38,6 +38,12 @@ def user_config_dirs(config_dir: str | Path | None = None) -> list[Path]:
     return dirs
 
 
+def use_config_dir(config_dir: str | Path | None) -> None:
+    """--config-dir for this process and the workers and SLURM jobs it starts (exported as $LORASWEEP_CONFIG_DIR)."""
+    if config_dir:
+        os.environ[CONFIG_DIR_ENV] = str(user_config_dirs(config_dir)[0])
+
+
 def find_spec(spec: str | Path) -> Path:
     """A sweep spec path as given, else the packaged spec of that name (`rank_alpha_targets[.yaml]`)."""
     path = Path(spec).expanduser()

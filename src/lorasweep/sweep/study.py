@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from ..errors import UserError
 from ..estimate.fit import constraint  # trials predicted over the memory cap are infeasible
 from .spec import SweepSpec, check_grid_budget, grid_points
-from .storage import open_storage
+from .storage import default_storage_url, open_storage
 
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
 
@@ -120,3 +120,8 @@ def load_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SweepSp
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec),
                               pruner=make_pruner(spec))
     return study, spec, list(attrs.get(OVERRIDES_ATTR, []))
+
+
+def open_study(study_name: str, storage_url: str | None, run_root: str = "runs"):
+    """load_study with the storage defaulting to the run root's sqlite file (status, report, dashboard)."""
+    return load_study(study_name, storage_url or default_storage_url(run_root))

@@ -15,7 +15,7 @@ from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
 from .wandb_summary import log_summary_to_wandb
 
 __all__ = ["ReportData", "TrialRow", "Pivot", "collect", "format_table", "leaderboard", "check_table_keys",
-           "format_pivot", "make_pivot", "log_summary_to_wandb", "prepare_report", "summary_mode", "write_html_report"]
+           "format_pivot", "make_pivot", "log_summary_to_wandb", "make_report", "prepare_report", "summary_mode", "write_html_report"]
 
 
 def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs",
@@ -44,6 +44,26 @@ def summary_mode(spec: SweepSpec, overrides: list[str], asked: str = "auto") -> 
 
     tracking = compose([*spec.fixed, *overrides]).tracking
     return tracking.mode if tracking.backend == "wandb" and tracking.mode != "disabled" else None
+
+
+def make_report(study_name: str, storage: str | None, run_root: str, out: str | None = None,
+                wandb_mode: str = "auto", table: list[str] | None = None) -> list[str]:
+    """`lorasweep report`: the leaderboard, the pivot, the HTML page and (where the trials were tracked, or when
+    asked) the W&B summary run; returns the lines to print. Bad --table or nothing finished: UserError first."""
+    from ..study import open_study
+
+    study, spec, overrides = open_study(study_name, storage, run_root)
+    data, pivot = prepare_report(study, spec, run_root, table)
+    lines = [format_table(leaderboard(study, spec))]
+    if pivot is not None:
+        lines += ["", format_pivot(pivot)]
+    index = write_html_report(study, spec, Path(out or Path(run_root) / "reports" / study_name), prepared=(data, pivot))
+    lines.append(f"report: {index}")
+    mode = summary_mode(spec, overrides, wandb_mode)
+    if mode is not None:
+        log_summary_to_wandb(study, spec, data, Path(run_root), pivot=pivot, mode=mode)
+        lines.append(f"W&B summary run: {study_name}-summary ({mode})")
+    return lines
 
 
 def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: str | Path, run_root: str | Path = "runs",

@@ -1,0 +1,70 @@
+"""What the commands print: results, submissions and the one-line error, formatted for a terminal. The CLI
+(cli.py) parses and calls; the library computes; this module words it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def print_result(cfg, metrics: dict) -> None:
+    """`lorasweep train`'s summary of a finished (or reused) run."""
+    run_dir = Path(cfg.run_root) / metrics["config_hash"]
+    if metrics["status"] == "reused":
+        print(f"config {metrics['config_hash']} already has a complete run in {run_dir} (use --force to rerun)")
+    lines = [
+        ("config hash", metrics["config_hash"]),
+        ("status", metrics["status"]),
+        ("trainable", f"{metrics['params/trainable']:,} / {metrics['params/total']:,} "
+                      f"({100 * metrics['params/trainable_fraction']:.3f}%)"),
+        ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB{eight_bit_note(cfg)}"),
+        ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
+    ]
+    if "eval/accuracy" in metrics:
+        initial = metrics.get("eval/initial_accuracy")
+        baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
+        lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}{baseline}"))
+    if metrics.get("memory/predicted_peak_bytes") and metrics.get("memory/peak_bytes"):
+        lines.append(("peak memory", f"{metrics['memory/peak_bytes'] / 2**20:.1f} MiB measured, "
+                                     f"{metrics['memory/predicted_peak_bytes'] / 2**20:.1f} MiB predicted"))
+    lines.append(("run directory", str(run_dir)))
+    for key, value in lines:
+        print(f"{key + ':':<17}{value}")
+
+
+def eight_bit_note(cfg) -> str:
+    """adamw8bit keeps 32-bit state for tensors under optim.min_8bit_size elements: say so where that applies."""
+    from .optim import EIGHT_BIT
+    from .preflight import lora_skeleton
+
+    model = lora_skeleton(cfg) if cfg.optim.name in EIGHT_BIT else None
+    if model is None:
+        return ""
+    sizes = [p.numel() for p in model.parameters() if p.requires_grad]
+    small = sum(n for n in sizes if n < cfg.optim.min_8bit_size)
+    if not small:
+        return ""
+    share = "all" if small == sum(sizes) else f"{100 * small / sum(sizes):.0f}% of"
+    return (f" ({share} the trainable parameters are in tensors under optim.min_8bit_size="
+            f"{cfg.optim.min_8bit_size} elements and keep 32-bit state; lower it to make them 8-bit)")
+
+
+def print_interrupted(metrics: dict, signal_name: str) -> None:
+    print(f"lorasweep: {signal_name}: run {metrics['config_hash']} stopped at step {metrics['step']} "
+          "(checkpointed); the same command resumes it", file=sys.stderr)
+
+
+def print_submission(result: dict, dry_run: bool) -> None:
+    if dry_run:
+        print(result["script"], end="")
+        return
+    what = f"array job {result['job_id']} ({result['array']} workers) for study {result['study']}" if "study" in \
+        result else f"job {result['job_id']} for config {result['config_hash']}"
+    print(f"submitted {what}; script: {result['path']}")
+    if "study" in result:
+        print(f"follow it: lorasweep status --study {result['study']} --storage {result['storage']}")
+
+
+def print_error(exc: BaseException) -> None:
+    """Bad input as one line, whatever the library put in its message."""
+    print(f"lorasweep: error: {' '.join(str(exc).split())}", file=sys.stderr)
