@@ -12,6 +12,9 @@ Checks (each a subprocess with its own time limit; a failure does not stop the o
   bench-lora-step  benchmarks/lora_step.py --device D   (lorasweep vs peft vs the bound)
   bench-mixed      benchmarks/mixed_batch.py --device D (one batch, many adapters)
   bench-qlora      benchmarks/qlora.py step --device D  (QLoRA nf4, lorasweep vs peft)
+  memory-estimate  benchmarks/memory_estimate.py --device D: `lorasweep estimate`'s predicted peak against the
+                   measured one (CUDA: torch.cuda.max_memory_allocated of a real step; CPU: 3 configs), passes
+                   at median |error| <= 5 % and worst <= 10 %
 One table of pass/fail and figures is printed and written to --out (markdown). Exit status 1 if any check failed.
 On CUDA the full demo (200 steps) runs; on CPU every check is shrunk to seconds (about 2 minutes in all).
 """
@@ -108,6 +111,16 @@ def _mixed_judge(output):
     return True, "; ".join(f"{m} r={r} {d} adapters: {p}× peft's speed" for m, r, d, p, _, _ in rows)
 
 
+def _estimate_judge(output):
+    """memory_estimate.py's summary: `N configs on D: median |error| X%, worst Y%`."""
+    found = re.search(r"^(\d+) configs on \S+: median \|error\| ([\d.]+)%, worst ([\d.]+)%", output, flags=re.M)
+    if not found:
+        raise ValueError("no summary line")
+    n, median, worst = int(found.group(1)), float(found.group(2)), float(found.group(3))
+    return median <= 5 and worst <= 10, f"predicted vs measured peak, {n} configs: median abs error {median:.2f}%, " \
+                                        f"worst {worst:.2f}%"
+
+
 def checks(device: str, work: Path, gpus: int) -> list[Check]:
     cuda = device == "cuda"
     small = [] if cuda else ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32",
@@ -154,6 +167,8 @@ def checks(device: str, work: Path, gpus: int) -> list[Check]:
                      300 if cuda else 120, _mixed_judge))
     out.append(Check("bench-qlora", [PY, "benchmarks/qlora.py", "step", "--device", device, *tiny],
                      300 if cuda else 120, _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft")))
+    out.append(Check("memory-estimate", [PY, "benchmarks/memory_estimate.py", "--device", device,
+                                         *([] if cuda else ["--quick"])], 600 if cuda else 180, _estimate_judge))
     return out
 
 

@@ -24,8 +24,10 @@ from ..models import TASK_CLASSES, packaged_minilm_dir, set_dropout
 from .architectures import architecture_config
 
 
-def build_fake_model(model_cfg, task: str, num_labels: int) -> nn.Module:
-    """Call inside a FakeTensorMode: the model models.build_model would return, on fake tensors."""
+def build_fake_model(model_cfg, task: str, num_labels: int, device: str = "cpu") -> nn.Module:
+    """Call inside a FakeTensorMode: the model models.build_model would return, on fake tensors on `device`
+    (moved there before quantizing: the packed layout is the same, and the quantization statistics then live on
+    the device as they do after a real model's move)."""
     import transformers
 
     config = architecture_config(model_cfg)
@@ -39,6 +41,8 @@ def build_fake_model(model_cfg, task: str, num_labels: int) -> nn.Module:
     model = getattr(transformers, TASK_CLASSES[task]).from_config(config, dtype=dtype)
     if model_cfg.dropout is not None:
         set_dropout(model, model_cfg.dropout)
+    if device != "cpu":
+        model = model.to(device)
     if model_cfg.get("quantization", "none") != "none":
         with _fake_quantized_layers():
             quantize.quantize_model(model, model_cfg.quantization, model_cfg.double_quant, model_cfg.compute_dtype)

@@ -55,9 +55,7 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.random.fork_rng(devices=[]), FakeTensorMode(allow_non_fake_inputs=True), bitsandbytes_constants():
-        model = build_fake_model(cfg.model, cfg.data.task, cfg.data.num_labels)
-        if traced_on == "cuda":
-            model = model.to("cuda")
+        model = build_fake_model(cfg.model, cfg.data.task, cfg.data.num_labels, traced_on)
         report, optimizer = prepare(model, cfg)
         account = weight_account(model)
         model = with_mixed_precision(model, cfg.trainer.mixed_precision, traced_on)
