@@ -204,3 +204,19 @@ def test_dora_adapters_mix_with_plain_ones_in_one_batch(arch, preset, tmp_path):
             for rows in (ids.repeat(8, 1), ids[:1, :2]):  # 360 tokens: merged on the fly; 2: low-rank
                 with adapters.use([name] * len(rows)):
                     assert torch.allclose(model(rows).logits, alone(rows).logits, atol=1e-5)
+
+
+def test_dora_adapter_on_a_quantized_base_is_refused_for_mixed_batches(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from lorasweep.lora.multi import load_adapters
+    from lorasweep.quantize import quantize_model
+
+    model = tiny("llama")
+    apply_lora(model, "qv", rank=4, alpha=8, dora=True)
+    randomize_dora(model)
+    path = save_adapter(model, tmp_path / "dora")
+    base = tiny("llama")
+    quantize_model(base, "nf4")
+    with pytest.raises(UserError, match="DoRA on module .* needs the float base weight"):
+        load_adapters(base, {"dora": path})
+    assert not list(lora_layers(base)) and not hasattr(base, "lorasweep_multi")
