@@ -146,7 +146,7 @@ class LoraLayer(nn.Module):
         return sq.add_(self.w0_row_sq).clamp_min_(0).sqrt_()
 
     def dora_gain(self) -> torch.Tensor | None:
-        """m / ‖W0 + scale·B·A‖ per output row (1 outside the adapted slices), differentiable in m; None without DoRA."""
+        """m / ‖W0 + scale·B·A‖ per output row (1 outside the adapted slices), differentiable in m; None: no DoRA."""
         if not self.dora:
             return None
         gain = self.lora_magnitude / self.row_norms()
