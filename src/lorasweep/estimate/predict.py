@@ -108,3 +108,18 @@ def _longest_training_example(cfg) -> int | None:
     except (UserError, OSError, ValueError):
         return None
     return max((len(ids) for ids in train_set["input_ids"]), default=None)
+
+
+def format_account(account: dict) -> str:
+    """`lorasweep estimate` without --json: the account, one line each, then what it assumed."""
+    from .size import format_bytes
+
+    rows = [("base weights", "memory/base_weights_bytes"), ("trainable (LoRA, head)", "memory/trainable_bytes"),
+            ("gradients", "memory/gradient_bytes"), ("optimizer state", "memory/optimizer_state_bytes"),
+            ("activations (held for backward)", "memory/activation_bytes"),
+            ("predicted peak of a step", "memory/predicted_peak_bytes")]
+    lines = [f"{label:34} {format_bytes(account[key]):>10}" for label, key in rows]
+    lines += [f"config {account['config_hash']} on {account['device']} (traced with {account['traced_with']}); "
+              f"micro batch {account['micro_batch']} x {account['sequence_length']} tokens: "
+              f"{account['sequence_length_source']}"]
+    return "\n".join(lines)
