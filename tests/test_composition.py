@@ -7,8 +7,11 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
-from lorasweep.composition import compose_overrides, compose_uncached
-from lorasweep.config import compose, config_hash
+from lorasweep import internals
+from lorasweep.composition import compose_overrides, describe
+from lorasweep.config import compose, config_hash, register_configs
+from lorasweep.errors import UserError
+from lorasweep.sources import user_config_dirs
 
 GROUPS = {
     "model": ["minilm", "tiny_gpt2", "tiny_llama", "roberta_base"],
@@ -31,6 +34,20 @@ VALUES = {
     "run_root": lambda r: r.choice(["runs", "/tmp/elsewhere"]),
     "data.max_length": lambda r: str(r.choice([16, 64, 128])),
 }
+
+
+register_configs()  # compose_overrides and hydra_compose compose against the schema config.compose registers
+
+
+def compose_uncached(overrides: list[str]):
+    """The reference the cache is checked against: a full Hydra compose of every override."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return internals.hydra_compose(list(overrides), internals.hydra_search_path(user_config_dirs()))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(describe(exc)) from exc
 
 
 def _random_overrides(rng: random.Random) -> list[str]:

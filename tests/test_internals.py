@@ -1,6 +1,8 @@
-"""One test per private library API in lorasweep.internals: when Optuna or Accelerate move one, this fails first."""
+"""One test per private library API in lorasweep.internals: when Optuna, Accelerate or Hydra move one, this fails
+first."""
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from lorasweep import internals
@@ -44,3 +46,47 @@ def test_reset_accelerator_settings_keeps_the_process_state():
     internals.reset_accelerator_settings()
     assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
     assert PartialState().initialized
+
+
+# --- Hydra: composing over several folders, and value overrides applied after the merge -----------------------
+
+
+def test_hydra_search_path_puts_user_folders_first_then_the_package_then_the_schemas(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    elements = internals.hydra_search_path([first, second]).get_path()
+    assert [e.path for e in elements] == ["pkg://hydra.conf", f"file://{first}", f"file://{second}",
+                                          "pkg://lorasweep.conf", "structured://"]
+    assert elements[-1].provider == "schema"
+
+
+def test_hydra_compose_reads_the_first_folder_that_has_a_file(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lorasweep.config import register_configs
+
+    register_configs()
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "qv.yaml").write_text("targets: qv\nrank: 3\n")  # shadows the packaged lora/qv.yaml
+    mine = internals.hydra_compose(["trainer=smoke"], internals.hydra_search_path([tmp_path]))
+    packaged = internals.hydra_compose(["trainer=smoke"], internals.hydra_search_path([]))
+    assert (mine.lora.rank, packaged.lora.rank) == (3, 8)
+    assert mine.trainer == packaged.trainer and mine.trainer.max_steps != 150  # the group choice was applied
+    assert not GlobalHydra.instance().is_initialized()  # nothing global left behind for the next compose
+
+
+def test_hydra_apply_value_overrides_is_what_a_full_compose_does():
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
+
+    from lorasweep.config import register_configs
+
+    register_configs()
+    search = internals.hydra_search_path([])
+    cfg = internals.hydra_compose(["lora=all"], search)
+    values = ["lora.rank=4", "seed=3", "model.dropout=null", "lora.targets=[query,value]"]
+    internals.hydra_apply_value_overrides(values, cfg)
+    assert cfg == internals.hydra_compose(["lora=all", *values], search)
+    assert cfg.lora.rank == 4 and list(cfg.lora.targets) == ["query", "value"]
+    with pytest.raises(ConfigCompositionException) as bad:  # the schema's types hold, as in Hydra's compose
+        internals.hydra_apply_value_overrides(["lora.rank=abc"], cfg)
+    assert isinstance(bad.value.__cause__, ValidationError)

@@ -47,18 +47,6 @@ def compose_overrides(overrides: list[str], config_dir: str | Path | None = None
         raise UserError(describe(exc)) from exc
 
 
-def compose_uncached(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
-    """A full Hydra compose of every override (the reference the cache is checked against)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        folders = user_config_dirs(config_dir)
-        return internals.hydra_compose(list(overrides), internals.hydra_search_path(folders))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(describe(exc)) from exc
-
-
 def _split(overrides: list[str], folders: list[Path]) -> tuple[list[str], list[str]]:
     """(group choices, value overrides), each in the order given. A group is a folder of YAML files in a config
     folder; `key@package=...` and deletions (`~key`) also go to Hydra's defaults list."""

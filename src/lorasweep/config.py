@@ -159,8 +159,9 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
     """The composed, validated config for `lorasweep train <overrides>` (Hydra's override grammar). Config files
     are searched in config_dir (or $LORASWEEP_CONFIG_DIR), ./conf, then the packaged conf (lorasweep/sources.py);
     composition.py merges the files once per set of group choices."""
-    from .composition import compose_overrides
+    from .composition import compose_overrides  # composition knows Hydra, not this schema: no cycle
 
+    register_configs()
     cfg = compose_overrides(list(overrides), config_dir)
     check_keys(cfg)
     validate(cfg)

@@ -58,14 +58,12 @@ def hydra_search_path(user_folders):
 
 def hydra_compose(overrides, search_path):
     """hydra.compose("train", overrides) over `search_path`: what hydra.initialize_config_dir does, with a path
-    of several folders."""
+    of several folders. The schema train.yaml names must already be in Hydra's ConfigStore
+    (config.register_configs; config.compose does that)."""
     from hydra import compose, version
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
 
-    from .config import register_configs
-
-    register_configs()
     GlobalHydra.instance().clear()
     version.setbase("1.3")
     try:

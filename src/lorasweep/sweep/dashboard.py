@@ -5,6 +5,7 @@ so it reads the study exactly the way the workers write it."""
 
 from __future__ import annotations
 
+from .. import internals
 from ..errors import UserError
 
 HOST = "127.0.0.1"
@@ -21,9 +22,9 @@ def serve(study_name: str, storage_url: str, port: int = 8080, host: str = HOST)
     study, _, _ = load_study(study_name, storage_url)  # a missing study fails here, listing the ones there
     if not 0 < port < 65536:
         raise UserError(f"--port must be 1-65535, got {port}")
-    print(f"optuna-dashboard for study {study_name}: http://{host}:{port}/dashboard/studies/{study._study_id} "
-          "(Ctrl-C stops it)", flush=True)
+    url = f"http://{host}:{port}/dashboard/studies/{internals.study_id(study)}"
+    print(f"optuna-dashboard for study {study_name}: {url} (Ctrl-C stops it)", flush=True)
     try:
-        optuna_dashboard.run_server(study._storage, host=host, port=port)
+        optuna_dashboard.run_server(internals.study_storage(study), host=host, port=port)
     except OSError as exc:  # the port is taken
         raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
