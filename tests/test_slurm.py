@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from lorasweep.config import compose
 from lorasweep.metrics import deterministic_metrics
 from lorasweep.runstore import RunStore
-from lorasweep.slurm.submit import submit_sweep
+from lorasweep.sweep.slurm_array import submit_sweep
 from lorasweep.run import train
 from wandb_reader import find_runs, read_run
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lorasweep.cli import main
-from lorasweep.slurm.submit import submit_sweep, submit_train
+from lorasweep.slurm.submit import submit_train
+from lorasweep.sweep.slurm_array import submit_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "sweeps/rank_alpha_targets.yaml"

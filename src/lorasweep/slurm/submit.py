@@ -1,48 +1,19 @@
-"""`--slurm`: turn a sweep or a training run into a submitted SLURM job and return at once.
+"""`lorasweep train --slurm`: turn a training run into a submitted SLURM job and return at once.
 
-Everything is checked before anything is created or submitted: the cluster config, sbatch on PATH, and (for
-sweeps) that the study storage is safe for the array. Then the study's trials are queued, the script is rendered
-into the log folder (so what ran is on disk) and sbatch'ed.
+The cluster config and sbatch's own verdict are checked before anything is written; then the script is rendered
+into the log folder (so what ran is on disk) and sbatch'ed. A sweep's array of workers is sweep/slurm_array.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import compose
-from ..errors import UserError
-from . import client, queue
+from ..config import compose, config_hash
+from . import client
 from .render import render, save_script, slurm_settings
 
 
-def submit_sweep(spec_path: str, overrides: list[str], array: int | None = None, n_trials: int | None = None,
-                 storage: str | None = None, study: str | None = None, dry_run: bool = False) -> dict:
-    from ..sweep.launch import prepare  # sweep/ imports slurm/ (identity, queue), not this
-    from ..sweep.study import create_study
-
-    spec, url = prepare(spec_path, overrides, n_trials, storage, study)
-    settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
-    array = settings["array"] if array is None else array
-    if array <= 0:
-        raise UserError(f"--array must be > 0, got {array}")
-    array = min(array, spec.n_trials)  # more workers than trials would only wait
-    check_storage_for_array(url, settings)
-    text = render("sweep_array", settings, {"STUDY": spec.study, "STORAGE": url},
-                  job_name=f"lorasweep-{spec.study}", array=array)
-    result = {"study": spec.study, "storage": url, "array": array, "script": text}
-    if dry_run:
-        return result
-    client.check_with_sbatch(text)  # SLURM's own verdict on the request, before the study exists
-    optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before sbatch
-    path = save_script(text, Path(settings["log_dir"]), f"{spec.study}.sbatch")
-    job_id = client.sbatch(path)
-    queue.record_job(optuna_study, job_id)
-    return {**result, "job_id": job_id, "path": path}
-
-
 def submit_train(overrides: list[str], dry_run: bool = False) -> dict:
-    from ..config import config_hash
-
     cfg = compose(overrides)
     settings = slurm_settings(cfg.cluster)
     digest = config_hash(cfg)
@@ -53,16 +24,3 @@ def submit_train(overrides: list[str], dry_run: bool = False) -> dict:
     client.check_with_sbatch(text)
     path = save_script(text, Path(settings["log_dir"]), f"train-{digest[:12]}.sbatch")
     return {**result, "job_id": client.sbatch(path), "path": path}
-
-
-def check_storage_for_array(storage_url: str, settings: dict) -> None:
-    """SQLite's file locks are not safe across nodes: refuse it unless every task must share one node."""
-    if not storage_url.startswith("sqlite:"):
-        return
-    nodes = client.partition_nodes(settings["partition"])
-    if settings["nodes"] > 1 or nodes is None or nodes > 1:
-        where = f"trials span {settings['nodes']} nodes" if settings["nodes"] > 1 else (
-            f"partition {settings['partition'] or '(default)'} has {nodes or 'an unknown number of'} nodes")
-        raise UserError(f"a SQLite study storage is not safe for a multi-node array ({where}): use "
-                        "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB")
-
