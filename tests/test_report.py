@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from lorasweep.cli import main
 from lorasweep.sweep.spec import parse_spec
 from lorasweep.sweep.storage import open_storage
-from lorasweep.sweep.study import BUDGET_ATTR, SPEC_ATTR, create_study, make_sampler
+from lorasweep.sweep.samplers import make_sampler
+from lorasweep.sweep.study import BUDGET_ATTR, SPEC_ATTR, create_study
 from wandb_reader import find_runs, read_run
 
 FAST = ["trainer=smoke", "trainer.max_steps=2", "trainer.eval_every=1", "data.max_train_examples=32",

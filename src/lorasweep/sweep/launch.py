@@ -11,7 +11,8 @@ from dataclasses import replace
 from ..errors import UserError
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
-from .study import create_study, make_pruner
+from .samplers import make_pruner
+from .study import create_study
 
 
 def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, storage: str | None = None,

@@ -4,9 +4,9 @@ before any trial starts.
     study: rank_alpha_targets
     n_trials: 12
     objectives: [{metric: eval/loss, direction: minimize}]
-    sampler: {name: tpe, seed: 0}                   # tpe | random | qmc | nsga2 | grid (options: Optuna's)
+    sampler: {name: tpe, seed: 0}                   # tpe | random | qmc | nsga2 | grid (samplers.py)
     pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}
-                    # median | successive_halving | hyperband | threshold | none (options: Optuna's arguments)
+                    # median | successive_halving | hyperband | threshold | none (samplers.py)
     fixed: [trainer.max_steps=60]                   # overrides for every trial
     params:
       lora.rank: {type: categorical, choices: [2, 4, 8, 16]}
@@ -30,10 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 from ..metrics import objective_names
+from .samplers import PRUNERS, SAMPLERS
 
 PARAM_TYPES = ("int", "float", "categorical")
-SAMPLERS = ("tpe", "random", "qmc", "nsga2", "grid")
-PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
 _SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description",
               "memory_cap"}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py)

@@ -13,50 +13,11 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
-from ..estimate.fit import constraint  # trials predicted over the memory cap are infeasible
+from .samplers import make_pruner, make_sampler
 from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import default_storage_url, open_storage
 
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
-
-
-def make_sampler(spec: SweepSpec):
-    seed = spec.sampler.get("seed")
-    name = spec.sampler["name"]
-    options = {k: v for k, v in spec.sampler.items() if k not in ("name", "seed")}
-    kinds = {
-        "random": optuna.samplers.RandomSampler,
-        "tpe": lambda **o: optuna.samplers.TPESampler(**{"n_startup_trials": 4, "constraints_func": constraint,
-                                                         "multivariate": len(spec.params) > 1, **o}),
-        "qmc": lambda **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False,
-                                                         **o}),
-        # multi-objective (a genetic algorithm; fine for one too)
-        "nsga2": lambda **o: optuna.samplers.NSGAIISampler(**{"constraints_func": constraint, **o}),
-        # Grid points are queued with fixed values (create_study), so the sampler only names the space.
-        "grid": lambda **o: optuna.samplers.GridSampler({p.key: list(p.choices) for p in spec.params}, **o),
-    }
-    if name not in kinds:
-        raise UserError(f"unknown sampler {name!r}: use one of {', '.join(kinds)}")
-    try:
-        return kinds[name](seed=seed, **options)
-    except TypeError as exc:  # an option the sampler does not take
-        raise UserError(f"sampler {name}: {exc}") from None
-
-
-def make_pruner(spec: SweepSpec):
-    options = {k: v for k, v in spec.pruner.items() if k != "name"}
-    name = spec.pruner["name"]
-    kinds = {
-        "median": lambda **o: optuna.pruners.MedianPruner(**{"n_startup_trials": 3, "n_warmup_steps": 0, **o}),
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,  # at each rung only the best 1/factor go on
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "threshold": optuna.pruners.ThresholdPruner,  # stop any trial whose value leaves [lower, upper]
-        "none": optuna.pruners.NopPruner,
-    }
-    try:
-        return kinds[name](**options)
-    except TypeError as exc:  # an option the pruner does not take
-        raise UserError(f"pruner {name}: {exc}") from None
 
 
 def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
