@@ -133,7 +133,12 @@ class LoraLayer(nn.Module):
 
     @torch.no_grad()
     def row_norms(self) -> torch.Tensor:
-        """‖W0 + scale·B·A‖ per adapted row (detached), without forming the matrix (see the module docstring)."""
+        """‖W0 + scale·B·A‖ per adapted row (detached), without forming the matrix (see the module docstring).
+        In the parameters' dtype even under autocast: a bf16 cross term would move the gain by ~1e-3."""
+        with torch.autocast(self.lora_A.device.type, enabled=False):
+            return self._row_norms()
+
+    def _row_norms(self) -> torch.Tensor:
         w, a, b, s, r = self._base_rows(), self.lora_A, self.lora_B, self.scale, self.rank
         parts, row = [], 0
         for j, sl in enumerate(self.slices):
