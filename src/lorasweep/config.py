@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .choices import CHOICES, require_choice
 from .errors import UserError
 
 
@@ -199,20 +200,8 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.batch_size ({t.batch_size}) must be divisible by trainer.grad_accum ({t.grad_accum})")
     if t.eval_every < 0 or t.log_every <= 0 or t.checkpoint_every < 0:
         raise UserError("trainer.eval_every and trainer.checkpoint_every must be >= 0, trainer.log_every > 0")
-    choices = {
-        "trainer.mixed_precision": (t.mixed_precision, ("no", "bf16", "fp16")),
-        "optim.schedule": (cfg.optim.schedule, ("linear", "cosine", "constant")),
-        "optim.name": (cfg.optim.name, ("adamw", "adamw8bit", "paged_adamw8bit")),
-        "model.quantization": (cfg.model.quantization, ("none", "nf4", "fp4", "int8")),
-        "model.source": (cfg.model.source, ("packaged", "pretrained", "tiny")),
-        "data.task": (cfg.data.task, ("classification", "causal_lm")),
-        "data.source": (cfg.data.source, ("shipped", "hub", "local")),
-        "tracking.backend": (cfg.tracking.backend, ("wandb", "none")),
-        "tracking.mode": (cfg.tracking.mode, ("offline", "online", "disabled")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    for key in CHOICES:
+        require_choice(key, OmegaConf.select(cfg, key))
     if cfg.optim.lr <= 0:
         raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:

@@ -34,10 +34,10 @@ def print_result(cfg, metrics: dict) -> None:
 
 def eight_bit_note(cfg) -> str:
     """adamw8bit keeps 32-bit state for tensors under optim.min_8bit_size elements: say so where that applies."""
-    from .optim import EIGHT_BIT
+    from .choices import EIGHT_BIT_OPTIMIZERS
     from .preflight import lora_skeleton
 
-    model = lora_skeleton(cfg) if cfg.optim.name in EIGHT_BIT else None
+    model = lora_skeleton(cfg) if cfg.optim.name in EIGHT_BIT_OPTIMIZERS else None
     if model is None:
         return ""
     sizes = [p.numel() for p in model.parameters() if p.requires_grad]

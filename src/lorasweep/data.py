@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from .choices import require_choice
 from .errors import UserError
 from .fileio import atomic_directory
 
@@ -24,7 +25,6 @@ DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 IGNORE = -100  # label that the loss skips
 SFT_SEPARATOR = "\n### Response:\n"  # between prompt and response; counted as prompt (no loss)
 CACHE_VERSION = 1  # bump when tokenisation changes, so old cache entries are not reused
-TASKS = ("classification", "causal_lm")
 FORMAT_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # DataConfig fields that change what tokenized_splits returns (name is only a label).
 FINGERPRINT_FIELDS = ("task", "source", "path", "hub_config", "format", "train_split", "eval_split", "text_field",
@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- raw splits
 def load_raw_splits(data_cfg) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) as loaded, cut to max_*_examples, with the configured columns and labels checked."""
-    if data_cfg.task not in TASKS:
-        raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {data_cfg.task!r}")
+    require_choice("data.task", data_cfg.task)
     splits = _load_source(data_cfg)
     out = []
     for key, limit in (("train_split", data_cfg.max_train_examples), ("eval_split", data_cfg.max_eval_examples)):
@@ -51,11 +50,10 @@ def load_raw_splits(data_cfg) -> tuple[datasets.Dataset, datasets.Dataset]:
 
 
 def _load_source(cfg) -> datasets.DatasetDict:
+    require_choice("data.source", cfg.source)
     if cfg.source in ("shipped", "local"):
         fmt, files = _data_files(cfg)
         return datasets.load_dataset(fmt, data_files=files)
-    if cfg.source != "hub":
-        raise UserError(f"data.source must be one of shipped, hub, local; got {cfg.source!r}")
     local = _local_dir(cfg.path)
     if local is None and cfg.path.startswith((".", "/", "~")):
         raise UserError(f"data path not found: {cfg.path}")
@@ -283,8 +281,7 @@ def _encode_sft(batch: dict, cfg, tokenizer) -> dict:
 
 # ---------------------------------------------------------------- batching
 def make_collator(task: str, tokenizer) -> "Collator":
-    if task not in TASKS:
-        raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
+    require_choice("data.task", task)
     candidates = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id)
     pad = next((t for t in candidates if t is not None), 0)  # no pad token (GPT-2): eos; padding is masked
     return Collator(task, pad)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TASKS = ("classification", "causal_lm")
+from .choices import TASKS
 
 
 @dataclass(frozen=True)

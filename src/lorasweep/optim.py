@@ -22,12 +22,11 @@ from typing import Iterable
 
 import torch
 
+from .choices import EIGHT_BIT_OPTIMIZERS, require_choice
 from .errors import UserError
 
 # Said at the first step of every paged_adamw8bit run on CPU; the module docstring says it once.
 warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
-
-EIGHT_BIT = ("adamw8bit", "paged_adamw8bit")
 
 
 def bitsandbytes_available() -> bool:
@@ -48,7 +47,7 @@ def validate_optimizer(optim_cfg) -> None:
     if not math.isfinite(ratio) or ratio <= 0:
         raise UserError(f"optim.lora_plus_ratio must be a finite number > 0 (1: plain LoRA; LoRA+ suggests 16), "
                         f"got {ratio}")
-    if name in EIGHT_BIT:
+    if name in EIGHT_BIT_OPTIMIZERS:
         require_bitsandbytes(f"optim.name={name}")
 
 
@@ -82,12 +81,11 @@ def build_optimizer(optim_cfg, model_or_params: torch.nn.Module | Iterable[torch
             raise UserError("optim.lora_plus_ratio needs the model, not a parameter list: build_optimizer(cfg, model)")
     kwargs = dict(lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps,
                   weight_decay=optim_cfg.weight_decay)
+    require_choice("optim.name", optim_cfg.name)
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(params, **kwargs)
-    if optim_cfg.name in EIGHT_BIT:
-        validate_optimizer(optim_cfg)
-        import bitsandbytes as bnb
+    validate_optimizer(optim_cfg)  # the 8-bit ones: bitsandbytes
+    import bitsandbytes as bnb
 
-        cls = bnb.optim.AdamW8bit if optim_cfg.name == "adamw8bit" else bnb.optim.PagedAdamW8bit
-        return cls(params, min_8bit_size=optim_cfg.min_8bit_size, **kwargs)
-    raise UserError(f"optim.name must be one of adamw, {', '.join(EIGHT_BIT)}; got {optim_cfg.name!r}")
+    cls = bnb.optim.AdamW8bit if optim_cfg.name == "adamw8bit" else bnb.optim.PagedAdamW8bit
+    return cls(params, min_8bit_size=optim_cfg.min_8bit_size, **kwargs)

@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .choices import FOUR_BIT, require_choice
 from .errors import UserError
 from .optim import require_bitsandbytes
 
 # bitsandbytes' int8 matmul says so at every call; casting fp32 activations to fp16 is how LLM.int8() works.
 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 
-QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Modules kept in full precision: task heads and the LM head (their subtrees too: RoBERTa's classifier.dense).
 SKIP_NAMES = ("classifier", "score", "lm_head", "qa_outputs")
@@ -49,12 +49,11 @@ UNSUPPORTED = {
 def validate_quantization(model_cfg, task: str | None = None) -> None:
     """Config-time checks (before anything runs or is written): one line each."""
     q = model_cfg.quantization
-    if q not in QUANTIZATIONS:
-        raise UserError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {q!r}")
+    require_choice("model.quantization", q)
     if model_cfg.compute_dtype is not None and model_cfg.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null; "
                         f"got {model_cfg.compute_dtype!r}")
-    if q not in ("nf4", "fp4"):
+    if q not in FOUR_BIT:
         for key, value, default in (("double_quant", model_cfg.double_quant, False),
                                     ("compute_dtype", model_cfg.compute_dtype, None)):
             if value != default:
@@ -102,8 +101,7 @@ def quantize_model(model: nn.Module, quantization: str, double_quant: bool = Fal
     """
     if quantization == "none":
         return []
-    if quantization not in QUANTIZATIONS:
-        raise UserError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    require_choice("model.quantization", quantization)
     require_bitsandbytes(f"model.quantization={quantization}")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in UNSUPPORTED:
