@@ -53,6 +53,8 @@ METRICS: tuple[Metric, ...] = (
            "minimize", "bytes", deterministic=False),
     Metric("memory/predicted_peak_bytes", "the peak of one training step predicted before the run (lorasweep "
            "estimate: live tensors; CUDA: what max allocated reports; docs/memory.md)", "minimize", "bytes"),
+    Metric("memory/predicted_eval_peak_bytes", "the peak of one evaluation batch (trainer.eval_batch_size) "
+           "predicted before the run", "minimize", "bytes"),
     Metric("trainer/micro_batch", "examples per forward pass when trainer.micro_batch is set (auto: chosen to fit)",
            unit="count"),
     Metric("perf/loop_time_s", "seconds inside the training loop", "minimize", "s", deterministic=False),
