@@ -37,11 +37,11 @@ def test_llama3_8b_every_projection_r16_offline_matches_the_exact_lora_count():
 
 @pytest.mark.parametrize("overrides, micro, length", [
     (["tracking=none"], 16, 32),  # the packaged default: MiniLM, q,v
-    (["model=tiny_llama", "data=synth_sft", "lora=all", "model.quantization=nf4", "model.double_quant=true",
+    pytest.param(["model=tiny_llama", "data=synth_sft", "lora=all", "model.quantization=nf4", "model.double_quant=true",
       "optim.name=adamw8bit", "optim.min_8bit_size=256", "trainer.gradient_checkpointing=true",
-      "trainer.mixed_precision=bf16"], 8, 48),
-    (["model=tiny_llama", "data=synth_sft", "lora=qv", "model.quantization=int8", "trainer.batch_size=16",
-      "trainer.grad_accum=2", "lora.dropout=0.1"], 8, 32),
+      "trainer.mixed_precision=bf16"], 8, 48, marks=pytest.mark.slow),
+    pytest.param(["model=tiny_llama", "data=synth_sft", "lora=qv", "model.quantization=int8",
+                  "trainer.batch_size=16", "trainer.grad_accum=2", "lora.dropout=0.1"], 8, 32, marks=pytest.mark.slow),
 ])
 def test_prediction_matches_a_real_cpu_step(overrides, micro, length):
     cfg = compose([*overrides, "tracking=none"])
@@ -52,6 +52,8 @@ def test_prediction_matches_a_real_cpu_step(overrides, micro, length):
     assert predicted["memory/optimizer_state_bytes"] == measured["optimizer_state_bytes"]
     assert abs(predicted["memory/activation_bytes"] / measured["activation_bytes"] - 1) <= 0.05
     assert peak > predicted["memory/base_weights_bytes"] + predicted["memory/trainable_bytes"]
+    evaluation = predicted["memory/predicted_eval_peak_bytes"]
+    assert abs(evaluation / measured["eval_live_peak_bytes"] - 1) <= 0.05, (evaluation, measured)
 
 
 def test_default_estimate_reads_the_longest_training_example(tmp_path):

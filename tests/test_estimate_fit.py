@@ -50,16 +50,26 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
     assert abs(predicted / peaks[0] - 1) <= 0.05, (predicted, peaks)
 
 
-def test_micro_batch_auto_picks_the_largest_divisor_that_fits_and_keeps_the_hash(tmp_path):
-    from lorasweep.run import train
-
+def _auto(tmp_path):
     base = [*LLAMA, "trainer.batch_size=8", "trainer.max_steps=2", f"run_root={tmp_path}"]
     cfg = compose(base)
     cap = (_peak(cfg, 4) + _peak(cfg, 8)) // 2
-    auto = compose([*base, "trainer.micro_batch=auto", f"cluster.memory_cap={cap}"])
+    return base, cfg, cap, compose([*base, "trainer.micro_batch=auto", f"cluster.memory_cap={cap}"])
+
+
+def test_micro_batch_auto_picks_the_largest_divisor_that_fits_and_keeps_the_hash(tmp_path):
+    _, cfg, cap, auto = _auto(tmp_path)
     assert config_hash(auto) == config_hash(cfg)  # the global batch, and so the run, are the same
     micro, figures = plan_micro_batch(auto, "cpu")
     assert micro == 4 and figures["memory/predicted_peak_bytes"] <= cap < _peak(cfg, 8)
+    assert plan_micro_batch(compose([*LLAMA, "trainer.batch_size=8", "trainer.micro_batch=2"]), "cpu")[0] == 2
+
+
+@pytest.mark.slow
+def test_a_run_with_micro_batch_auto_records_its_choice_and_trains_the_same_batch(tmp_path):
+    from lorasweep.run import train
+
+    base, cfg, cap, auto = _auto(tmp_path)
     metrics = train(auto)
     assert metrics["trainer/micro_batch"] == 4 and metrics["memory/predicted_peak_bytes"] <= cap
     assert RunStore(tmp_path).run(config_hash(cfg)).is_complete()

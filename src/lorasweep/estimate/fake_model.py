@@ -148,3 +148,19 @@ def _fake_quantized(linear: nn.Linear, quantization: str, double_quant: bool, co
         layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
     layer.train(linear.training)
     return layer
+
+
+@contextlib.contextmanager
+def int8_without_outliers(model: nn.Module):
+    """bitsandbytes' int8 inference splits out the input columns above its outlier threshold, a data-dependent
+    shape fake tensors cannot trace: trace evaluation with the split off (the outlier columns are a handful,
+    their bytes negligible beside the batch's)."""
+    states = [m.state for m in model.modules() if quantize.is_quantized_linear(m) and hasattr(m, "state")]
+    thresholds = [s.threshold for s in states]
+    for state in states:
+        state.threshold = 0.0
+    try:
+        yield
+    finally:
+        for state, threshold in zip(states, thresholds):
+            state.threshold = threshold

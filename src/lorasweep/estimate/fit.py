@@ -27,10 +27,16 @@ def memory_cap(cfg, cap=None) -> int | None:
     return parse_memory_size(value, "cluster.memory_cap") if value is not None else None
 
 
+def run_peak(estimate: dict) -> tuple[int, str]:
+    """(the run's predicted peak, where it comes): a training step, or an evaluation batch when that is larger."""
+    step, evaluation = estimate["memory/predicted_peak_bytes"], estimate.get("memory/predicted_eval_peak_bytes", 0)
+    return (evaluation, " (evaluation; lower trainer.eval_batch_size)") if evaluation > step else (step, "")
+
+
 def over_cap(estimate: dict, cap: int) -> str | None:
     """The reason a prediction does not fit, in words ("predicted 93.4 GiB > cap 80.0 GiB"), or None."""
-    peak = estimate["memory/predicted_peak_bytes"]
-    return f"predicted {format_bytes(peak)} > cap {format_bytes(cap)}" if peak > cap else None
+    peak, where = run_peak(estimate)
+    return f"predicted {format_bytes(peak)}{where} > cap {format_bytes(cap)}" if peak > cap else None
 
 
 def constraint(trial) -> list[float]:
@@ -57,6 +63,7 @@ def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
         try:
             estimate = estimate_config(cfg, device, micro_batch=micro, num_processes=num_processes)
             figures["memory/predicted_peak_bytes"] = estimate["memory/predicted_peak_bytes"]
+            figures["memory/predicted_eval_peak_bytes"] = estimate["memory/predicted_eval_peak_bytes"]
         except Exception as exc:  # noqa: BLE001 - the estimate is advice; the run itself decides
             print(f"memory estimate unavailable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
                   flush=True)
@@ -92,7 +99,8 @@ def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
                         f"{candidates[-1]} ({over_cap(last, limit)}); lower data.max_length, set "
                         f"trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap")
     micro, estimate = fitting
-    return micro, {"trainer/micro_batch": micro, "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"]}
+    return micro, {"trainer/micro_batch": micro, "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
+                   "memory/predicted_eval_peak_bytes": estimate["memory/predicted_eval_peak_bytes"]}
 
 
 def _fixed_micro_batch(setting, batch: int) -> int:
@@ -139,7 +147,7 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
         limit = memory_cap(cfg, cap if cap is not None else getattr(spec, "memory_cap", None))
         estimate = estimate_config(cfg, device)
         rows.append({"params": point, "config_hash": estimate["config_hash"],
-                     "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
+                     "memory/predicted_peak_bytes": run_peak(estimate)[0],
                      "cap_bytes": limit, "over_cap": over_cap(estimate, limit) if limit else None})
     return rows
 
@@ -178,7 +186,7 @@ def check_trial_memory(trial, cfg) -> str | None:
     if cap is None:
         return None
     estimate = estimate_config(cfg)
-    peak = estimate["memory/predicted_peak_bytes"]
+    peak, _ = run_peak(estimate)
     trial.set_user_attr(PREDICTED_ATTR, peak)
     trial.set_user_attr(OVER_CAP_ATTR, (peak - cap) / cap)
     reason = over_cap(estimate, cap)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from .live import LiveBytes
-from .step import batch_of, measure_steps, prepare, with_mixed_precision
+from .step import batch_of, measure_eval, measure_steps, prepare, with_mixed_precision
 
 
 def measure_config(cfg, micro: int, length: int, device: str = "cpu") -> dict:
@@ -37,8 +37,12 @@ def measure_config(cfg, micro: int, length: int, device: str = "cpu") -> dict:
     profile = _CudaPeak(device) if device == "cuda" else _AllocatorPeak()
     counter = LiveBytes()
     steps = measure_steps(model, optimizer, batches, cfg, counter, on_second_step=profile)
+    del batches
+    evaluation = measure_eval(model, batch_of(cfg.trainer.eval_batch_size, length, cfg.data.task, device),
+                              cfg.data.task, counter)
     return {"live_peak_bytes": steps.peak_bytes, "allocator_peak_bytes": profile.peak(steps.start_bytes),
-            "optimizer_state_bytes": steps.optimizer_state_bytes, "activation_bytes": steps.activation_bytes}
+            "optimizer_state_bytes": steps.optimizer_state_bytes, "activation_bytes": steps.activation_bytes,
+            "eval_live_peak_bytes": evaluation}
 
 
 class _AllocatorPeak:

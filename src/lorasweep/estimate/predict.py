@@ -15,9 +15,9 @@ import torch
 
 from ..config import config_hash
 from ..errors import UserError
-from .fake_model import bitsandbytes_constants, build_fake_model
+from .fake_model import bitsandbytes_constants, build_fake_model, int8_without_outliers
 from .live import CUDA_BLOCK, LiveBytes
-from .step import batch_of, measure_steps, prepare, weight_account, with_mixed_precision
+from .step import batch_of, measure_eval, measure_steps, prepare, weight_account, with_mixed_precision
 
 DEVICES = ("cpu", "cuda")
 
@@ -61,7 +61,13 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
         model = with_mixed_precision(model, cfg.trainer.mixed_precision, traced_on)
         # Two micro-batches show an accumulating step's peak (the second holds the first's gradients).
         batches = [batch_of(per_process, length, cfg.data.task, traced_on) for _ in range(min(accum, 2))]
-        steps = measure_steps(model, optimizer, batches, cfg, LiveBytes(CUDA_BLOCK if device == "cuda" else 1))
+        counter = LiveBytes(CUDA_BLOCK if device == "cuda" else 1)
+        steps = measure_steps(model, optimizer, batches, cfg, counter)
+        del batches
+        eval_batch = batch_of(max(1, cfg.trainer.eval_batch_size // (num_processes or processes(cfg))), length,
+                              cfg.data.task, traced_on)
+        with int8_without_outliers(model):
+            eval_peak = measure_eval(model, eval_batch, cfg.data.task, counter)
     return {
         "config_hash": config_hash(cfg),
         "device": device,
@@ -76,6 +82,7 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
         "memory/optimizer_state_bytes": steps.optimizer_state_bytes,
         "memory/activation_bytes": steps.activation_bytes,
         "memory/predicted_peak_bytes": steps.peak_bytes,
+        "memory/predicted_eval_peak_bytes": eval_peak,  # one evaluation batch (trainer.eval_batch_size)
     }
 
 
@@ -117,7 +124,8 @@ def format_account(account: dict) -> str:
     rows = [("base weights", "memory/base_weights_bytes"), ("trainable (LoRA, head)", "memory/trainable_bytes"),
             ("gradients", "memory/gradient_bytes"), ("optimizer state", "memory/optimizer_state_bytes"),
             ("activations (held for backward)", "memory/activation_bytes"),
-            ("predicted peak of a step", "memory/predicted_peak_bytes")]
+            ("predicted peak of a step", "memory/predicted_peak_bytes"),
+            ("predicted peak of an eval batch", "memory/predicted_eval_peak_bytes")]
     lines = [f"{label:34} {format_bytes(account[key]):>10}" for label, key in rows]
     lines += [f"config {account['config_hash']} on {account['device']} (traced with {account['traced_with']}); "
               f"micro batch {account['micro_batch']} x {account['sequence_length']} tokens: "

@@ -17,8 +17,6 @@ import torch
 from torch import nn
 
 from ..accounting import quantization_statistics
-from ..lora import apply_lora
-from ..lora.targets import as_targets
 from ..optim import build_optimizer
 from ..tasks import forward_loss
 from .live import LiveBytes
@@ -27,15 +25,11 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def prepare(model: nn.Module, cfg):
-    """(LoRA report, optimizer): run._train_locked's setup after the model is built, in its order."""
-    from ..run import _modules_to_save
+    """(LoRA report, optimizer): the run's own setup after the model is built (components.py), in its order."""
+    from ..components import adapt_model
 
-    report = apply_lora(model, as_targets(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
-                        cfg.lora.scaling, _modules_to_save(cfg, model))
-    if cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
-    return report, optimizer
+    report = adapt_model(model, cfg)
+    return report, build_optimizer(cfg.optim, model)
 
 
 def with_mixed_precision(model: nn.Module, mixed_precision: str, device_type: str) -> nn.Module:
@@ -96,6 +90,21 @@ def measure_steps(model, optimizer, batches: list[dict], cfg, counter: LiveBytes
             activation = _one_step(model, optimizer, batches, cfg, params, counter)
     state = _unique_bytes(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
     return StepMemory(counter.peak, activation, state, start)
+
+
+def measure_eval(model, batch: dict, task: str, counter: LiveBytes) -> int:
+    """The peak of one evaluation batch (tasks.evaluate's forward: eval mode, no gradients) on top of what the
+    counter holds after training steps (weights, optimizer state): evaluation runs between steps, at
+    trainer.eval_batch_size, and a causal LM's full-vocabulary logits can make it the run's peak."""
+    counter.track(batch.values())
+    was_training = model.training
+    model.eval()
+    counter.reset_peak()
+    with counter, torch.no_grad():
+        outputs = forward_loss(model, batch, task)
+        del outputs
+    model.train(was_training)
+    return counter.peak
 
 
 def _one_step(model, optimizer, batches, cfg, params, counter: LiveBytes | None = None) -> int:
