@@ -32,6 +32,8 @@ from torch import nn
 
 from .choices import FOUR_BIT, require_choice
 from .errors import UserError
+from .lora.layer import Conv1D, is_quantized
+from .lora.layer import is_quantized as is_quantized_linear  # noqa: F401  (estimate/fake_model.py's name)
 from .optim import require_bitsandbytes
 
 # bitsandbytes' int8 matmul says so at every call; casting fp32 activations to fp16 is how LLM.int8() works.
@@ -79,14 +81,9 @@ def _declared_model_type(model_cfg) -> str | None:
         return None  # a hub id: checked when the model is quantized
 
 
-def is_quantized_linear(module: nn.Module) -> bool:
-    """A bitsandbytes Linear4bit or Linear8bitLt (without importing bitsandbytes when it is not loaded)."""
-    return type(module).__module__.startswith("bitsandbytes") and isinstance(module, nn.Linear)
-
-
 def quantization_of(module: nn.Module) -> str:
     """none | nf4 | fp4 | int8 for one linear layer."""
-    if not is_quantized_linear(module):
+    if not is_quantized(module):
         return "none"
     weight = module.weight
     return getattr(weight, "quant_type", None) or "int8"
@@ -107,8 +104,6 @@ def quantize_model(model: nn.Module, quantization: str, double_quant: bool = Fal
     if model_type in UNSUPPORTED:
         raise UserError(f"model.quantization={quantization} is not supported for {model_type}: "
                         f"{UNSUPPORTED[model_type]}")
-    from .lora.layer import Conv1D
-
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen = []
     for name, module in model.named_modules():
