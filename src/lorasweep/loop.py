@@ -18,6 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .accounting import optimizer_state_bytes
+from .ranks import any_rank, main_decides
 from .tasks import evaluate, forward_loss
 
 
@@ -35,12 +36,16 @@ def epoch_order(n: int, micro: int, seed: int, epoch: int) -> list[list[int]]:
 
 
 class Loop:
-    def __init__(self, cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, collate, micro,
-                 total_steps, run_dir, tracker, callbacks: Callbacks, history: list):
-        self.cfg, self.acc, self.model, self.optimizer, self.scheduler = cfg, accelerator, model, optimizer, scheduler
-        self.train_set, self.eval_set, self.collate, self.micro = train_set, eval_set, collate, micro
-        self.total_steps, self.run_dir, self.tracker, self.callbacks = total_steps, run_dir, tracker, callbacks
-        self.history = history
+    """One run's training over its Components (components.py); `history` holds what was recorded so far."""
+
+    def __init__(self, cfg, accelerator, components, run_dir, *, callbacks: Callbacks | None = None,
+                 tracker=None):
+        self.cfg, self.acc, self.run_dir = cfg, accelerator, run_dir
+        self.model, self.optimizer, self.scheduler = components.model, components.optimizer, components.scheduler
+        self.train_set, self.eval_set, self.collate = components.train_set, components.eval_set, components.collate
+        self.micro, self.total_steps = components.micro, components.total_steps
+        self.callbacks, self.tracker = callbacks or Callbacks(), tracker
+        self.history: list = []
         self.position = ckpt.Position()
         self.last_eval: dict = {}
         self.initial_eval: dict = {}  # eval/initial_loss, eval/initial_accuracy: the untrained baseline
@@ -69,7 +74,7 @@ class Loop:
                             return "pruned"
                     if _due(t.checkpoint_every, step):
                         self.checkpoint()
-                if self._agree(self.callbacks.should_stop is not None and self.callbacks.should_stop()) \
+                if main_decides(self.acc, self.callbacks.should_stop is not None and self.callbacks.should_stop()) \
                         and step < self.total_steps:
                     self.checkpoint()
                     return "interrupted"
@@ -101,7 +106,7 @@ class Loop:
                 self.acc.backward(loss / len(micro_batches))
             loss_sum += loss.item() / len(micro_batches)
         step = self.position.step + 1
-        if self._any_rank(not math.isfinite(loss_sum)):  # every rank raises, none waits in a collective
+        if any_rank(self.acc, not math.isfinite(loss_sum)):  # every rank raises, none waits in a collective
             raise FloatingPointError(f"non-finite training loss ({loss_sum} here) at step {step}")
         if self.cfg.optim.max_grad_norm:
             self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
@@ -131,7 +136,7 @@ class Loop:
         self._record({"step": step, **self.last_eval})
         stop = bool(self.callbacks.on_eval(step, dict(self.last_eval))) if (
             self.callbacks.on_eval and self.acc.is_main_process) else False
-        return self._agree(stop)
+        return main_decides(self.acc, stop)
 
     def checkpoint(self) -> None:
         directory = self.run_dir.checkpoints_dir
@@ -158,7 +163,7 @@ class Loop:
         return {**self.initial_eval, **self.last_eval, "train/loss": self.last_train_loss,
                 "memory/optimizer_state_bytes": self.optimizer_bytes, "perf/loop_time_s": self.loop_time}
 
-    # Helpers: this process's share of a batch, tensors on the device, agreement across ranks, records.
+    # Helpers: this process's share of a batch, tensors on the device, records.
 
     def _local(self, indices: list[int]) -> list[int]:
         share = len(indices) // self.acc.num_processes
@@ -174,18 +179,6 @@ class Loop:
         mine = list(range(rank, len(self.eval_set), world))
         for i in range(0, len(mine), size):
             yield self._batch(mine[i : i + size], self.eval_set)
-
-    def _agree(self, flag: bool) -> bool:
-        """Every rank takes the main rank's decision."""
-        value = torch.tensor([1.0 if flag and self.acc.is_main_process else 0.0], device=self.acc.device)
-        return bool(self.acc.reduce(value, reduction="sum").item() > 0)
-
-    def _any_rank(self, flag: bool) -> bool:
-        """True on every rank when the flag is set on any rank."""
-        if self.acc.num_processes == 1:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
-        return bool(self.acc.reduce(value, reduction="sum").item() > 0)
 
     def _record(self, record: dict) -> None:
         if self.acc.is_main_process:

@@ -84,12 +84,10 @@ def check_task(config, task: str, label: str) -> None:
 
 
 def _apply_lora_to(model, lora, task: str) -> None:
+    from .components import modules_to_save
     from .lora.inject import apply_lora_config
-    from .models import head_names
 
-    to_save = list(lora.modules_to_save) if lora.modules_to_save is not None else \
-        (head_names(model) if task == "classification" else [])
-    apply_lora_config(model, lora, to_save)
+    apply_lora_config(model, lora, modules_to_save(lora, task, model))
 
 
 def check_run_root(path: str | os.PathLike) -> None:

@@ -1,7 +1,8 @@
 """train(cfg) -> metrics: the run lifecycle around the loop.
 
     config hash -> lock the run directory -> reuse a completed run, or resume from its checkpoint, or start ->
-    tracker -> loop (loop.py) -> export the adapter -> the run's record (metrics.json, whatever the ending)
+    components (components.py) -> tracker -> loop (loop.py) -> export the adapter -> the run's record
+    (metrics.json, whatever the ending)
 
 No CLI, Optuna or SLURM in here: a caller passes callbacks (pruning, signals) and may pass a tracker and the
 Resources a sweep worker keeps between trials.
@@ -17,20 +18,15 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
-from .accounting import count_parameters, memory_account
+from .components import build_components
 from .config import config_hash
-from .data import make_collator
-from .errors import UserError
-from .estimate.fit import plan_run, with_micro_batch
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
 from .lora import save_adapter
-from .lora.inject import apply_lora_config
 from .memory import PeakMemory
 from .metrics import is_final_metric
-from .models import head_names
-from .optim import build_optimizer
 from .preflight import check_config
+from .ranks import broadcast_from_main
 from .resources import Resources
 from .runlock import RunLock, RunLockStopped
 from .runstore import RunDir, RunStore, environment_record
@@ -82,36 +78,12 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     memory = PeakMemory(accelerator.device).start()
-    # trainer.micro_batch (auto: the largest that fits) and the predicted peak, recorded beside the measured one
-    micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes)  # estimate/fit.py
-    loop_cfg = with_micro_batch(cfg, micro)  # the global batch (and the hash) unchanged
-    if micro % accelerator.num_processes:
-        raise UserError(f"trainer.batch_size/grad_accum = {micro} must be divisible by the "
-                        f"{accelerator.num_processes} processes")
-
-    resources = resources or Resources(keep=False)
-    model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
-    report = apply_lora_config(model, cfg.lora, _modules_to_save(cfg, model))  # every lora.* key (dora, init)
-    if cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    with accelerator.main_process_first():
-        train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
-    total_steps = _total_steps(loop_cfg, len(train_set), micro)
-    optimizer = build_optimizer(cfg.optim, model)  # optim.py: its trainable parameters, LoRA+ groups
-    scheduler = _scheduler(optimizer, cfg.optim, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    counts = count_parameters(accelerator.unwrap_model(model))
-    figures = {"params/trainable": counts.trainable, "params/total": counts.total,
-               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters,
-               **memory_account(accelerator.unwrap_model(model)), **planned}  # base, trainable, gradient bytes
-
+    parts = build_components(cfg, accelerator, resources or Resources(keep=False))
     if main:
         run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
     accelerator.wait_for_everyone()
-    loop = Loop(loop_cfg, accelerator, model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task,
-                tokenizer), micro, total_steps, run, None, callbacks, [])
+    loop = Loop(parts.loop_cfg, accelerator, parts, run, callbacks=callbacks)
     position = _resume_or_start(run, loop, accelerator, digest, fresh)
-
     own_tracker = tracker is None and main
     if own_tracker:
         tracker = make_tracker(cfg, digest, run_id=digest, root=Path(cfg.run_root))
@@ -120,25 +92,29 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     try:
         try:
             status = loop.run(position)
-            final = _record(loop, figures, memory, status, digest)
+            final = _record(loop, parts.figures, memory, status, digest)
             if main:
-                # W&B's summary: the registry's final metrics (metrics.py), and the run's hash and step.
-                loop.tracker.summary({k: v for k, v in final.items()
-                                      if is_final_metric(k) or k in ("config_hash", "step")})
-                if status == "completed":
-                    save_adapter(accelerator.unwrap_model(model), run.adapter_dir, cfg.model.name_or_path)
-                run.write_metrics(final)
+                _publish(cfg, run, loop, final, accelerator.unwrap_model(parts.model) if status == "completed" else None)
         except BaseException as exc:
             status = "failed"
             if main:  # a failed or killed run still leaves its record: how far it got and what it cost
                 ending = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-                run.write_metrics(_record(loop, figures, memory, ending, digest, exc))
+                run.write_metrics(_record(loop, parts.figures, memory, ending, digest, exc))
             raise
         accelerator.wait_for_everyone()
         return final
     finally:
         if own_tracker:
             tracker.finish(exit_code=0 if status != "failed" else 1)
+
+
+def _publish(cfg, run: RunDir, loop: Loop, final: dict, model) -> None:
+    """The main rank's ending: W&B's summary (the registry's final metrics, the hash and step), the adapter of
+    a completed run (`model` given), and the record last (what marks a run complete)."""
+    loop.tracker.summary({k: v for k, v in final.items() if is_final_metric(k) or k in ("config_hash", "step")})
+    if model is not None:
+        save_adapter(model, run.adapter_dir, cfg.model.name_or_path)
+    run.write_metrics(final)
 
 
 def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str, fresh: bool) -> ckpt.Position:
@@ -170,37 +146,3 @@ def _record(loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: 
     if error is not None:
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
     return record
-
-
-def _total_steps(cfg, n_examples: int, micro: int) -> int:
-    batches_per_epoch = n_examples // micro
-    if batches_per_epoch < cfg.trainer.grad_accum:
-        raise UserError(f"{n_examples} training examples are fewer than one batch of {cfg.trainer.batch_size}")
-    if cfg.trainer.max_steps > 0:
-        return cfg.trainer.max_steps
-    return cfg.trainer.epochs * (batches_per_epoch // cfg.trainer.grad_accum)
-
-
-def _scheduler(optimizer, optim_cfg, total_steps):
-    """transformers' schedules: warmup from 0 over warmup_steps, then linear/cosine decay to 0 or constant."""
-    from transformers import get_scheduler
-
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim_cfg.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=optim_cfg.warmup_steps, num_training_steps=total_steps)
-
-
-def _modules_to_save(cfg, model) -> list[str]:
-    if cfg.lora.modules_to_save is not None:
-        return list(cfg.lora.modules_to_save)
-    return head_names(model) if cfg.data.task == "classification" else []
-
-
-def broadcast_from_main(state, value):
-    """The main rank's value on every rank (any picklable value; a no-op on one process)."""
-    if state.num_processes == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

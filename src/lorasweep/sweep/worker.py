@@ -23,7 +23,8 @@ from .. import internals
 from ..config import compose, config_hash
 from ..estimate.fit import check_trial_memory
 from ..resources import Resources
-from ..run import Callbacks, broadcast_from_main, train
+from ..ranks import broadcast_from_main
+from ..run import Callbacks, train
 from ..runrow import settings
 from ..slurm import identity
 from .heartbeat import Heartbeat

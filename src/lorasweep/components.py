@@ -1,0 +1,95 @@
+"""Setup: a config, the accelerator and the worker's resources -> the run's components (the model with LoRA, the
+optimizer and schedule, the tokenised data and collator, the batch plan and the figures known before training).
+
+run.py (the lifecycle) and the Loop use these; the memory estimate (estimate/) and the preflight check
+(preflight.py) build the model the same way through `adapt_model`, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass
+class Components:
+    model: nn.Module  # prepared by the accelerator (wrapped under DDP)
+    optimizer: object
+    scheduler: object
+    train_set: list
+    eval_set: list
+    collate: object
+    micro: int  # the global micro batch: examples per forward pass over all processes
+    total_steps: int
+    loop_cfg: object  # cfg with trainer.grad_accum matching `micro` (the global batch, and the hash, unchanged)
+    figures: dict = field(default_factory=dict)  # params/* and memory/* known before the first step
+
+
+def build_components(cfg, accelerator, resources) -> Components:
+    """Everything a run trains with, in the order that keeps runs bitwise reproducible: the base model is built
+    right after seeding, then LoRA's A matrices are drawn, then the data and the optimizer."""
+    from .accounting import count_parameters, memory_account
+    from .data import make_collator
+    from .estimate.fit import plan_run, with_micro_batch
+    from .optim import build_optimizer
+
+    # trainer.micro_batch (auto: the largest that fits) and the predicted peak, recorded beside the measured one
+    micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes)
+    if micro % accelerator.num_processes:
+        raise UserError(f"the micro batch {micro} (trainer.batch_size / grad_accum, or trainer.micro_batch) must "
+                        f"be divisible by the {accelerator.num_processes} processes")
+    model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
+    report = adapt_model(model, cfg)
+    with accelerator.main_process_first():
+        train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+    loop_cfg = with_micro_batch(cfg, micro)
+    total_steps = total_optimizer_steps(loop_cfg, len(train_set), micro)
+    optimizer = build_optimizer(cfg.optim, model)  # its trainable parameters, LoRA+ groups
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counts = count_parameters(accelerator.unwrap_model(model))
+    figures = {"params/trainable": counts.trainable, "params/total": counts.total,
+               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters,
+               **memory_account(accelerator.unwrap_model(model)), **planned}  # base, trainable, gradient bytes
+    return Components(model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task, tokenizer),
+                      micro, total_steps, loop_cfg, figures)
+
+
+def adapt_model(model: nn.Module, cfg):
+    """LoRA as the config says (every lora.* key) and gradient checkpointing: what a run does to its base."""
+    from .lora.inject import apply_lora_config
+
+    report = apply_lora_config(model, cfg.lora, modules_to_save(cfg.lora, cfg.data.task, model))
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return report
+
+
+def modules_to_save(lora_cfg, task: str, model: nn.Module) -> list[str]:
+    """lora.modules_to_save, or by default the task head for classification and nothing for a causal LM."""
+    from .models import head_names
+
+    if lora_cfg.modules_to_save is not None:
+        return list(lora_cfg.modules_to_save)
+    return head_names(model) if task == "classification" else []
+
+
+def total_optimizer_steps(cfg, n_examples: int, micro: int) -> int:
+    batches_per_epoch = n_examples // micro
+    if batches_per_epoch < cfg.trainer.grad_accum:
+        raise UserError(f"{n_examples} training examples are fewer than one batch of {cfg.trainer.batch_size}")
+    if cfg.trainer.max_steps > 0:
+        return cfg.trainer.max_steps
+    return cfg.trainer.epochs * (batches_per_epoch // cfg.trainer.grad_accum)
+
+
+def build_scheduler(optimizer, optim_cfg, total_steps: int):
+    """transformers' schedules: warmup from 0 over warmup_steps, then linear/cosine decay to 0 or constant."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim_cfg.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=optim_cfg.warmup_steps, num_training_steps=total_steps)

@@ -1,0 +1,32 @@
+"""What the processes of one run say to each other: every decision that must be the same on every rank goes
+through here (accelerate's collectives; each a no-op on one process)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def broadcast_from_main(state, value):
+    """The main rank's value on every rank (any picklable value)."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def main_decides(accelerator, flag: bool) -> bool:
+    """The main rank's flag on every rank (pruning, a stop signal: only the main rank is asked)."""
+    return _any(accelerator, bool(flag) and accelerator.is_main_process)
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """True on every rank when the flag is set on any rank (a non-finite loss anywhere stops all)."""
+    return _any(accelerator, flag)
+
+
+def _any(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
