@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .predict import estimate_config, micro_batch_of, processes, sequence_length
+from .predict import default_device, estimate_config, micro_batch_of, processes, sequence_length
 from .size import format_bytes, parse_memory_size
 
 OVER_CAP_ATTR = "memory_over_cap"  # trial user attr: (predicted - cap) / cap; > 0 is infeasible (Optuna's rule)
@@ -54,6 +54,23 @@ def device_memory(device: str) -> int:
     raise UserError("cannot tell this machine's memory: give a cap (cluster.memory_cap or --memory-cap)")
 
 
+_ESTIMATES: dict[tuple, dict] = {}  # a sweep worker estimates a trial for the cap, then its run: once
+
+
+def cached_estimate(cfg, device: str | None = None, micro_batch: int | None = None,
+                    num_processes: int | None = None) -> dict:
+    """estimate_config, remembered per (config hash, device, micro batch, processes) in this process: the hash
+    covers every key that changes what a step holds (data, model, LoRA, optimizer, precision, batch sizes)."""
+    from ..config import config_hash
+
+    device = device or default_device(cfg)
+    micro = micro_batch or micro_batch_of(cfg)
+    key = (config_hash(cfg), device, micro, num_processes or processes(cfg))
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = estimate_config(cfg, device, micro_batch=micro, num_processes=key[3])
+    return _ESTIMATES[key]
+
+
 def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
     """What run.py records beside what it measures: (the micro batch to train with, figures): the micro batch
     (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not stop the
@@ -61,7 +78,7 @@ def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
     micro, figures = plan_micro_batch(cfg, device)
     if "memory/predicted_peak_bytes" not in figures:
         try:
-            estimate = estimate_config(cfg, device, micro_batch=micro, num_processes=num_processes)
+            estimate = cached_estimate(cfg, device, micro_batch=micro, num_processes=num_processes)
             figures["memory/predicted_peak_bytes"] = estimate["memory/predicted_peak_bytes"]
             figures["memory/predicted_eval_peak_bytes"] = estimate["memory/predicted_eval_peak_bytes"]
         except Exception as exc:  # noqa: BLE001 - the estimate is advice; the run itself decides
@@ -185,7 +202,7 @@ def check_trial_memory(trial, cfg) -> str | None:
     cap = memory_cap(cfg)
     if cap is None:
         return None
-    estimate = estimate_config(cfg)
+    estimate = cached_estimate(cfg)
     peak, _ = run_peak(estimate)
     trial.set_user_attr(PREDICTED_ATTR, peak)
     trial.set_user_attr(OVER_CAP_ATTR, (peak - cap) / cap)
