@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import internals
-from .errors import UserError
+from .errors import UserError, one_line
 from .sources import CONF_DIR, user_config_dirs
 
 _MERGED: dict[tuple, DictConfig] = {}
@@ -74,7 +74,7 @@ def describe(exc: BaseException) -> str:
     """Hydra puts the useful part (which key, which type) in the exception's cause: one line with both."""
     parts: list[str] = []
     while exc is not None:
-        text = " ".join(str(exc).split())
+        text = one_line(exc)
         text = re.sub(r"\. To append to your config use \S+", "", text)  # adding keys is refused: no hint
         if text and text not in parts:
             parts.append(text)

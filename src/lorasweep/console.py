@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .errors import one_line
+
 
 def print_result(cfg, metrics: dict) -> None:
     """`lorasweep train`'s summary of a finished (or reused) run."""
@@ -67,4 +69,4 @@ def print_submission(result: dict, dry_run: bool) -> None:
 
 def print_error(exc: BaseException) -> None:
     """Bad input as one line, whatever the library put in its message."""
-    print(f"lorasweep: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    print(f"lorasweep: error: {one_line(exc)}", file=sys.stderr)

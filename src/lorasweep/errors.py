@@ -7,3 +7,10 @@ It is a ValueError, so code that catches ValueError around lorasweep's API keeps
 
 class UserError(ValueError):
     pass
+
+
+def one_line(what: object, limit: int | None = None) -> str:
+    """An exception's message (or any text) on one line, whitespace runs collapsed, cut to `limit` characters:
+    how bad input, failed trials and tool errors are printed and recorded."""
+    text = " ".join(str(what).split())
+    return text if limit is None else text[:limit]

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
-from .errors import UserError
+from .errors import UserError, one_line
 from .lora.targets import parse_targets_label
 from .metrics import deterministic_metrics
 from .runstore import RunDir, RunStore
@@ -181,7 +181,7 @@ def fetch_wandb_config(entity_project: str, hash_prefix: str) -> dict:
     try:
         runs = list(wandb.Api().runs(entity_project, filters={"config.config_hash": hash_prefix}))
     except wandb.errors.Error as exc:  # no API key, unknown project, no network: one line, not a traceback
-        raise UserError(f"W&B ({entity_project}): {' '.join(str(exc).split())}") from None
+        raise UserError(f"W&B ({entity_project}): {one_line(exc)}") from None
     if not runs:
         raise UserError(f"no W&B run in {entity_project} with config_hash {hash_prefix}")
     flat = dict(runs[0].config)

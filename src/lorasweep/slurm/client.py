@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 
 def run(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def run(command: list[str], input: str | None = None) -> subprocess.CompletedPro
 
 def first_error(text: str) -> str:
     lines = [line for line in text.splitlines() if "error" in line.lower()] or text.splitlines() or [""]
-    return " ".join(lines[0].split())[:300]
+    return one_line(lines[0], 300)
 
 
 def require_sbatch() -> str:

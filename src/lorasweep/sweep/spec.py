@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..metrics import objective_names
 from .samplers import PRUNERS, SAMPLERS
 
@@ -119,7 +119,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise UserError(f"{path} is not valid YAML: {one_line(exc)}") from None
     return parse_spec(data, default_study=path.stem, source=str(path))
 
 

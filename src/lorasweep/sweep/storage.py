@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 # A worker writes a heartbeat every interval; a RUNNING trial silent for the grace period is failed and re-queued.
 # The grace is long on purpose: a heartbeat can wait behind SQLite's write lock (timeout 60 s) on a busy machine,
@@ -63,8 +63,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
             heartbeat_stale_trial_callback=retry_stale,
         )
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
-        first = " ".join(str(exc).split())[:300]
-        raise UserError(f"cannot open study storage {url}: {first}") from None
+        raise UserError(f"cannot open study storage {url}: {one_line(exc, 300)}") from None
     if url.startswith("sqlite"):
         _serialize_sqlite_transactions(storage.engine)
     return storage
