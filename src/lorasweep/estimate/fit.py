@@ -161,7 +161,7 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
     rows = []
     for point in points:
         cfg = compose(trial_overrides(spec, overrides, point))
-        limit = memory_cap(cfg, cap if cap is not None else getattr(spec, "memory_cap", None))
+        limit = memory_cap(cfg, cap)  # the spec's memory_cap is in its fixed overrides (cluster.memory_cap)
         estimate = estimate_config(cfg, device)
         rows.append({"params": point, "config_hash": estimate["config_hash"],
                      "memory/predicted_peak_bytes": run_peak(estimate)[0],
@@ -196,10 +196,11 @@ def format_sweep_estimate(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def check_trial_memory(trial, cfg) -> str | None:
-    """A sweep trial under a memory cap: its prediction recorded on the trial (user attrs), and the reason it
-    must not be trained, or None. The sampler reads OVER_CAP_ATTR through `constraint`."""
-    cap = memory_cap(cfg)
+def check_trial_memory(trial, cfg, cap=None) -> str | None:
+    """A sweep trial under a memory cap (`cap`, a worker's own, else the config's): its prediction recorded on
+    the trial (user attrs), and the reason it must not be trained, or None. The sampler reads OVER_CAP_ATTR
+    through `constraint`."""
+    cap = memory_cap(cfg, cap)
     if cap is None:
         return None
     estimate = cached_estimate(cfg)

@@ -57,7 +57,7 @@ def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> 
 
 
 def run_worker(study_name: str, storage_url: str, resources: Resources | None = None,
-               should_stop=None) -> int:
+               should_stop=None, memory_cap=None) -> int:
     """Run queued trials until none is left; returns how many this worker ran (on rank 0)."""
     import torch
     from accelerate import PartialState
@@ -87,7 +87,7 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
         try:
             trial.set_user_attr("worker", worker_label())
             with Heartbeat(internals.study_storage(study), internals.trial_id(trial)):
-                outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop)
+                outcome = _run_trial(state, trial, spec, cli_overrides, resources, should_stop, memory_cap)
             if outcome is None:  # interrupted (preemption): checkpointed; queue it again and exit
                 _requeue(study, internals.trial_id(trial), "interrupted by a signal (preemption or time limit)")
                 broadcast_from_main(state, STOP)
@@ -148,7 +148,7 @@ def _reseeded(sampler, spec: SweepSpec, index: int):
     return make_sampler(shifted)
 
 
-def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_stop):
+def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_stop, memory_cap=None):
     objective = spec.objectives[0].metric
     try:
         values = {p.key: p.suggest(trial) for p in spec.params}
@@ -156,7 +156,8 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("overrides", overrides)
         cfg = compose(overrides)
         trial.set_user_attr("config_hash", config_hash(cfg))
-        skip = check_trial_memory(trial, cfg)  # predicted over the memory cap: not trained (estimate/fit.py)
+        # Predicted over the memory cap (this worker's --memory-cap, else the config's): not trained (estimate/fit.py)
+        skip = check_trial_memory(trial, cfg, memory_cap)
         if skip:
             print(f"trial {trial.number} not trained: {skip}", flush=True)
             return TrialState.PRUNED, None
