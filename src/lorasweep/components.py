@@ -2,7 +2,7 @@
 optimizer and schedule, the tokenised data and collator, the batch plan and the figures known before training).
 
 run.py (the lifecycle) and the Loop use these; the memory estimate (estimate/) and the preflight check
-(preflight.py) build the model the same way through `adapt_model`, so the three cannot drift apart.
+(preflight.py) adapt the model the same way (adapt.py), so the three cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .adapt import adapt_model
 from .errors import UserError
 
 
@@ -43,7 +44,7 @@ def build_components(cfg, accelerator, resources) -> Components:
         raise UserError(f"the micro batch {micro} (trainer.batch_size / grad_accum, or trainer.micro_batch) must "
                         f"be divisible by the {accelerator.num_processes} processes")
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
-    report = adapt_model(model, cfg)
+    report = adapt_model(model, cfg)  # adapt.py
     with accelerator.main_process_first():
         train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
     loop_cfg = with_micro_batch(cfg, micro)
@@ -57,25 +58,6 @@ def build_components(cfg, accelerator, resources) -> Components:
                **memory_account(accelerator.unwrap_model(model)), **planned}  # base, trainable, gradient bytes
     return Components(model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task, tokenizer),
                       micro, total_steps, loop_cfg, figures)
-
-
-def adapt_model(model: nn.Module, cfg):
-    """LoRA as the config says (every lora.* key) and gradient checkpointing: what a run does to its base."""
-    from .lora.inject import apply_lora_config
-
-    report = apply_lora_config(model, cfg.lora, modules_to_save(cfg.lora, cfg.data.task, model))
-    if cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return report
-
-
-def modules_to_save(lora_cfg, task: str, model: nn.Module) -> list[str]:
-    """lora.modules_to_save, or by default the task head for classification and nothing for a causal LM."""
-    from .models import head_names
-
-    if lora_cfg.modules_to_save is not None:
-        return list(lora_cfg.modules_to_save)
-    return head_names(model) if task == "classification" else []
 
 
 def total_optimizer_steps(cfg, n_examples: int, micro: int) -> int:

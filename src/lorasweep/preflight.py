@@ -84,7 +84,7 @@ def check_task(config, task: str, label: str) -> None:
 
 
 def _apply_lora_to(model, lora, task: str) -> None:
-    from .components import modules_to_save
+    from .adapt import modules_to_save
     from .lora.inject import apply_lora_config
 
     apply_lora_config(model, lora, modules_to_save(lora, task, model))

@@ -26,7 +26,7 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def prepare(model: nn.Module, cfg):
     """(LoRA report, optimizer): the run's own setup after the model is built (components.py), in its order."""
-    from ..components import adapt_model
+    from ..adapt import adapt_model
 
     report = adapt_model(model, cfg)
     return report, build_optimizer(cfg.optim, model)
