@@ -171,6 +171,7 @@ BASH = [(w, c.removeprefix("lorasweep ")) for w, c in DOCUMENTED["bash"] if c.st
 def test_documented_commands_parse(where, command):
     """click parses each one: the number of values an option takes, choices, types, required options."""
     name, args = subcommand(command), _run_root_spelling(shlex.split(command))  # as main() reads them
+    assert name == "" or name in cli.commands, f"{where}: `lorasweep {command}`: no command {name!r}"
     if name:
         try:
             cli.commands[name].make_context(name, args[1:])
