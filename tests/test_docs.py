@@ -326,6 +326,15 @@ def test_the_readme_is_a_front_page():
     assert len(text.splitlines()) < 250
     linked = set(re.findall(r"\]\((docs/[\w.]+\.md)", text))
     assert {str(p.relative_to(REPO)) for p in DOCS[1:]} <= linked, "a docs/ page the front page does not link"
-    for path in DOCS:  # every relative link points at a file that exists
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
-            assert (path.parent / target).exists(), f"{path.relative_to(REPO)}: link to missing {target}"
+    for path in DOCS:  # every relative link points at a file that exists, and at one of its headings
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", path.read_text()):
+            linked_file = path.parent / target if target else path
+            assert linked_file.exists(), f"{path.relative_to(REPO)}: link to missing {target}"
+            if anchor and linked_file.suffix == ".md":
+                assert anchor in _anchors(linked_file), f"{path.relative_to(REPO)}: no heading #{anchor} in {target}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
