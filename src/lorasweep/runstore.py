@@ -52,9 +52,10 @@ class RunDir:
         """metrics.json whatever the run's ending; {} when there is none (or it cannot be read: no proof of
         anything)."""
         try:
-            return self.metrics() if self.metrics_file.is_file() else {}
-        except ValueError:
+            record = self.metrics() if self.metrics_file.is_file() else {}
+        except (OSError, ValueError):
             return {}
+        return record if isinstance(record, dict) else {}
 
     def metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text())
@@ -65,9 +66,12 @@ class RunDir:
         return OmegaConf.load(self.config_file)
 
     def history(self) -> list[dict]:
-        if not self.history_file.is_file():
+        """The logged records in order; a line that is not a JSON object (torn by a kill mid-append) is skipped."""
+        try:
+            lines = self.history_file.read_text().splitlines()
+        except OSError:
             return []
-        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+        return [r for r in map(_json_object, lines) if r is not None]
 
     def write_history(self, records: list[dict]) -> None:
         atomic_write_text(self.history_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -89,6 +93,14 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.metrics_file, metrics)
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class RunStore:

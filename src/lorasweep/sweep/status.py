@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import optuna
 
 from ..slurm import queue
 from .report import format_table, leaderboard
+from .report.data import state_summary
 from .spec import SweepSpec
 from .study import BUDGET_ATTR
 
 
 def study_status(study: optuna.Study, spec: SweepSpec) -> str:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    counts = Counter(t.state.name.lower() for t in trials.values())
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trials"
+    summary = state_summary(t.state.name for t in trials.values()) or "no trials"
     lines = [f"study {study.study_name}: {summary} (budget {study.user_attrs.get(BUDGET_ATTR, '?')} trials)"]
     rows = leaderboard(study, spec)
     for row in rows:

@@ -9,7 +9,7 @@ import optuna
 
 from ...errors import UserError
 from ..spec import SweepSpec
-from .data import ReportData, TrialRow, collect
+from .data import ReportData, TrialRow, collect, state_summary
 from .leaderboard import format_table, leaderboard
 from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
 from .wandb_summary import log_summary_to_wandb
@@ -26,10 +26,7 @@ def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = 
         check_table_keys(spec, table)
     data = collect(study, spec, run_root)
     if not data.finished:
-        states: dict[str, int] = {}
-        for row in data.rows:
-            states[row.state.lower()] = states.get(row.state.lower(), 0) + 1
-        found = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
+        found = state_summary(r.state for r in data.rows) or "no trials"
         raise UserError(f"study {study.study_name!r} has no finished trial yet ({found}); nothing to report")
     return data, (make_pivot(data, *table) if table else None)
 

@@ -1,14 +1,14 @@
 """What a report shows, collected once: one row per trial with its parameters, status, objectives and costs.
 
-Figures come from the trial's user attrs (`metrics`, set for complete trials) first, then from the run store
-(`<run root>/<config hash>/metrics.json`, which also records pruned, failed and interrupted runs); a figure
-found in neither is None (shown as '-').
+Figures come from the trial's user attrs (`metrics`, set for complete trials) first, then from the run's record
+in the run store (runstore.RunDir: metrics.json, which also records pruned, failed and interrupted runs); a
+figure found in neither is None (shown as '-').
 """
 
 from __future__ import annotations
 
-import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ...metrics import label
+from ...runstore import RunDir
 from ..spec import SweepSpec
 
 # What each trial cost, as columns: metric -> title (the registry's label).
@@ -80,13 +81,7 @@ def collect(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs")
     """Every trial of the study as a TrialRow, best finished trial first, then the rest by number."""
     rows = [_row(t, spec, Path(run_root)) for t in study.get_trials(deepcopy=False)]
     first = spec.objectives[0]
-    sign = 1 if first.direction == "minimize" else -1
-
-    def order(row: TrialRow):
-        value = row.objectives.get(first.metric)
-        return (value is None, sign * value if value is not None else 0, row.number)
-
-    rows.sort(key=order)
+    rows = best_first(rows, lambda r: r.objectives.get(first.metric), first.direction, lambda r: r.number)
     try:
         pareto = {t.number for t in study.best_trials}
     except ValueError:  # no complete trial
@@ -96,24 +91,25 @@ def collect(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs")
 
 def _row(t: FrozenTrial, spec: SweepSpec, default_root: Path) -> TrialRow:
     digest = t.user_attrs.get("config_hash", "")
-    run_dir = _run_root(t, default_root) / digest if digest else None
-    stored = _stored_metrics(run_dir) if run_dir else {}
+    run = RunDir(_run_root(t, default_root) / digest) if digest else None
+    stored = run.record() if run else {}
     metrics = {**stored, **_finite(t.user_attrs.get("metrics", {}))}
     params = {**t.system_attrs.get("fixed_params", {}), **t.params}
     objectives = {}
     if t.state == TrialState.COMPLETE and t.values:
         objectives = {o.metric: v for o, v in zip(spec.objectives, t.values)}
     curve = sorted(t.intermediate_values.items())
-    if not curve and run_dir is not None:
-        curve = _history_curve(run_dir, spec.objectives[0].metric)
+    if not curve and run is not None:
+        metric = spec.objectives[0].metric
+        curve = [(r["step"], r[metric]) for r in run.history() if metric in r and "step" in r]
     alpha = None
     for param in spec.params:
         if param.per_rank and param.key in params and params.get("lora.rank") is not None:
-            alpha = float(params[param.key]) * float(params["lora.rank"])
+            alpha = param.config_value(params[param.key], params)
     return TrialRow(
         number=t.number, state=t.state.name, status=_status(t, curve, stored), params=params,
         objectives=objectives, metrics=metrics, config_hash=digest,
-        run_dir=str(run_dir) if run_dir is not None and run_dir.is_dir() else None, curve=curve, alpha=alpha)
+        run_dir=str(run.path) if run is not None and run.path.is_dir() else None, curve=curve, alpha=alpha)
 
 
 def _status(t: FrozenTrial, curve: list, stored: dict) -> str:
@@ -136,33 +132,26 @@ def _run_root(t: FrozenTrial, default: Path) -> Path:
     return default
 
 
-def _stored_metrics(run_dir: Path) -> dict:
-    try:
-        data = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _history_curve(run_dir: Path, metric: str) -> list:
-    """(step, metric) from the run's history.jsonl, for trials that reported no intermediate values."""
-    points = []
-    try:
-        lines = (run_dir / "history.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and metric in record and "step" in record:
-            points.append((record["step"], record[metric]))
-    return points
-
-
 def _finite(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def best_first(rows: list, value, direction: str, number) -> list:
+    """`rows` sorted best first by value(row) (minimize or maximize), rows without a value last, ties by
+    number(row): the order of every trial table (the report's rows, the terminal leaderboard)."""
+    sign = 1 if direction == "minimize" else -1
+
+    def key(row):
+        v = value(row)
+        return (v is None, sign * v if v is not None else 0, number(row))
+
+    return sorted(rows, key=key)
+
+
+def state_summary(states) -> str:
+    """"2 complete, 1 pruned" from Optuna state names (any case), alphabetical; "" when there are none."""
+    counts = Counter(state.lower() for state in states)
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 def searched(spec: SweepSpec) -> list[str]:

@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 from ...runrow import SETTINGS, settings_columns
 from ...tables import format_rows
 from ..spec import SweepSpec
+from .data import best_first
 
 
 def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
@@ -23,8 +24,7 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
             row["note"] = t.user_attrs.get("fail_reason", "")
         rows.append(row)
     first = spec.objectives[0]
-    sign = 1 if first.direction == "minimize" else -1
-    return sorted(rows, key=lambda r: (r[first.metric] is None, sign * (r[first.metric] or 0), r["trial"]))
+    return best_first(rows, lambda r: r[first.metric], first.direction, lambda r: r["trial"])
 
 
 def trial_settings(trial, spec: SweepSpec) -> dict:

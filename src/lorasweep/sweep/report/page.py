@@ -12,7 +12,7 @@ from ...fileio import atomic_directory
 from ...metrics import BY_NAME
 from ...runstore import RunDir
 from ...tables import cell
-from .data import COSTS, ReportData
+from .data import COSTS, ReportData, state_summary
 from .figures import Figure
 from .numbers import full, short
 from .pivot import Pivot, pivot_html
@@ -42,10 +42,7 @@ caption{caption-side:bottom;color:#666;font-size:.85em;padding-top:4px}
 def render_page(data: ReportData, figures: list[Figure], pivot: Pivot | None) -> str:
     spec = data.spec
     objectives = ", ".join(f"{o.metric} ({o.direction})" for o in spec.objectives)
-    counts: dict[str, int] = {}
-    for r in data.rows:
-        counts[r.state.lower()] = counts.get(r.state.lower(), 0) + 1
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    summary = state_summary(r.state for r in data.rows)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>lorasweep report: {html.escape(data.study_name)}</title>",
