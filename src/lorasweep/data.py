@@ -252,24 +252,32 @@ def _encode_classification(batch: dict, cfg, tokenizer) -> dict:
             "labels": list(batch[cfg.label_field])}
 
 
-def _end_token(tokenizer) -> int:
+def end_token(tokenizer) -> int:
+    """The token that ends a response (trained on in SFT; where generation stops)."""
     end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if end is None:
         raise UserError(f"tokenizer {tokenizer.name_or_path!r} has neither an eos nor a sep token to end responses")
     return end
 
 
+def sft_prompt_ids(prompts: list[str], tokenizer) -> list[list[int]]:
+    """Each prompt's token ids as SFT trains on them and generation (predict.py) starts from: BOS where the
+    model has its own (Llama-style; GPT-2's BOS is its EOS), the prompt, then SFT_SEPARATOR."""
+    end, bos = end_token(tokenizer), tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and bos != end else []
+    encoded = tokenizer([p + SFT_SEPARATOR for p in prompts], add_special_tokens=False)["input_ids"]
+    return [prefix + ids for ids in encoded]
+
+
 def _encode_sft(batch: dict, cfg, tokenizer) -> dict:
     """prompt + separator (labels -100) then response + eos (labels = ids). Prompt and response are tokenised
     apart so the boundary is exact; rows whose response is cut off entirely are dropped (nothing to learn)."""
-    end = _end_token(tokenizer)
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and bos != end else []  # Llama-style BOS; GPT-2's BOS is its EOS
-    prompts = tokenizer([p + SFT_SEPARATOR for p in batch[cfg.prompt_field]], add_special_tokens=False)["input_ids"]
+    end = end_token(tokenizer)
+    prompts = sft_prompt_ids(list(batch[cfg.prompt_field]), tokenizer)
     responses = tokenizer(list(batch[cfg.response_field]), add_special_tokens=False)["input_ids"]
     out = {"input_ids": [], "attention_mask": [], "labels": []}
-    for p, r in zip(prompts, responses):
-        prompt, response = prefix + p, r + [end]
+    for prompt, r in zip(prompts, responses):
+        response = r + [end]
         ids = (prompt + response)[: cfg.max_length]
         if len(ids) <= len(prompt):
             continue

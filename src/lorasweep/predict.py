@@ -191,13 +191,10 @@ def _classify(model, tokenizer, loaded, texts, names, max_length, _):
 
 @torch.no_grad()
 def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens):
-    from .data import SFT_SEPARATOR, _end_token
+    from .data import end_token, sft_prompt_ids
 
-    end, bos = _end_token(tokenizer), tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and bos != end else []
-    prompts = [prefix + ids for ids in tokenizer([t + SFT_SEPARATOR for t in texts], add_special_tokens=False)[
-        "input_ids"]]
-    prompts = [p[-max_length:] for p in prompts]
+    end = end_token(tokenizer)
+    prompts = [p[-max_length:] for p in sft_prompt_ids(texts, tokenizer)]
     width = max(len(p) for p in prompts)  # left padding: every prompt ends where generation starts
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
