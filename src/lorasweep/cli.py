@@ -110,15 +110,33 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
 @click.option("--slurm", is_flag=True, help="queue the trials, submit slurm/sweep_array.sbatch and return")
 @click.option("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
 @DRY_RUN
+@MEMORY_CAP
+@click.option("--estimate", "estimate_only", is_flag=True,
+              help="print the predicted peak of every grid point (or the search space's corners); queue nothing")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="with --estimate: the device assumed (default: the config's)")
 @RUN_ROOT(None)
 @CONFIG_DIR
-def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_run, run_root, config_dir):
+def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_run, memory_cap, estimate_only,
+          device, run_root, config_dir):
     """An Optuna sweep from sweeps/SPEC.yaml with K local workers."""
     from . import console
     from .sources import find_spec
 
     overrides = _overrides(overrides, run_root, config_dir)
+    if memory_cap is not None:  # stored with the study's overrides, so every worker (and SLURM task) applies it
+        from .estimate import parse_memory_size
+
+        parse_memory_size(memory_cap, "--memory-cap")
+        overrides.append(f"cluster.memory_cap={memory_cap}")
     spec = str(find_spec(spec))
+    if estimate_only:
+        from .estimate.fit import estimate_sweep, format_sweep_estimate
+        from .sweep.launch import prepare
+
+        sweep_spec, _ = prepare(spec, overrides, n_trials, storage, study)
+        click.echo(format_sweep_estimate(estimate_sweep(sweep_spec, overrides, device=device)))
+        return 0
     if slurm or dry_run or array is not None:
         if not slurm:
             raise click.UsageError("--array and --dry-run go with --slurm")
@@ -145,8 +163,9 @@ def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_
 @cli.command()
 @STUDY(required=True)
 @click.option("--storage", required=True, help="the study's storage URL")
+@MEMORY_CAP
 @CONFIG_DIR
-def worker(study, storage, config_dir):
+def worker(study, storage, memory_cap, config_dir):
     """One sweep worker on an existing study (for SLURM or any launcher)."""
     from .signals import StopOnSignal
     from .sources import use_config_dir
@@ -154,9 +173,34 @@ def worker(study, storage, config_dir):
 
     use_config_dir(config_dir)
     stop = StopOnSignal().install()
-    done = run_worker(study, storage, should_stop=stop)
+    done = run_worker(study, storage, should_stop=stop, memory_cap=memory_cap)
     click.echo(f"worker {'stopped by ' + stop.received if stop.received else 'finished'}: {done} trials")
     return stop.exit_code
+
+
+@cli.command(**OPTIONS)
+@OVERRIDES
+@click.option("--json", "as_json", is_flag=True, help="the account as JSON (bytes)")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="the device assumed (default: cuda where the cluster has GPUs or this machine has one)")
+@RUN_ROOT(None)
+@CONFIG_DIR
+def estimate(overrides, as_json, device, run_root, config_dir):
+    """The memory of one training step of a config, predicted without loading weights or training."""
+    from .config import compose
+    from .estimate import estimate_config, format_account
+    from .preflight import check_config
+
+    config = compose(_overrides(overrides, run_root, config_dir))
+    check_config(config)  # the checks train makes first
+    account = estimate_config(config, device)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(account, indent=2, sort_keys=True))
+    else:
+        click.echo(format_account(account))
+    return 0
 
 
 @cli.command()

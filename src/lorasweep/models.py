@@ -147,28 +147,6 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.attention_dropout = p
 
 
-def architecture_config(model_cfg):
-    """The transformers config of the architecture a model config names, without loading weights: the tiny
-    config, the packaged MiniLM's or a local directory's config.json, or a hub id's (from the cache, or the hub
-    when online). None where it cannot be had (a hub id offline and not cached): the load will say why."""
-    from transformers import AutoConfig
-
-    if model_cfg.source == "tiny":
-        if model_cfg.arch not in TINY_CONFIGS:
-            raise UserError(f"no tiny config for model.arch={model_cfg.arch!r}: expected one of {', '.join(TINY_CONFIGS)}")
-        return AutoConfig.for_model(model_cfg.arch, **TINY_CONFIGS[model_cfg.arch])
-    path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
-    if path is None:
-        raise UserError(f"model.name_or_path is required for model.source={model_cfg.source}")
-    local = Path(str(path)).expanduser()
-    if str(path).startswith((".", "/", "~")) and not local.is_dir():
-        raise UserError(f"model path not found: {local} (model.name_or_path)")
-    try:
-        return AutoConfig.from_pretrained(str(local) if local.is_dir() else str(path), revision=model_cfg.revision)
-    except (OSError, ValueError):
-        return None
-
-
 def skeleton(config, task: str, num_labels: int = 2) -> nn.Module:
     """The model's module tree on the meta device: every name and shape, no weights, no memory."""
     import copy

@@ -52,10 +52,11 @@ def _json(node) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _lora_skeleton(model_json: str, task: str, num_labels: int, lora_json: str):
-    from .models import architecture_config, skeleton
+    from .estimate.architectures import architecture_config
+    from .models import skeleton
 
     model_cfg = OmegaConf.create(json.loads(model_json))
-    config = architecture_config(model_cfg)
+    config = architecture_config(model_cfg, missing_ok=True)
     if config is None:
         return None
     check_task(config, task, model_cfg.name)

@@ -24,8 +24,9 @@ def shipped_architectures() -> dict[str, Path]:
     return found
 
 
-def architecture_config(model_cfg):
-    """The transformers config for `model_cfg`, or a one-line UserError naming what to provide."""
+def architecture_config(model_cfg, missing_ok: bool = False):
+    """The transformers config for `model_cfg`, or a one-line UserError naming what to provide. `missing_ok`: a hub
+    id found neither shipped nor in the cache gives None (preflight: a run online fetches it; its load decides)."""
     from transformers import AutoConfig
 
     from ..models import TINY_CONFIGS, packaged_minilm_dir
@@ -52,6 +53,8 @@ def architecture_config(model_cfg):
     try:  # the hub cache only: an estimate never waits on the network
         return AutoConfig.from_pretrained(str(path), revision=model_cfg.revision, local_files_only=True)
     except (OSError, ValueError):
+        if missing_ok:
+            return None
         known = ", ".join(shipped_architectures())
         raise UserError(f"architecture of {path!r} not found offline: set model.name_or_path to a directory "
                         f"holding its config.json (weights not needed), or use one of the shipped: {known}") from None

@@ -67,8 +67,10 @@ def budget_used(study: optuna.Study) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
-def load_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SweepSpec, list[str]]:
-    storage = open_storage(storage_url)
+def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[optuna.Study, SweepSpec, list[str]]:
+    """The study, its spec and the sweep's command-line overrides; `create=False`: a missing file storage is an
+    error, not a new empty database (status, report)."""
+    storage = open_storage(storage_url, create=create)
     try:
         summary = optuna.study.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -84,5 +86,6 @@ def load_study(study_name: str, storage_url: str) -> tuple[optuna.Study, SweepSp
 
 
 def open_study(study_name: str, storage_url: str | None, run_root: str = "runs"):
-    """load_study with the storage defaulting to the run root's sqlite file (status, report, dashboard)."""
-    return load_study(study_name, storage_url or default_storage_url(run_root))
+    """load_study of an existing study (nothing created), the storage defaulting to the run root's sqlite file
+    (status, report)."""
+    return load_study(study_name, storage_url or default_storage_url(run_root), create=False)
