@@ -8,9 +8,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lorasweep.lora import apply_lora, load_adapter, merge_lora, save_adapter
-from lorasweep.lora.multi import MultiLoraLayer, generate, load_adapters
+from lorasweep.lora.multi import MultiLoraLayer, load_adapters
 from lorasweep.models import load_pretrained
-from lorasweep.predict import parse_adapter_specs, predict_file, resolve_adapter_path
+from lorasweep.predict import generate_mixed, parse_adapter_specs, predict_file, resolve_adapter_path
 from conftest import randomize_lora, tiny
 
 TEXTS = ["a fine film", "a long, dull evening at the cinema", "ok", "not bad at all, really", "dreadful"]
@@ -132,7 +132,7 @@ def test_tiny_causal_lm_mixed_logits_and_generation(arch, preset, tmp_path):
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
     with torch.no_grad():
-        tokens = generate(model, names, input_ids, mask, max_new_tokens=6, pad_token_id=0)[:, width:]
+        tokens = generate_mixed(model, loaded, names, input_ids, mask, 6, pad_token_id=0)[:, width:]
         for i, (p, name) in enumerate(zip(prompts, names)):
             alone = _merged(tiny(arch), paths.get(name)).generate(
                 input_ids=p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=6,

@@ -190,6 +190,15 @@ def _classify(model, tokenizer, loaded, texts, names, max_length, _):
 
 
 @torch.no_grad()
+def generate_mixed(model, loaded, names, input_ids, attention_mask, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """Greedy generation for left-padded prompts, row i with adapter names[i] (`loaded`: load_adapters' set, or
+    None for the bare base): (b, prompt + new) token ids."""
+    with _selected(loaded, names):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                              do_sample=False, num_beams=1, **kwargs)
+
+
+@torch.no_grad()
 def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens):
     from .data import end_token, sft_prompt_ids
 
@@ -201,9 +210,8 @@ def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p) :] = torch.tensor(p)
         attention_mask[i, width - len(p) :] = 1
-    with _selected(loaded, names):
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                   do_sample=False, num_beams=1, eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
+    generated = generate_mixed(model, loaded, names, input_ids, attention_mask, max_new_tokens, eos_token_id=end,
+                               pad_token_id=tokenizer.pad_token_id)
     result = []
     for n, row in zip(names, generated[:, width:].tolist()):
         row = row[: row.index(end)] if end in row else row
