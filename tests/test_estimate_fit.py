@@ -51,7 +51,8 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
 
 
 def _auto(tmp_path):
-    base = [*LLAMA, "trainer.batch_size=8", "trainer.max_steps=2", f"run_root={tmp_path}"]
+    base = [*LLAMA, "trainer.batch_size=8", "trainer.max_steps=2", "trainer.eval_batch_size=2",
+            f"run_root={tmp_path}"]
     cfg = compose(base)
     cap = (_peak(cfg, 4) + _peak(cfg, 8)) // 2
     return base, cfg, cap, compose([*base, "trainer.micro_batch=auto", f"cluster.memory_cap={cap}"])
