@@ -71,8 +71,7 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
     return {
         "config_hash": config_hash(cfg),
         "device": device,
-        "traced_with": "CUDA kernels" if traced_on == "cuda" else "CPU kernels"
-                       + (" (no CUDA here; CUDA's 512-byte allocation granularity applied)" if device == "cuda" else ""),
+        "traced_with": _traced_with(device, traced_on),
         "micro_batch": micro,
         "micro_batch_per_process": per_process,
         "sequence_length": length,
@@ -84,6 +83,12 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
         "memory/predicted_peak_bytes": steps.peak_bytes,
         "memory/predicted_eval_peak_bytes": eval_peak,  # one evaluation batch (trainer.eval_batch_size)
     }
+
+
+def _traced_with(device: str, traced_on: str) -> str:
+    if traced_on == "cuda":
+        return "CUDA kernels"
+    return "CPU kernels" + (" (no CUDA here; CUDA's 512-byte allocation granularity applied)" if device == "cuda" else "")
 
 
 def sequence_length(cfg) -> tuple[int, str]:
