@@ -4,13 +4,12 @@ from .adapter_io import load_adapter, save_adapter
 from .inject import LoraReport, LoraSettings, apply_lora, lora_layers, lora_settings, merge_lora, unmerge_lora
 from .kernel import OutputSlice
 from .layer import LoraLayer
-from .multi import AdapterSet, adapter_indices, load_adapters
+from .multi import AdapterSet, load_adapters
 from .scaling import SCALINGS, lora_scale
 from .targets import ARCHITECTURES, PRESETS, resolve_targets
 
 __all__ = [
     "AdapterSet",
-    "adapter_indices",
     "load_adapters",
     "ARCHITECTURES",
     "PRESETS",

@@ -224,18 +224,6 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def adapter_set(model: nn.Module) -> AdapterSet:
-    found = getattr(model, MULTI_ATTR, None)
-    if found is None:
-        raise UserError("this model has no mixed-adapter set: call load_adapters first")
-    return found
-
-
-def adapter_indices(model: nn.Module, adapters):
-    """`with adapter_indices(model, ids): model(...)`: the same as adapter_set(model).use(ids)."""
-    return adapter_set(model).use(adapters)
-
-
 def _pattern(patterns: dict | None, module: str, default):
     """peft's rank_pattern / alpha_pattern lookup (a key matches a module name or its dotted suffix)."""
     if module in (patterns or {}):
@@ -378,11 +366,3 @@ def load_adapters(model: nn.Module, adapters: Mapping[str, str | Path] | Sequenc
     found = AdapterSet(model, names, paths, selection, originals)
     setattr(model, MULTI_ATTR, found)
     return found
-
-
-def generate(model: nn.Module, adapters, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-    """Greedy generation for a mixed batch (left-padded prompts): (b, prompt + new) token ids."""
-    with adapter_set(model).use(adapters):
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                              do_sample=False, num_beams=1, **kwargs)
