@@ -125,8 +125,8 @@ def test_a_sweep_with_a_cap_skips_and_explains_what_does_not_fit(tmp_path):
 
 
 def test_samplers_that_take_constraints_learn_the_cap():
-    from lorasweep.sweep.spec import parse_spec
     from lorasweep.sweep.samplers import make_sampler
+    from lorasweep.sweep.spec import parse_spec
 
     for name in ("tpe", "nsga2"):
         spec = parse_spec({"sampler": {"name": name}, "params": {"lora.rank": {"type": "int", "low": 1, "high": 8}}},

@@ -9,9 +9,9 @@ import sys
 from dataclasses import replace
 
 from ..errors import UserError
+from .samplers import make_pruner
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
-from .samplers import make_pruner
 from .study import create_study
 
 
