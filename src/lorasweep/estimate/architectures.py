@@ -55,6 +55,6 @@ def architecture_config(model_cfg, missing_ok: bool = False):
     except (OSError, ValueError):
         if missing_ok:
             return None
-        known = ", ".join(shipped_architectures())
+        known = ", ".join(f"model={p.stem}" for p in sorted(set(shipped_architectures().values())))
         raise UserError(f"architecture of {path!r} not found offline: set model.name_or_path to a directory "
-                        f"holding its config.json (weights not needed), or use one of the shipped: {known}") from None
+                        f"holding its config.json (weights not needed), or a shipped architecture: {known}") from None
