@@ -16,6 +16,7 @@ the load, which fails with its own one-line error.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -52,6 +53,17 @@ def _json(node) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _lora_skeleton(model_json: str, task: str, num_labels: int, lora_json: str):
+    base = _bare_skeleton(model_json, task, num_labels)
+    if base is None:
+        return None
+    model = copy.deepcopy(base)  # on meta: a copy of names and shapes, milliseconds
+    _apply_lora_to(model, OmegaConf.create(json.loads(lora_json)), task)
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _bare_skeleton(model_json: str, task: str, num_labels: int):
+    """The base model's skeleton, once per model: a sweep checks many LoRA settings on one base."""
     from .estimate.architectures import architecture_config
     from .models import skeleton
 
@@ -60,10 +72,7 @@ def _lora_skeleton(model_json: str, task: str, num_labels: int, lora_json: str):
     if config is None:
         return None
     check_task(config, task, model_cfg.name)
-    lora = OmegaConf.create(json.loads(lora_json))
-    model = skeleton(config, task, num_labels)
-    _apply_lora_to(model, lora, task)
-    return model
+    return skeleton(config, task, num_labels)
 
 
 def check_task(config, task: str, label: str) -> None:
