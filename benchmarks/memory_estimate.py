@@ -8,7 +8,7 @@ those batch shapes (lorasweep.estimate.measure). Measured on CPU: what the CPU a
 second step (torch.profiler memory events) on top of what was live when it began, and beside it the
 live-tensor peak; on CUDA: torch.cuda.max_memory_allocated over the second step. error = predicted / measured
 - 1. The rows span rank 1-64, targets qv/all, batch, sequence length, gradient checkpointing, nf4 and int8
-bases, adamw8bit, bf16, and two architectures (MiniLM classification, tiny Llama causal LM).
+bases, adamw8bit, bf16, DoRA and PiSSA, and two architectures (MiniLM classification, tiny Llama causal LM).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ CONFIGS = [
     ("minilm all adamw8bit", [*MINILM, "lora=all", "lora.rank=32", "optim.name=adamw8bit",
                               "optim.min_8bit_size=1024"], 16, 64),
     ("minilm qv accum2", [*MINILM, "trainer.batch_size=32", "trainer.grad_accum=2"], 16, 64),
+    ("minilm all dora", [*MINILM, "lora=all", "lora.dora=true"], 16, 64),
+    ("minilm qv pissa r16", [*MINILM, "lora.init=pissa", "lora.rank=16"], 16, 64),
     ("llama qv r8", [*LLAMA], 8, 64),
     ("llama all r1", [*LLAMA, "lora=all", "lora.rank=1"], 8, 64),
     ("llama all r32", [*LLAMA, "lora=all", "lora.rank=32"], 8, 64),  # tiny Llama: k, v are 64 -> 32
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", type=int, default=None, help="row numbers (0-based)")
     parser.add_argument("--quick", action="store_true", help="three rows (CI: gpu-check-cpu)")
     args = parser.parse_args(argv)
-    chosen = [CONFIGS[i] for i in (args.only or ([0, 17, 22] if args.quick else range(len(CONFIGS))))]
+    chosen = [CONFIGS[i] for i in (args.only or ([0, 19, 24] if args.quick else range(len(CONFIGS))))]
     print(f"{'config':32} {'micro x seq':>11} {'predicted MiB':>13} {'measured MiB':>12} {'live MiB':>9} "
           f"{'error':>7} {'estimate s':>10}", flush=True)
     errors = []
