@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .choices import FOUR_BIT
+
 
 class ParameterCount(NamedTuple):
     trainable: int
@@ -20,7 +22,7 @@ def logical_numel(parameter: torch.Tensor) -> int:
     (n·m/2, 1) uint8), so its count is that of the matrix it quantizes."""
     quant_state = getattr(parameter, "quant_state", None)
     shape = getattr(quant_state, "shape", None)
-    if shape is not None and getattr(parameter, "quant_type", None) in ("nf4", "fp4"):
+    if shape is not None and getattr(parameter, "quant_type", None) in FOUR_BIT:
         return int(torch.Size(shape).numel())
     return parameter.numel()
 
