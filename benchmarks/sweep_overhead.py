@@ -1,13 +1,25 @@
-"""Sweep overhead: 8 short trials in ONE worker (model and data loaded once) vs a process per trial (what
-Hydra's multirun does), in the same run. Reports wall time / time inside the training loops for each.
+"""Sweep overhead, from the command line as a user runs it: startup (command to the first trial's first step)
+apart from the per-trial cost (what each further trial adds beyond its own training loop).
 
-    python benchmarks/sweep_overhead.py [--trials 8] [--steps 10]
+`lorasweep sweep SPEC` runs in a fresh process twice per repeat, with a short and a long budget (`--few` and
+`--trials` trials of `--steps` steps, one worker); every run records its own loop time (perf/loop_time_s). With
+wall(N) = startup + N x per_trial + loops(N), two budgets give both unknowns:
+
+    per_trial = ((wall_long - loops_long) - (wall_short - loops_short)) / (long - short)
+    startup   = (wall_short - loops_short) - short x per_trial
+
+Repeats are interleaved (short, long, short, long, ...); the table gives median and min-max over them.
+`--process-per-trial` also times the same configs as one `lorasweep train` process each (Hydra multirun's way).
+
+    python benchmarks/sweep_overhead.py [--trials 8] [--few 2] [--steps 10] [--repeats 3] [--process-per-trial]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,25 +27,16 @@ import textwrap
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+COMMON = ["trainer.eval_every=0", "trainer.batch_size=16", "data.max_eval_examples=64", "tracking=none",
+          "trainer.progress=false"]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args(argv)
-    from lorasweep.cli import _quiet_libraries
-    from lorasweep.runstore import RunStore
-    from lorasweep.sweep.launch import run_sweep
-
-    _quiet_libraries()
-    work = Path(tempfile.mkdtemp(prefix="lorasweep-bench-"))
-    spec = work / "spec.yaml"
-    spec.write_text(textwrap.dedent(f"""
-        study: overhead
-        n_trials: {args.trials}
+def _spec(work: Path, trials: int) -> Path:
+    path = work / f"spec{trials}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        study: overhead{trials}
+        n_trials: {trials}
         pruner: {{name: none}}
         sampler: {{name: random, seed: 0}}
         params:
@@ -41,29 +44,61 @@ def main(argv=None) -> int:
           lora.targets: {{type: categorical, choices: [qv, all]}}
           optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-3, log: true}}
     """))
-    common = [f"trainer.max_steps={args.steps}", "trainer.eval_every=0", "trainer.batch_size=16",
-              "data.max_eval_examples=64", "tracking=none", "trainer.progress=false"]
+    return path
 
+
+def _sweep(work: Path, trials: int, steps: int, extra: list[str]) -> tuple[float, float, list[str]]:
+    """(wall seconds of the command, seconds inside its training loops, the trials' overrides)."""
+    root = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
     start = time.perf_counter()
-    study, _ = run_sweep(str(spec), [*common, f"run_root={work / 'worker'}"])
-    worker_wall = time.perf_counter() - start
-    trials = study.get_trials()
-    worker_loop = sum(t.user_attrs["metrics"]["perf/loop_time_s"] for t in trials)
+    subprocess.run([sys.executable, "-m", "lorasweep.cli", "sweep", str(_spec(work, trials)), *COMMON, *extra,
+                    f"trainer.max_steps={steps}", f"run_root={root}"], check=True, capture_output=True, env=ENV)
+    wall = time.perf_counter() - start
+    records = [json.loads(p.read_text()) for p in root.glob("*/metrics.json")]
+    assert len(records) == trials, f"{len(records)} runs for {trials} trials"
+    return wall, sum(r["perf/loop_time_s"] for r in records), [r["config_hash"] for r in records]
 
-    start = time.perf_counter()
-    loops = 0.0
-    for t in trials:  # the same configs, one fresh process each
-        overrides = [o for o in t.user_attrs["overrides"] if not o.startswith(("run_root=", "sweep="))]
-        subprocess.run([sys.executable, "-m", "lorasweep.cli", "train", *overrides, f"run_root={work / 'procs'}"],
-                       check=True, capture_output=True)
-        loops += RunStore(work / "procs").run(t.user_attrs["config_hash"]).metrics()["perf/loop_time_s"]
-    procs_wall = time.perf_counter() - start
 
-    print(f"{args.trials} trials × {args.steps} steps, MiniLM, batch 16")
-    print(f"{'mode':<22} {'wall s':>8} {'in loops s':>11} {'wall/loops':>11}")
-    print(f"{'one worker (reuse)':<22} {worker_wall:>8.1f} {worker_loop:>11.1f} {worker_wall / worker_loop:>11.3f}")
-    print(f"{'process per trial':<22} {procs_wall:>8.1f} {loops:>11.1f} {procs_wall / loops:>11.3f}")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--few", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--process-per-trial", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="more overrides for every trial (e.g. trainer.predict_memory=false)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="lorasweep-bench-"))
+    startups, per_trials, ratios = [], [], []
+    for _ in range(args.repeats):
+        short = _sweep(work, args.few, args.steps, args.overrides)
+        long = _sweep(work, args.trials, args.steps, args.overrides)
+        per_trial = ((long[0] - long[1]) - (short[0] - short[1])) / (args.trials - args.few)
+        per_trials.append(per_trial)
+        startups.append((short[0] - short[1]) - args.few * per_trial)
+        ratios.append(long[0] / long[1])
+    print(f"one worker, MiniLM, batch 16, {args.steps} steps a trial; {args.few} and {args.trials} trials, "
+          f"{args.repeats} interleaved repeats {' '.join(args.overrides)}")
+    print(f"{'figure':<34} {'median':>8} {'min':>8} {'max':>8}")
+    for name, values in (("startup s (command -> first step)", startups), ("per-trial cost s", per_trials),
+                         (f"wall / loops ({args.trials} trials)", ratios)):
+        print(f"{name:<34} {statistics.median(values):>8.2f} {min(values):>8.2f} {max(values):>8.2f}")
+    if args.process_per_trial:
+        _process_per_trial(work, args)
     return 0
+
+
+def _process_per_trial(work: Path, args) -> None:
+    """The same kind of trials, a fresh `lorasweep train` process each: wall / loops."""
+    root = work / "procs"
+    start, loops = time.perf_counter(), 0.0
+    for rank in range(1, args.trials + 1):
+        subprocess.run([sys.executable, "-m", "lorasweep.cli", "train", *COMMON, *args.overrides,
+                        f"trainer.max_steps={args.steps}", f"lora.rank={rank}", f"run_root={root}"],
+                       check=True, capture_output=True, env=ENV)
+    for path in root.glob("*/metrics.json"):
+        loops += json.loads(path.read_text())["perf/loop_time_s"]
+    print(f"{'process per trial: wall / loops':<34} {(time.perf_counter() - start) / loops:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_
     if slurm or dry_run or array is not None:
         if not slurm:
             raise click.UsageError("--array and --dry-run go with --slurm")
-        from .slurm.submit import submit_sweep
+        from .sweep.slurm_array import submit_sweep
 
         console.print_submission(submit_sweep(spec, overrides, array=array, n_trials=n_trials, storage=storage,
                                               study=study, dry_run=dry_run), dry_run)

@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from .adapt import adapt_model
+from .choices import SCHEDULES
 from .errors import UserError
 
 
@@ -69,9 +70,13 @@ def total_optimizer_steps(cfg, n_examples: int, micro: int) -> int:
     return cfg.trainer.epochs * (batches_per_epoch // cfg.trainer.grad_accum)
 
 
+# choices.SCHEDULES -> transformers' name (every one warms up first).
+TRANSFORMERS_SCHEDULES = dict(zip(SCHEDULES, ("linear", "cosine", "constant_with_warmup")))
+
+
 def build_scheduler(optimizer, optim_cfg, total_steps: int):
     """transformers' schedules: warmup from 0 over warmup_steps, then linear/cosine decay to 0 or constant."""
     from transformers import get_scheduler
 
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim_cfg.schedule]
+    name = TRANSFORMERS_SCHEDULES[optim_cfg.schedule]
     return get_scheduler(name, optimizer, num_warmup_steps=optim_cfg.warmup_steps, num_training_steps=total_steps)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from . import checkpoint as ckpt
 from .components import build_components
 from .config import config_hash
+from .errors import one_line
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
 from .lora import save_adapter
@@ -144,5 +145,5 @@ def _record(loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: 
     record = {**figures, **loop.final_metrics(), "memory/peak_bytes": memory.peak_bytes(), "status": status,
               "step": loop.position.step, "config_hash": digest}
     if error is not None:
-        record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+        record["error"] = one_line(f"{type(error).__name__}: {error}", 500)
     return record

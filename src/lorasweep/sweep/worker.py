@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..config import compose, config_hash
+from ..errors import one_line
 from ..estimate.fit import check_trial_memory
 from ..resources import Resources
 from ..ranks import broadcast_from_main
@@ -141,7 +142,7 @@ def _dead_local_worker(label: str, host: str) -> bool:
 
 
 def _reseeded(sampler, spec: SweepSpec, index: int):
-    from .study import make_sampler
+    from .samplers import make_sampler
 
     shifted = SweepSpec.from_dict({**spec.to_dict(), "sampler": {**spec.sampler,
                                    "seed": (spec.sampler.get("seed") or 0) + 1000 * index}})
@@ -173,7 +174,7 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
     except UpdateFinishedTrialError:
         raise  # not this trial's failure: another worker already failed it as stale (run_worker)
     except Exception as exc:  # noqa: BLE001 - any failure ends this trial, never the sweep
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        trial.set_user_attr("fail_reason", one_line(f"{type(exc).__name__}: {exc}", 500))
         if state.num_processes > 1:  # the other ranks may be inside a collective: end the worker, so that
             trial.study.tell(trial, state=TrialState.FAIL)  # torchrun stops them all (other workers go on)
             raise
