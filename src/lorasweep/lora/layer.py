@@ -135,7 +135,10 @@ class LoraLayer(nn.Module):
     def row_norms(self) -> torch.Tensor:
         """‖W0 + scale·B·A‖ per adapted row (detached), without forming the matrix (see the module docstring).
         In the parameters' dtype even under autocast: a bf16 cross term would move the gain by ~1e-3."""
-        with torch.autocast(self.lora_A.device.type, enabled=False):
+        device = self.lora_A.device.type
+        if device not in ("cpu", "cuda"):  # meta (the preflight skeleton): no autocast there to switch off
+            return self._row_norms()
+        with torch.autocast(device, enabled=False):
             return self._row_norms()
 
     def _row_norms(self) -> torch.Tensor:
