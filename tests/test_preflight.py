@@ -149,3 +149,11 @@ def test_eight_bit_run_says_its_small_matrices_kept_32_bit_state(tmp_path, capsy
     assert main(["train", *SMALL, "optim.name=adamw8bit", "lora.rank=2", "optim.min_8bit_size=0",
                  f"run_root={tmp_path}"]) == 0
     assert "32-bit" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant", [["lora.dora=true"], ["lora.init=pissa"], ["lora.init=olora", "lora=all"],
+                                     ["model=tiny_gpt2", "data=synth_sft", "lora.dora=true"]])
+def test_variants_pass_the_skeleton_check(capsys, variant):
+    """DoRA and the weight-derived inits run on the meta skeleton too (no autocast, no SVD of real weights)."""
+    assert main(["train", "--cfg", *variant]) == 0
+    assert "# config hash: " in capsys.readouterr().out
