@@ -45,6 +45,7 @@ COVERED = {
     r"^report --study \w+$": ["tests/test_preflight.py::test_report_writes_no_wandb_run_for_an_untracked_sweep"],
     r"^report --study \w+ --out \S+ --wandb none$": ["tests/test_report_glance.py::test_summary_names_best_trial_hash_and_adapter"],
     r"^report --study \w+ --table \S+ \S+$": ["tests/test_report.py::test_report_page_pivot_table_and_wandb"],
+    r"^report --study \w+ --table \S+ \S+ --split \S+$": ["tests/test_pivot_split.py::test_split_through_the_cli"],
     r"^dashboard --study": ["tests/test_report.py::test_dashboard_serves_the_study"],
     r"^reproduce \w+$": ["tests/test_reproduce.py::test_reproduce_is_bitwise_equal_on_cpu"],
     r"^reproduce \w+ --tolerance": ["tests/test_reproduce_tolerance.py::test_tolerance_option_accepts_a_small_difference"],
@@ -55,6 +56,8 @@ COVERED = {
     r"^predict ": ["tests/test_multi_adapter.py::test_predict_command_line",
                    "tests/test_multi_adapter.py::test_predict_file_causal_lm_generates_per_adapter"],
     r"^demo": ["tests/test_cli.py::test_demo_compares_lora_with_full_fine_tuning"],
+    r"^estimate": ["tests/test_estimate_cli.py::test_estimate_prints_the_account_as_text_and_json",
+                   "tests/test_estimate_cli.py::test_estimate_of_llama3_8b_runs_offline_from_the_command_line"],
 }
 # Make targets CI (.ci/run) does not run, and why.
 BY_HAND = {

@@ -9,9 +9,9 @@ from optuna.trial import TrialState
 from lorasweep.config import compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.estimate import estimate_config
-from lorasweep.estimate.fit import (OVER_CAP_ATTR, constraint, estimate_sweep, format_sweep_estimate,
-                                    plan_micro_batch)
+from lorasweep.estimate.fit import OVER_CAP_ATTR, constraint, plan_micro_batch
 from lorasweep.runstore import RunStore
+from lorasweep.sweep.memory_estimate import estimate_sweep, format_sweep_estimate
 
 LLAMA = ["model=tiny_llama", "data=synth_sft", "lora=all", "tracking=none", "trainer=smoke",
          "data.max_train_examples=64", "data.max_eval_examples=8", "trainer.eval_batch_size=8"]

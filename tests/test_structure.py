@@ -77,8 +77,6 @@ def test_cycle_finder_sees_a_cycle_through_a_function_level_import():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="estimate/fit.py's estimate_sweep imports sweep.spec and sweep.worker: it "
-                                       "belongs in sweep/ (then remove this mark)")
 def test_no_import_cycle_among_modules_or_top_level_parts():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}

@@ -127,11 +127,10 @@ def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_
     if memory_cap is not None:  # stored with the study's overrides, so every worker (and SLURM task) applies it
         from .estimate import parse_memory_size
 
-        parse_memory_size(memory_cap, "--memory-cap")
-        overrides.append(f"cluster.memory_cap={memory_cap}")
+        overrides.append(f"cluster.memory_cap={parse_memory_size(memory_cap, '--memory-cap')}")
     spec = str(find_spec(spec))
     if estimate_only:
-        from .estimate.fit import estimate_sweep, format_sweep_estimate
+        from .sweep.memory_estimate import estimate_sweep, format_sweep_estimate
         from .sweep.launch import prepare
 
         sweep_spec, _ = prepare(spec, overrides, n_trials, storage, study)
@@ -172,6 +171,10 @@ def worker(study, storage, memory_cap, config_dir):
     from .sweep.worker import run_worker
 
     use_config_dir(config_dir)
+    if memory_cap is not None:  # a bad cap is bad input here, not a failure of every trial
+        from .estimate import parse_memory_size
+
+        memory_cap = parse_memory_size(memory_cap, "--memory-cap")
     stop = StopOnSignal().install()
     done = run_worker(study, storage, should_stop=stop, memory_cap=memory_cap)
     click.echo(f"worker {'stopped by ' + stop.received if stop.received else 'finished'}: {done} trials")
@@ -226,11 +229,15 @@ def status(study, storage, run_root):
               help="the W&B summary run; auto: in the trials' own W&B mode, none where they were not tracked")
 @click.option("--table", nargs=2, default=None, metavar="ROW COL",
               help="paper-style pivot: rows one searched param, columns another, cells the best objective")
-def report(study, storage, run_root, out, wandb_mode, table):
+@click.option("--split", default=None, metavar="KEY", help="with --table: a third searched param splitting the columns")
+def report(study, storage, run_root, out, wandb_mode, table, split):
     """Leaderboard, HTML report with plots, W&B summary run."""
     from .sweep.report import make_report
 
-    for line in make_report(study, storage, run_root, out, wandb_mode, list(table) if table else None):
+    if split and not table:
+        raise click.UsageError("--split goes with --table ROW COL")
+    keys = [*table, *([split] if split else [])] if table else None
+    for line in make_report(study, storage, run_root, out, wandb_mode, keys):
         click.echo(line)
     return 0
 

@@ -142,60 +142,6 @@ def with_micro_batch(cfg, micro: int):
     return copy
 
 
-def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = None) -> list[dict]:
-    """`lorasweep sweep SPEC --estimate`: the predicted peak of every grid point, or of the corners of the search
-    space (each numeric range at its low and high, every categorical choice), and which exceed the cap.
-    Params that cannot change memory (learning rate, alpha, ...) are held at one value, so each memory-relevant
-    point is traced once."""
-    import itertools
-
-    from ..config import compose
-    from ..sweep.spec import grid_points
-    from ..sweep.worker import trial_overrides
-
-    if spec.sampler["name"] == "grid":
-        points = grid_points(spec.params)
-    else:
-        axes = [_corner_values(p) for p in spec.params]
-        points = [dict(zip([p.key for p in spec.params], values)) for values in itertools.product(*axes)]
-    rows = []
-    for point in points:
-        cfg = compose(trial_overrides(spec, overrides, point))
-        limit = memory_cap(cfg, cap)  # the spec's memory_cap is in its fixed overrides (cluster.memory_cap)
-        estimate = estimate_config(cfg, device)
-        rows.append({"params": point, "config_hash": estimate["config_hash"],
-                     "memory/predicted_peak_bytes": run_peak(estimate)[0],
-                     "cap_bytes": limit, "over_cap": over_cap(estimate, limit) if limit else None})
-    return rows
-
-
-MEMORY_NEUTRAL_KEYS = ("optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
-                       "optim.warmup_steps", "optim.schedule", "lora.alpha", "seed", "trainer.max_steps",
-                       "trainer.eval_every", "trainer.epochs")
-
-
-def _corner_values(param) -> list:
-    if param.type == "categorical":
-        return list(param.choices) if param.key not in MEMORY_NEUTRAL_KEYS else list(param.choices[:1])
-    low = int(param.low) if param.type == "int" else float(param.low)
-    high = int(param.high) if param.type == "int" else float(param.high)
-    return [low] if param.key in MEMORY_NEUTRAL_KEYS or low == high else [low, high]
-
-
-def format_sweep_estimate(rows: list[dict]) -> str:
-    """The table `sweep --estimate` prints: one line per point, the over-cap ones marked with the reason."""
-    lines = []
-    for row in rows:
-        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-        verdict = f"OVER: {row['over_cap']}" if row["over_cap"] else ("fits" if row["cap_bytes"] else "")
-        lines.append(f"{format_bytes(row['memory/predicted_peak_bytes']):>10}  {row['config_hash']}  {params}"
-                     + (f"  {verdict}" if verdict else ""))
-    over = sum(1 for r in rows if r["over_cap"])
-    lines.append(f"{len(rows)} points, {over} over the cap" if any(r["cap_bytes"] for r in rows)
-                 else f"{len(rows)} points (no cap given)")
-    return "\n".join(lines)
-
-
 def check_trial_memory(trial, cfg, cap=None) -> str | None:
     """A sweep trial under a memory cap (`cap`, a worker's own, else the config's): its prediction recorded on
     the trial (user attrs), and the reason it must not be trained, or None. The sampler reads OVER_CAP_ATTR
