@@ -1,6 +1,7 @@
 """What runs and sweeps do with the prediction: the run's own step against it, micro_batch=auto, the memory cap
 in sweeps (skipped and explained, infeasible to the sampler), `sweep --estimate`."""
 
+import html
 import textwrap
 
 import pytest
@@ -122,6 +123,13 @@ def test_a_sweep_with_a_cap_skips_and_explains_what_does_not_fit(tmp_path):
     assert skipped.user_attrs["skip_reason"].startswith("predicted ") and "> cap" in skipped.user_attrs["skip_reason"]
     assert constraint(skipped)[0] > 0 >= constraint(trials[2])[0]
     assert not RunStore(tmp_path / "runs").run(skipped.user_attrs["config_hash"]).path.exists()  # never trained
+
+    from lorasweep.cli import main  # the reason where a user reads the sweep: status and the report
+
+    assert main(["status", "--study", "capped", "--run-root", str(tmp_path / "runs")]) == 0
+    assert main(["report", "--study", "capped", "--run-root", str(tmp_path / "runs"), "--wandb", "none"]) == 0
+    page = (tmp_path / "runs" / "reports" / "capped" / "index.html").read_text()
+    assert html.escape(f"not trained: {skipped.user_attrs['skip_reason']}") in page
 
 
 def test_samplers_that_take_constraints_learn_the_cap():

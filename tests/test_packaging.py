@@ -39,6 +39,8 @@ def test_wheel_ships_configs_specs_and_templates_and_runs_outside_the_repository
     expected |= {f"lorasweep/sweeps/{p.name}" for p in (REPO / "sweeps").glob("*.yaml")}
     expected |= {f"lorasweep/slurm_templates/{p.name}" for p in (REPO / "slurm").glob("*.sbatch")}
     expected.add("lorasweep/slurm_templates/launch.sh")  # the launcher both templates share
+    expected |= {f"lorasweep/architectures/{p.name}"  # the shipped big-model shapes (lorasweep estimate offline)
+                 for p in (REPO / "src" / "lorasweep" / "architectures").glob("*.json")}
     assert expected - names == set()
     assert not [n for n in names if n.startswith("lorasweep/conf/local/")]
 

@@ -21,7 +21,8 @@ from ..spec import SweepSpec
 
 # What each trial cost, as columns: metric -> title (the registry's label).
 COSTS = {m: label(m) for m in (
-    "params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "perf/loop_time_s")}
+    "params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "memory/predicted_peak_bytes",
+    "perf/loop_time_s")}
 
 
 @dataclass
@@ -115,6 +116,8 @@ def _row(t: FrozenTrial, spec: SweepSpec, default_root: Path) -> TrialRow:
 def _status(t: FrozenTrial, curve: list, stored: dict) -> str:
     if t.state == TrialState.COMPLETE:
         return "complete"
+    if t.state == TrialState.PRUNED and t.user_attrs.get("skip_reason"):  # over the memory cap: never trained
+        return f"not trained: {t.user_attrs['skip_reason']}"
     if t.state == TrialState.PRUNED:
         step = curve[-1][0] if curve else stored.get("step")
         return f"pruned at step {step}" if step is not None else "pruned"

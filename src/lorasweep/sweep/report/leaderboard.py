@@ -22,6 +22,8 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
             row[objective.metric] = metrics.get(objective.metric)
         if t.state == TrialState.FAIL:
             row["note"] = t.user_attrs.get("fail_reason", "")
+        elif t.user_attrs.get("skip_reason"):  # over the memory cap: pruned before training
+            row["note"] = f"not trained: {t.user_attrs['skip_reason']}"
         rows.append(row)
     first = spec.objectives[0]
     return best_first(rows, lambda r: r[first.metric], first.direction, lambda r: r["trial"])
