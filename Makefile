@@ -6,7 +6,7 @@ TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-wheel test-slow test-slurm slurm-up slurm-down bench gpu-check gpu-check-cpu clean
+.PHONY: lint setup demo test test-wheel test-slow test-slurm slurm-up slurm-down bench gpu-check gpu-check-cpu clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,11 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/lorasweep train trainer.eval_at_start=true
+
+# ruff: lint and format check (configured in pyproject.toml); `ruff format` and `ruff check --fix` repair most.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 # The default run (what a developer runs; ~4-5 min on 2 cores). CI also runs test-wheel, test-slow, test-slurm.
 test: setup

@@ -56,8 +56,7 @@ def make_peft(preset, dora=False):
 
     model = _base()
     names = [t.name for t in resolve_targets(model, preset)]  # exactly the same modules as lorasweep
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, modules_to_save=["classifier"],
-                        use_dora=dora)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, modules_to_save=["classifier"], use_dora=dora)
     return get_peft_model(model, config).train()
 
 
@@ -104,8 +103,10 @@ def main(argv=None) -> int:
             variants[f"peft {tag}"] = Stepper(make_peft(preset, kind == "dora"), batch)
             variants[f"lorasweep {tag}"] = Stepper(make_lorasweep(preset, kind == "dora"), batch)
 
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}×{args.seq}, r={RANK}")
+    print(
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}×{args.seq}, r={RANK}"
+    )
     times, median = time_interleaved(variants, args.repeats)
 
     print(f"\n{'variant':<21} {'median s':>9} {'min s':>7} {'max s':>7} {'/ bound':>8} {'/ peft':>7}")

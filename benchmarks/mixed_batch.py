@@ -34,8 +34,15 @@ from lorasweep.lora.multi import load_adapters
 from lorasweep.models import build_tiny, load_pretrained, packaged_minilm_dir
 
 LOADED = 32
-SMALL_LLAMA = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-                   num_key_value_heads=4, vocab_size=8192, max_position_embeddings=256)
+SMALL_LLAMA = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    vocab_size=8192,
+    max_position_embeddings=256,
+)
 
 
 DEVICE = torch.device("cpu")  # --device
@@ -89,8 +96,10 @@ def timed(fn) -> float:
 
 def bench_model(name: str, args) -> list[tuple]:
     gen = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 8000, (args.batch, args.seq), generator=gen),
-             "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(1000, 8000, (args.batch, args.seq), generator=gen),
+        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
+    }
     batch = {k: v.to(DEVICE) for k, v in batch.items()}
     if name == "llama":
         batch["logits_to_keep"] = 1
@@ -103,8 +112,11 @@ def bench_model(name: str, args) -> list[tuple]:
             peft, merged = make_peft(name, paths), make_merged(name, paths[0])
             per_adapter = statistics.mean(loaded.bytes_per_adapter().values())
             file_bytes = sum((p / "adapter_model.safetensors").stat().st_size for p in paths) / len(paths)
-            print(f"{name} r={rank}: {per_adapter / 2**20:.2f} MiB stacked A,B per loaded adapter "
-                  f"({file_bytes / 2**20:.2f} MiB adapter file)", flush=True)
+            print(
+                f"{name} r={rank}: {per_adapter / 2**20:.2f} MiB stacked A,B per loaded adapter "
+                f"({file_bytes / 2**20:.2f} MiB adapter file)",
+                flush=True,
+            )
             for distinct in args.distinct:
                 ids = (torch.arange(args.batch) % distinct).to(DEVICE)
                 names = [f"a{i}" for i in ids.tolist()]
@@ -119,8 +131,12 @@ def bench_model(name: str, args) -> list[tuple]:
                         with loaded.use(torch.full((len(rows_k),), k, device=DEVICE)):
                             ours(**{key: v[rows_k] if torch.is_tensor(v) else v for key, v in batch.items()})
 
-                variants = {"ours": run_ours, "peft": lambda: peft(**batch, adapter_names=names),
-                            "split": run_split, "merged": lambda: merged(**batch)}
+                variants = {
+                    "ours": run_ours,
+                    "peft": lambda: peft(**batch, adapter_names=names),
+                    "split": run_split,
+                    "merged": lambda: merged(**batch),
+                }
                 for fn in variants.values():  # warm-up
                     timed(fn)
                 times = {v: [] for v in variants}
@@ -129,8 +145,11 @@ def bench_model(name: str, args) -> list[tuple]:
                         times[v].append(timed(fn))
                 med = {v: statistics.median(t) for v, t in times.items()}
                 rows.append((name, rank, distinct, med))
-                print(f"  {distinct:>2} distinct: ours {med['ours']:.3f}s  peft {med['peft']:.3f}s  "
-                      f"split {med['split']:.3f}s  merged {med['merged']:.3f}s", flush=True)
+                print(
+                    f"  {distinct:>2} distinct: ours {med['ours']:.3f}s  peft {med['peft']:.3f}s  "
+                    f"split {med['split']:.3f}s  merged {med['merged']:.3f}s",
+                    flush=True,
+                )
     return rows
 
 
@@ -152,15 +171,22 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if max(args.distinct) > LOADED or max(args.distinct) > args.batch:
         parser.error(f"--distinct must be at most {min(LOADED, args.batch)}")
-    print(f"torch {torch.__version__}, {DEVICE}, {torch.get_num_threads()} threads, batch {args.batch}×{args.seq}, "
-          f"preset {args.preset}, {LOADED} adapters loaded, {args.repeats} interleaved rounds", flush=True)
+    print(
+        f"torch {torch.__version__}, {DEVICE}, {torch.get_num_threads()} threads, batch {args.batch}×{args.seq}, "
+        f"preset {args.preset}, {LOADED} adapters loaded, {args.repeats} interleaved rounds",
+        flush=True,
+    )
     rows = [row for name in args.models for row in bench_model(name, args)]
 
-    print(f"\nthroughput ratios (>1: ours faster)\n{'model':<7} {'r':>3} {'distinct':>8} {'ours s':>7} "
-          f"{'vs peft':>8} {'vs split':>9} {'vs merged':>10}")
+    print(
+        f"\nthroughput ratios (>1: ours faster)\n{'model':<7} {'r':>3} {'distinct':>8} {'ours s':>7} "
+        f"{'vs peft':>8} {'vs split':>9} {'vs merged':>10}"
+    )
     for name, rank, distinct, med in rows:
-        print(f"{name:<7} {rank:>3} {distinct:>8} {med['ours']:>7.3f} {med['peft'] / med['ours']:>8.2f} "
-              f"{med['split'] / med['ours']:>9.2f} {med['merged'] / med['ours']:>10.2f}")
+        print(
+            f"{name:<7} {rank:>3} {distinct:>8} {med['ours']:>7.3f} {med['peft'] / med['ours']:>8.2f} "
+            f"{med['split'] / med['ours']:>9.2f} {med['merged'] / med['ours']:>10.2f}"
+        )
     return 0
 
 

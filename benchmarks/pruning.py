@@ -44,23 +44,34 @@ def main(argv=None) -> int:
         del pruners["median"]
     results = {}
     for label, pruner in pruners.items():
-        spec = {**headline, "study": f"prune-{label}", "pruner": pruner,
-                "fixed": [f for f in headline["fixed"] if not f.startswith("trainer.max_steps")]}
+        spec = {
+            **headline,
+            "study": f"prune-{label}",
+            "pruner": pruner,
+            "fixed": [f for f in headline["fixed"] if not f.startswith("trainer.max_steps")],
+        }
         path = work / f"{label}.yaml"
         path.write_text(yaml.safe_dump(spec))
-        study, _ = run_sweep(str(path), [f"trainer.max_steps={args.steps}", "tracking=none",
-                                         "trainer.progress=false", f"run_root={work / label}"],
-                             n_trials=args.trials)
+        study, _ = run_sweep(
+            str(path),
+            [f"trainer.max_steps={args.steps}", "tracking=none", "trainer.progress=false", f"run_root={work / label}"],
+            n_trials=args.trials,
+        )
         trials = study.get_trials()
         best = min(t.values[0] for t in trials if t.state.name == "COMPLETE")
-        results[label] = (sum(steps_trained(t, args.steps) for t in trials), best,
-                          sum(t.state.name == "PRUNED" for t in trials))
+        results[label] = (
+            sum(steps_trained(t, args.steps) for t in trials),
+            best,
+            sum(t.state.name == "PRUNED" for t in trials),
+        )
     s_n, b_n, _ = results["none"]
     print(f"{args.trials} trials x {args.steps} steps, {SPEC.name}; unpruned: {s_n} steps, best eval/loss {b_n:.4f}")
     for label in (k for k in pruners if k != "none"):
         steps, best, pruned = results[label]
-        print(f"{label:>6} {pruners[label]}: {steps} steps ({pruned} pruned), best eval/loss {best:.4f}; "
-              f"steps ratio {steps / s_n:.3f} (target <= 0.5), best-loss ratio {best / b_n:.4f} (target <= 1.02)")
+        print(
+            f"{label:>6} {pruners[label]}: {steps} steps ({pruned} pruned), best eval/loss {best:.4f}; "
+            f"steps ratio {steps / s_n:.3f} (target <= 0.5), best-loss ratio {best / b_n:.4f} (target <= 1.02)"
+        )
     return 0
 
 

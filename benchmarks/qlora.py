@@ -63,8 +63,9 @@ def make_peft(base, preset):
 
     model = copy.deepcopy(base)
     names = [t.name for t in resolve_targets(model, preset)]  # exactly the same modules as lorasweep
-    return get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names,
-                                            modules_to_save=["classifier"])).train()
+    return get_peft_model(
+        model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, modules_to_save=["classifier"])
+    ).train()
 
 
 class Stepper:
@@ -98,8 +99,10 @@ def step_main(args) -> int:
     for preset in args.presets:
         variants[f"peft {preset}"] = Stepper(make_peft(base, preset), batch, device)
         variants[f"lorasweep {preset}"] = Stepper(make_lorasweep(base, preset), batch, device)
-    print(f"QLoRA nf4 MiniLM, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}×{args.seq}, r={RANK}")
+    print(
+        f"QLoRA nf4 MiniLM, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}×{args.seq}, r={RANK}"
+    )
     times, median = time_interleaved(variants, args.repeats)
     print(f"\n{'variant':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'/ peft':>7}")
     ratios = {}
@@ -116,6 +119,7 @@ def step_main(args) -> int:
 
 
 # ---- memory table --------------------------------------------------------------------------------------------
+
 
 def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq, device) -> dict:
     """Runs in a child process: the memory account and the peak of one configuration."""
@@ -140,8 +144,15 @@ def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq,
         ids = torch.randint(1000, 20000, (batch_size, seq))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch_size,))}
     else:
-        model = build_tiny("llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=4, vocab_size=32000).to(device)
+        model = build_tiny(
+            "llama",
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=32000,
+        ).to(device)
         head = []
         ids = torch.randint(4, 32000, (batch_size, seq))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
@@ -165,10 +176,20 @@ def memory_main(args) -> int:
     for model_name in ("minilm", "tiny_llama"):
         for quantization in ("none", "nf4"):
             for optimizer_name in ("adamw", "adamw8bit"):
-                code = ("import json, sys; sys.path.insert(0, %r); import qlora; print('RESULT ' + json.dumps("
-                        "qlora.one_config(%r, %r, %r, %d, %d, %d, %r)))" % (
-                            str(Path(__file__).parent), model_name, quantization, optimizer_name, args.steps,
-                            args.batch, args.seq, args.device))
+                code = (
+                    "import json, sys; sys.path.insert(0, %r); import qlora; print('RESULT ' + json.dumps("
+                    "qlora.one_config(%r, %r, %r, %d, %d, %d, %r)))"
+                    % (
+                        str(Path(__file__).parent),
+                        model_name,
+                        quantization,
+                        optimizer_name,
+                        args.steps,
+                        args.batch,
+                        args.seq,
+                        args.device,
+                    )
+                )
                 out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
                 line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
                 rows.append((model_name, quantization, optimizer_name, json.loads(line[7:])))
@@ -177,9 +198,11 @@ def memory_main(args) -> int:
     print("| model | base | optimizer | base weights | trainable | gradients | optimizer state | peak |")
     print("|---|---|---|---|---|---|---|---|")
     for model_name, quantization, optimizer_name, a in rows:
-        print(f"| {model_name} | {quantization} | {optimizer_name} | {mib(a['memory/base_weights_bytes'])} | "
-              f"{mib(a['memory/trainable_bytes'])} | {mib(a['memory/gradient_bytes'])} | "
-              f"{mib(a['memory/optimizer_state_bytes'])} | {mib(a['memory/peak_bytes'])} |")
+        print(
+            f"| {model_name} | {quantization} | {optimizer_name} | {mib(a['memory/base_weights_bytes'])} | "
+            f"{mib(a['memory/trainable_bytes'])} | {mib(a['memory/gradient_bytes'])} | "
+            f"{mib(a['memory/optimizer_state_bytes'])} | {mib(a['memory/peak_bytes'])} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -28,13 +28,19 @@ import time
 from pathlib import Path
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-COMMON = ["trainer.eval_every=0", "trainer.batch_size=16", "data.max_eval_examples=64", "tracking=none",
-          "trainer.progress=false"]
+COMMON = [
+    "trainer.eval_every=0",
+    "trainer.batch_size=16",
+    "data.max_eval_examples=64",
+    "tracking=none",
+    "trainer.progress=false",
+]
 
 
 def _spec(work: Path, trials: int) -> Path:
     path = work / f"spec{trials}.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         study: overhead{trials}
         n_trials: {trials}
         pruner: {{name: none}}
@@ -43,7 +49,8 @@ def _spec(work: Path, trials: int) -> Path:
           lora.rank: {{type: int, low: 1, high: 64, log: true}}
           lora.targets: {{type: categorical, choices: [qv, all]}}
           optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-3, log: true}}
-    """))
+    """)
+    )
     return path
 
 
@@ -51,8 +58,22 @@ def _sweep(work: Path, trials: int, steps: int, extra: list[str]) -> tuple[float
     """(wall seconds of the command, seconds inside its training loops, the trials' overrides)."""
     root = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lorasweep.cli", "sweep", str(_spec(work, trials)), *COMMON, *extra,
-                    f"trainer.max_steps={steps}", f"run_root={root}"], check=True, capture_output=True, env=ENV)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorasweep.cli",
+            "sweep",
+            str(_spec(work, trials)),
+            *COMMON,
+            *extra,
+            f"trainer.max_steps={steps}",
+            f"run_root={root}",
+        ],
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in root.glob("*/metrics.json")]
     assert len(records) == trials, f"{len(records)} runs for {trials} trials"
@@ -66,7 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--process-per-trial", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="more overrides for every trial (e.g. trainer.predict_memory=false)")
+    parser.add_argument(
+        "overrides", nargs="*", help="more overrides for every trial (e.g. trainer.predict_memory=false)"
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="lorasweep-bench-"))
     startups, per_trials, ratios = [], [], []
@@ -77,11 +100,16 @@ def main(argv=None) -> int:
         per_trials.append(per_trial)
         startups.append((short[0] - short[1]) - args.few * per_trial)
         ratios.append(long[0] / long[1])
-    print(f"one worker, MiniLM, batch 16, {args.steps} steps a trial; {args.few} and {args.trials} trials, "
-          f"{args.repeats} interleaved repeats {' '.join(args.overrides)}")
+    print(
+        f"one worker, MiniLM, batch 16, {args.steps} steps a trial; {args.few} and {args.trials} trials, "
+        f"{args.repeats} interleaved repeats {' '.join(args.overrides)}"
+    )
     print(f"{'figure':<34} {'median':>8} {'min':>8} {'max':>8}")
-    for name, values in (("startup s (command -> first step)", startups), ("per-trial cost s", per_trials),
-                         (f"wall / loops ({args.trials} trials)", ratios)):
+    for name, values in (
+        ("startup s (command -> first step)", startups),
+        ("per-trial cost s", per_trials),
+        (f"wall / loops ({args.trials} trials)", ratios),
+    ):
         print(f"{name:<34} {statistics.median(values):>8.2f} {min(values):>8.2f} {max(values):>8.2f}")
     if args.process_per_trial:
         _process_per_trial(work, args)
@@ -93,9 +121,22 @@ def _process_per_trial(work: Path, args) -> None:
     root = work / "procs"
     start, loops = time.perf_counter(), 0.0
     for rank in range(1, args.trials + 1):
-        subprocess.run([sys.executable, "-m", "lorasweep.cli", "train", *COMMON, *args.overrides,
-                        f"trainer.max_steps={args.steps}", f"lora.rank={rank}", f"run_root={root}"],
-                       check=True, capture_output=True, env=ENV)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lorasweep.cli",
+                "train",
+                *COMMON,
+                *args.overrides,
+                f"trainer.max_steps={args.steps}",
+                f"lora.rank={rank}",
+                f"run_root={root}",
+            ],
+            check=True,
+            capture_output=True,
+            env=ENV,
+        )
     for path in root.glob("*/metrics.json"):
         loops += json.loads(path.read_text())["perf/loop_time_s"]
     print(f"{'process per trial: wall / loops':<34} {(time.perf_counter() - start) / loops:>8.2f}")

@@ -45,14 +45,20 @@ class Check:
 
     def run(self, log_dir: Path) -> dict:
         start = time.perf_counter()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "WANDB_MODE": "offline",
-               **self.env}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "WANDB_MODE": "offline",
+            **self.env,
+        }
         try:
-            proc = subprocess.run(self.command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=self.timeout)
+            proc = subprocess.run(self.command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=self.timeout)
             output, code = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            output = (
+                (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            )
             output, code = output + f"\n[timed out after {self.timeout} s]", 124
         seconds = time.perf_counter() - start
         (log_dir / f"{self.name}.log").write_text(" ".join(map(str, self.command)) + "\n\n" + output)
@@ -84,8 +90,11 @@ def _train_judge(run_root: Path, need_accuracy_gain: bool):
             if need_accuracy_gain and "eval/initial_accuracy" in m:
                 ok = ok and m["eval/accuracy"] > m["eval/initial_accuracy"]
                 figures += f" (untrained {m['eval/initial_accuracy']:.3f})"
-        for key, label in (("memory/peak_bytes", "peak"), ("memory/base_weights_bytes", "base"),
-                           ("memory/optimizer_state_bytes", "optim")):
+        for key, label in (
+            ("memory/peak_bytes", "peak"),
+            ("memory/base_weights_bytes", "base"),
+            ("memory/optimizer_state_bytes", "optim"),
+        ):
             if key in m:
                 figures += f", {label} {m[key] / 2**20:.1f} MiB"
         return ok, figures
@@ -117,21 +126,33 @@ def _estimate_judge(output):
     if not found:
         raise ValueError("no summary line")
     n, median, worst = int(found.group(1)), float(found.group(2)), float(found.group(3))
-    return median <= 5 and worst <= 10, f"predicted vs measured peak, {n} configs: median abs error {median:.2f}%, " \
-                                        f"worst {worst:.2f}%"
+    return (
+        median <= 5 and worst <= 10,
+        f"predicted vs measured peak, {n} configs: median abs error {median:.2f}%, worst {worst:.2f}%",
+    )
 
 
 def checks(device: str, work: Path, gpus: int) -> list[Check]:
     cuda = device == "cuda"
-    small = [] if cuda else ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32",
-                             "data.max_length=32"]
+    small = (
+        []
+        if cuda
+        else ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32"]
+    )
     common = ["tracking=none", "trainer.progress=false"]
     out: list[Check] = []
 
     root = work / "demo-bf16"
-    out.append(Check("demo-bf16", _lorasweep(*small, *common, "trainer.mixed_precision=bf16",
-                                             "trainer.eval_at_start=true", f"run_root={root}"),
-                     600 if cuda else 120, _train_judge(root, need_accuracy_gain=cuda)))
+    out.append(
+        Check(
+            "demo-bf16",
+            _lorasweep(
+                *small, *common, "trainer.mixed_precision=bf16", "trainer.eval_at_start=true", f"run_root={root}"
+            ),
+            600 if cuda else 120,
+            _train_judge(root, need_accuracy_gain=cuda),
+        )
+    )
     if cuda and gpus >= 2:
         root1, root2 = work / "ddp-1proc", work / "ddp-2proc"
         args = ["model.dropout=0.0", "trainer.max_steps=60", "trainer.eval_every=30", *common]
@@ -142,39 +163,114 @@ def checks(device: str, work: Path, gpus: int) -> list[Check]:
             m1, m2 = _metrics(root1), _metrics(root2)
             same = m1["config_hash"] == m2["config_hash"]
             close = abs(m1["eval/loss"] - m2["eval/loss"]) < 2e-2
-            return same and close, (f"hash {m2['config_hash']} ({'same' if same else 'DIFFERENT'}), eval/loss "
-                                    f"{m2['eval/loss']:.4f} vs 1-process {m1['eval/loss']:.4f}")
+            return same and close, (
+                f"hash {m2['config_hash']} ({'same' if same else 'DIFFERENT'}), eval/loss "
+                f"{m2['eval/loss']:.4f} vs 1-process {m1['eval/loss']:.4f}"
+            )
 
-        out.append(Check("ddp-2proc", ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m",
-                                       "lorasweep.cli", "train", *args, f"run_root={root2}"], 300, ddp_judge))
+        out.append(
+            Check(
+                "ddp-2proc",
+                [
+                    "accelerate",
+                    "launch",
+                    "--multi_gpu",
+                    "--num_processes",
+                    "2",
+                    "-m",
+                    "lorasweep.cli",
+                    "train",
+                    *args,
+                    f"run_root={root2}",
+                ],
+                300,
+                ddp_judge,
+            )
+        )
     root = work / "qlora-llama"
-    out.append(Check("qlora-nf4-llama", _lorasweep("model=tiny_llama", "data=synth_sft", "lora=all",
-                                                   "model.quantization=nf4", "model.double_quant=true",
-                                                   "optim.name=adamw8bit", *small, *common, f"run_root={root}",
-                                                   *([] if not cuda else ["trainer.max_steps=60"])),
-                     300 if cuda else 120, _train_judge(root, False)))
+    out.append(
+        Check(
+            "qlora-nf4-llama",
+            _lorasweep(
+                "model=tiny_llama",
+                "data=synth_sft",
+                "lora=all",
+                "model.quantization=nf4",
+                "model.double_quant=true",
+                "optim.name=adamw8bit",
+                *small,
+                *common,
+                f"run_root={root}",
+                *([] if not cuda else ["trainer.max_steps=60"]),
+            ),
+            300 if cuda else 120,
+            _train_judge(root, False),
+        )
+    )
     root = work / "qlora-minilm"
-    out.append(Check("qlora-nf4-minilm", _lorasweep("model.quantization=nf4", "model.compute_dtype=bfloat16",
-                                                    *small, *common, f"run_root={root}",
-                                                    *([] if not cuda else ["trainer.max_steps=100"])),
-                     300 if cuda else 120, _train_judge(root, False)))
+    out.append(
+        Check(
+            "qlora-nf4-minilm",
+            _lorasweep(
+                "model.quantization=nf4",
+                "model.compute_dtype=bfloat16",
+                *small,
+                *common,
+                f"run_root={root}",
+                *([] if not cuda else ["trainer.max_steps=100"]),
+            ),
+            300 if cuda else 120,
+            _train_judge(root, False),
+        )
+    )
     tiny = [] if cuda else ["--repeats", "1", "--batch", "4", "--seq", "16"]
-    out.append(Check("bench-lora-step", [PY, "benchmarks/lora_step.py", "--device", device, *tiny],
-                     300 if cuda else 120, _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft")))
-    mixed = [] if cuda else ["--repeats", "1", "--batch", "8", "--seq", "16", "--models", "minilm", "--ranks", "8",
-                             "--distinct", "4"]
-    out.append(Check("bench-mixed", [PY, "benchmarks/mixed_batch.py", "--device", device, *mixed],
-                     300 if cuda else 120, _mixed_judge))
-    out.append(Check("bench-qlora", [PY, "benchmarks/qlora.py", "step", "--device", device, *tiny],
-                     300 if cuda else 120, _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft")))
-    out.append(Check("memory-estimate", [PY, "benchmarks/memory_estimate.py", "--device", device,
-                                         *([] if cuda else ["--quick"])], 600 if cuda else 180, _estimate_judge))
+    out.append(
+        Check(
+            "bench-lora-step",
+            [PY, "benchmarks/lora_step.py", "--device", device, *tiny],
+            300 if cuda else 120,
+            _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft"),
+        )
+    )
+    mixed = (
+        []
+        if cuda
+        else ["--repeats", "1", "--batch", "8", "--seq", "16", "--models", "minilm", "--ranks", "8", "--distinct", "4"]
+    )
+    out.append(
+        Check(
+            "bench-mixed",
+            [PY, "benchmarks/mixed_batch.py", "--device", device, *mixed],
+            300 if cuda else 120,
+            _mixed_judge,
+        )
+    )
+    out.append(
+        Check(
+            "bench-qlora",
+            [PY, "benchmarks/qlora.py", "step", "--device", device, *tiny],
+            300 if cuda else 120,
+            _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft"),
+        )
+    )
+    out.append(
+        Check(
+            "memory-estimate",
+            [PY, "benchmarks/memory_estimate.py", "--device", device, *([] if cuda else ["--quick"])],
+            600 if cuda else 180,
+            _estimate_judge,
+        )
+    )
     return out
 
 
 def table(results: list[dict], device: str, gpus: int) -> str:
-    lines = [f"# lorasweep gpu-check ({device}, {gpus} GPU(s))", "",
-             "| check | result | seconds | figures |", "|---|---|---|---|"]
+    lines = [
+        f"# lorasweep gpu-check ({device}, {gpus} GPU(s))",
+        "",
+        "| check | result | seconds | figures |",
+        "|---|---|---|---|",
+    ]
     for r in results:
         lines.append(f"| {r['check']} | {'PASS' if r['ok'] else 'FAIL'} | {r['seconds']:.0f} | {r['figures']} |")
     passed = sum(r["ok"] for r in results)
@@ -205,8 +301,10 @@ def main(argv=None) -> int:
         if args.only and check.name not in args.only:
             continue
         result = check.run(logs)
-        print(f"{'PASS' if result['ok'] else 'FAIL'} {check.name} ({result['seconds']:.0f} s): {result['figures']}",
-              flush=True)
+        print(
+            f"{'PASS' if result['ok'] else 'FAIL'} {check.name} ({result['seconds']:.0f} s): {result['figures']}",
+            flush=True,
+        )
         results.append(result)
     text = table(results, device, gpus)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import randomize_lora, tiny
 from peft import PeftModel
 from safetensors import safe_open
 
 from lorasweep.lora import apply_lora, load_adapter, save_adapter
 from lorasweep.models import load_pretrained
-from conftest import randomize_lora, tiny
 
 IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -42,13 +42,16 @@ def test_minilm_adapter_loads_in_peft_with_same_logits(minilm_dir, minilm, minil
     assert torch.allclose(_peft_logits(fresh, tmp_path, minilm_batch), ours, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, preset, scaling", [
-    ("gpt2", "qv", "standard"),     # fused c_attn, q and v slices only
-    ("gpt2", "all", "rslora"),      # fused q,k,v (rank 3r) next to plain modules: rank_pattern
-    ("gpt_neox", "qv", "standard"), # interleaved per-head slices
-    ("llama", "all", "standard"),   # 7 matrices, GQA-sized k/v
-    ("phi3", "all", "rslora"),      # fused qkv with GQA, fused gate|up
-])
+@pytest.mark.parametrize(
+    "arch, preset, scaling",
+    [
+        ("gpt2", "qv", "standard"),  # fused c_attn, q and v slices only
+        ("gpt2", "all", "rslora"),  # fused q,k,v (rank 3r) next to plain modules: rank_pattern
+        ("gpt_neox", "qv", "standard"),  # interleaved per-head slices
+        ("llama", "all", "standard"),  # 7 matrices, GQA-sized k/v
+        ("phi3", "all", "rslora"),  # fused qkv with GQA, fused gate|up
+    ],
+)
 def test_tiny_models_load_in_peft_with_same_logits(arch, preset, scaling, tmp_path):
     model = tiny(arch)
     base_logits = model(IDS).logits

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-import torch
+from conftest import randomize_lora, tiny
 from torch import nn
 
 from lorasweep.lora import LoraLayer, apply_lora, load_adapter, lora_layers, save_adapter
-from conftest import randomize_lora, tiny
 
 
 @pytest.mark.parametrize(

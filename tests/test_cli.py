@@ -41,6 +41,7 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(capsys, tmp_path, ove
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_demo_compares_lora_with_full_fine_tuning(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out

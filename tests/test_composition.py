@@ -57,6 +57,7 @@ def _random_overrides(rng: random.Random) -> list[str]:
     return chosen
 
 
+@pytest.mark.slow
 def test_cached_compose_equals_a_full_compose_over_random_override_sets():
     rng = random.Random(0)
     for _ in range(60):
@@ -67,8 +68,17 @@ def test_cached_compose_equals_a_full_compose_over_random_override_sets():
         assert OmegaConf.is_struct(cached.lora) == OmegaConf.is_struct(full.lora)
 
 
-@pytest.mark.parametrize("overrides", [["lora.rank=abc"], ["lora.rnk=4"], ["+lora.rnk=4", "lora=all"],
-                                       ["lora=nope"], ["trainer.max_steps=[1,2]"], ["seed=x", "model=tiny_gpt2"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["lora.rank=abc"],
+        ["lora.rnk=4"],
+        ["+lora.rnk=4", "lora=all"],
+        ["lora=nope"],
+        ["trainer.max_steps=[1,2]"],
+        ["seed=x", "model=tiny_gpt2"],
+    ],
+)
 def test_cached_compose_fails_like_a_full_compose(overrides):
     with pytest.raises(ValueError) as cached:
         compose(overrides)

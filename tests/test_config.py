@@ -26,7 +26,11 @@ def test_every_group_has_files():
 def test_defaults_are_the_embedded_default():
     cfg = compose()
     assert (cfg.model.name, cfg.data.name, cfg.lora.targets, cfg.tracking.mode) == (
-        "minilm", "synth_sentiment", "qv", "offline")
+        "minilm",
+        "synth_sentiment",
+        "qv",
+        "offline",
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,9 +61,18 @@ def test_hash_ignores_key_order_and_override_order():
 
 @pytest.mark.parametrize(
     "override",
-    ["run_root=/elsewhere", "tracking=none", "tracking.mode=online", "tracking.project=other", "trainer.lock_timeout_s=5",
-     "trainer.log_every=3", "trainer.progress=false", "trainer.checkpoint_every=5", "cluster.partition=gpu",
-     "sweep=my_study"],
+    [
+        "run_root=/elsewhere",
+        "tracking=none",
+        "tracking.mode=online",
+        "tracking.project=other",
+        "trainer.lock_timeout_s=5",
+        "trainer.log_every=3",
+        "trainer.progress=false",
+        "trainer.checkpoint_every=5",
+        "cluster.partition=gpu",
+        "sweep=my_study",
+    ],
 )
 def test_non_semantic_keys_keep_the_hash(override):
     assert config_hash(compose([override])) == config_hash(compose())
@@ -67,8 +80,19 @@ def test_non_semantic_keys_keep_the_hash(override):
 
 @pytest.mark.parametrize(
     "override",
-    ["lora.rank=16", "lora.alpha=32", "lora=all", "lora.scaling=rslora", "optim.lr=1e-3", "seed=1",
-     "model=tiny_gpt2", "data=synth_sft", "trainer.max_steps=10", "data.max_length=96", "lora.dropout=0.1"],
+    [
+        "lora.rank=16",
+        "lora.alpha=32",
+        "lora=all",
+        "lora.scaling=rslora",
+        "optim.lr=1e-3",
+        "seed=1",
+        "model=tiny_gpt2",
+        "data=synth_sft",
+        "trainer.max_steps=10",
+        "data.max_length=96",
+        "lora.dropout=0.1",
+    ],
 )
 def test_semantic_keys_change_the_hash(override):
     assert config_hash(compose([override])) != config_hash(compose())

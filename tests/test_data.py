@@ -62,7 +62,7 @@ def test_synth_sft_sizes_no_overlap_and_answers_right():
     for row in train:
         for prefix, answer in checks.items():
             if row["instruction"].startswith(prefix):
-                assert row["response"] == answer(row["instruction"][len(prefix):])
+                assert row["response"] == answer(row["instruction"][len(prefix) :])
                 seen += 1
     assert seen > 100
 
@@ -139,8 +139,12 @@ def test_collator_pads_classification_and_falls_back_to_eos_or_sep(tokenizer, tm
     class NoPad:  # a GPT-2-like tokenizer: no pad token
         pad_token_id, eos_token_id, sep_token_id = None, 7, None
 
-    batch = data.make_collator("classification", NoPad())([{"input_ids": [1], "attention_mask": [1], "labels": 0},
-                                                          {"input_ids": [1, 2], "attention_mask": [1, 1], "labels": 1}])
+    batch = data.make_collator("classification", NoPad())(
+        [
+            {"input_ids": [1], "attention_mask": [1], "labels": 0},
+            {"input_ids": [1, 2], "attention_mask": [1, 1], "labels": 1},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[1, 7], [1, 2]]
 
 
@@ -193,8 +197,13 @@ def test_fingerprint_follows_file_content_and_tokenizer(tokenizer, tmp_path):
 def write_sst2_parquet(directory, sizes=(("train", 6), ("validation", 4))):
     directory.mkdir(parents=True, exist_ok=True)
     for split, n in sizes:
-        table = pa.table({"sentence": [f"{split} sentence {i}" for i in range(n)],
-                          "label": pa.array([i % 2 for i in range(n)], pa.int64()), "idx": list(range(n))})
+        table = pa.table(
+            {
+                "sentence": [f"{split} sentence {i}" for i in range(n)],
+                "label": pa.array([i % 2 for i in range(n)], pa.int64()),
+                "idx": list(range(n)),
+            }
+        )
         pq.write_table(table, directory / f"{split}-00000-of-00001.parquet")
 
 
@@ -203,7 +212,8 @@ def test_hub_source_on_a_local_snapshot_of_glue(tokenizer, tmp_path):
     write_sst2_parquet(tmp_path / "glue" / "sst2")
     (tmp_path / "glue" / "README.md").write_text(
         "---\nconfigs:\n- config_name: sst2\n  data_files:\n  - split: train\n    path: sst2/train-*\n"
-        "  - split: validation\n    path: sst2/validation-*\n---\n")
+        "  - split: validation\n    path: sst2/validation-*\n---\n"
+    )
     config = from_yaml("glue_sst2", path=str(tmp_path / "glue"))
     train, evaluation = data.load_raw_splits(config)
     assert (len(train), len(evaluation)) == (6, 4) and train.column_names == ["sentence", "label", "idx"]
@@ -224,8 +234,9 @@ def alpaca_rows(n):
 def test_local_alpaca_style_json_directory(tokenizer, tmp_path):
     write_jsonl(tmp_path / "alpaca" / "train.jsonl", alpaca_rows(30))
     write_jsonl(tmp_path / "alpaca" / "validation.jsonl", alpaca_rows(5))
-    config = from_yaml("alpaca", source="local", path=str(tmp_path / "alpaca"), train_split="train",
-                       eval_split="validation")
+    config = from_yaml(
+        "alpaca", source="local", path=str(tmp_path / "alpaca"), train_split="train", eval_split="validation"
+    )
     train, evaluation = data.tokenized_splits(config, tokenizer, tmp_path / "cache")
     assert (len(train), len(evaluation)) == (30, 5)
     assert train[0]["labels"][-2:] == [tokenizer.convert_tokens_to_ids("0"), tokenizer.sep_token_id]
@@ -253,19 +264,24 @@ def bad_label_dir(tmp_path):
     return str(tmp_path / "bad")
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(path="no_such_dataset"), "data path not found: .*no_such_dataset"),
-    (dict(source="local", path="/nonexistent/dir"), "data path not found: /nonexistent/dir"),
-    (dict(source="hub", path="./nonexistent"), "data path not found: ./nonexistent"),
-    (dict(eval_split="test"), "split 'test' not found .*available splits: train, validation"),
-    (dict(eval_split="train[:10]+test"), "split 'test' not found .*available splits: train, validation"),
-    (dict(text_field="sentence"), r"column 'sentence' \(data.text_field\) .*available columns: text, label"),
-    (dict(task="causal_lm", path="synth_sft", response_field="output"),
-     r"column 'output' \(data.response_field\) .*available columns: instruction, response"),
-    (dict(num_labels=1), r"labels outside \[0, 1\) in split 'train'"),
-    (dict(source="local", path="BAD"), r"labels outside \[0, 2\) in split 'train' .*: 5"),
-    (dict(source="hub", path="no-such-org/no-such-dataset"), "cannot load dataset 'no-such-org/no-such-dataset'"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(path="no_such_dataset"), "data path not found: .*no_such_dataset"),
+        (dict(source="local", path="/nonexistent/dir"), "data path not found: /nonexistent/dir"),
+        (dict(source="hub", path="./nonexistent"), "data path not found: ./nonexistent"),
+        (dict(eval_split="test"), "split 'test' not found .*available splits: train, validation"),
+        (dict(eval_split="train[:10]+test"), "split 'test' not found .*available splits: train, validation"),
+        (dict(text_field="sentence"), r"column 'sentence' \(data.text_field\) .*available columns: text, label"),
+        (
+            dict(task="causal_lm", path="synth_sft", response_field="output"),
+            r"column 'output' \(data.response_field\) .*available columns: instruction, response",
+        ),
+        (dict(num_labels=1), r"labels outside \[0, 1\) in split 'train'"),
+        (dict(source="local", path="BAD"), r"labels outside \[0, 2\) in split 'train' .*: 5"),
+        (dict(source="hub", path="no-such-org/no-such-dataset"), "cannot load dataset 'no-such-org/no-such-dataset'"),
+    ],
+)
 def test_bad_input_is_one_clear_value_error(fields, message, tmp_path):
     if fields.get("path") == "BAD":
         fields["path"] = bad_label_dir(tmp_path)

@@ -10,17 +10,37 @@ import pytest
 from lorasweep.config import compose
 from lorasweep.run import train
 
-OVERRIDES = ["trainer=smoke", "trainer.max_steps=4", "trainer.batch_size=8", "data.max_train_examples=64",
-             "data.max_eval_examples=48", "data.max_length=32", "tracking=none", "lora.dropout=0.0",
-             "model.dropout=0.0"]  # dropout masks are drawn per process: equal only without dropout
+OVERRIDES = [
+    "trainer=smoke",
+    "trainer.max_steps=4",
+    "trainer.batch_size=8",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=48",
+    "data.max_length=32",
+    "tracking=none",
+    "lora.dropout=0.0",
+    "model.dropout=0.0",
+]  # dropout masks are drawn per process: equal only without dropout
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     single = train(compose([*OVERRIDES, f"run_root={tmp_path / 'one'}"]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               "-m", "lorasweep.cli", "train", *OVERRIDES, f"run_root={tmp_path / 'two'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "lorasweep.cli",
+        "train",
+        *OVERRIDES,
+        f"run_root={tmp_path / 'two'}",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "two" / single["config_hash"] / "metrics.json").read_text())

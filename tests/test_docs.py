@@ -35,41 +35,57 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 COVERED = {
     r"^sweep .*--storage journal:": ["tests/test_sweep.py::test_four_workers_journal_file"],
     r"^sweep .*--storage postgresql:": ["tests/test_sweep.py::test_four_workers_postgres"],
-    r"^sweep .*--slurm": ["tests/test_slurm_submit.py::test_sweep_dry_run_renders_the_array_from_the_cluster_config",
-                          "tests/test_slurm.py::test_array_of_two_workers_runs_every_trial"],
-    r"^train .*--slurm": ["tests/test_slurm_submit.py::test_train_dry_run_passes_the_overrides_to_the_script",
-                          "tests/test_slurm.py::test_multi_process_trial_through_the_template_launcher"],
+    r"^sweep .*--slurm": [
+        "tests/test_slurm_submit.py::test_sweep_dry_run_renders_the_array_from_the_cluster_config",
+        "tests/test_slurm.py::test_array_of_two_workers_runs_every_trial",
+    ],
+    r"^train .*--slurm": [
+        "tests/test_slurm_submit.py::test_train_dry_run_passes_the_overrides_to_the_script",
+        "tests/test_slurm.py::test_multi_process_trial_through_the_template_launcher",
+    ],
     r"^worker --study": ["tests/test_sweep.py::test_four_workers_sqlite"],
     r"^status --study \w+$": ["tests/test_preflight.py::test_tables_show_alpha_quantization_and_optimizer"],
     r"^status --study \w+ --storage": ["tests/test_slurm.py::test_array_of_two_workers_runs_every_trial"],
     r"^report --study \w+$": ["tests/test_preflight.py::test_report_writes_no_wandb_run_for_an_untracked_sweep"],
-    r"^report --study \w+ --out \S+ --wandb none$": ["tests/test_report_glance.py::test_summary_names_best_trial_hash_and_adapter"],
+    r"^report --study \w+ --out \S+ --wandb none$": [
+        "tests/test_report_glance.py::test_summary_names_best_trial_hash_and_adapter"
+    ],
     r"^report --study \w+ --table \S+ \S+$": ["tests/test_report.py::test_report_page_pivot_table_and_wandb"],
     r"^report --study \w+ --table \S+ \S+ --split \S+$": ["tests/test_pivot_split.py::test_split_through_the_cli"],
     r"^dashboard --study": ["tests/test_report.py::test_dashboard_serves_the_study"],
     r"^reproduce \w+$": ["tests/test_reproduce.py::test_reproduce_is_bitwise_equal_on_cpu"],
-    r"^reproduce \w+ --tolerance": ["tests/test_reproduce_tolerance.py::test_tolerance_option_accepts_a_small_difference"],
-    r"^reproduce \w+ --wandb": ["tests/test_reproduce.py::test_wandb_lookup_rebuilds_the_nested_config",
-                                "tests/test_new_user.py::test_reproduce_from_wandb_without_an_api_key_is_one_line"],
+    r"^reproduce \w+ --tolerance": [
+        "tests/test_reproduce_tolerance.py::test_tolerance_option_accepts_a_small_difference"
+    ],
+    r"^reproduce \w+ --wandb": [
+        "tests/test_reproduce.py::test_wandb_lookup_rebuilds_the_nested_config",
+        "tests/test_new_user.py::test_reproduce_from_wandb_without_an_api_key_is_one_line",
+    ],
     r"^compare \w+ \w+": ["tests/test_reproduce.py::test_runs_table_and_compare"],
     r"^compare --study": ["tests/test_new_user.py::test_compare_by_study_separates_long_float_columns"],
-    r"^predict ": ["tests/test_multi_adapter.py::test_predict_command_line",
-                   "tests/test_multi_adapter.py::test_predict_file_causal_lm_generates_per_adapter"],
+    r"^predict ": [
+        "tests/test_multi_adapter.py::test_predict_command_line",
+        "tests/test_multi_adapter.py::test_predict_file_causal_lm_generates_per_adapter",
+    ],
     r"^demo": ["tests/test_cli.py::test_demo_compares_lora_with_full_fine_tuning"],
-    r"^estimate": ["tests/test_estimate_cli.py::test_estimate_prints_the_account_as_text_and_json",
-                   "tests/test_estimate_cli.py::test_estimate_of_llama3_8b_runs_offline_from_the_command_line"],
+    r"^estimate": [
+        "tests/test_estimate_cli.py::test_estimate_prints_the_account_as_text_and_json",
+        "tests/test_estimate_cli.py::test_estimate_of_llama3_8b_runs_offline_from_the_command_line",
+    ],
 }
 # Make targets CI (.ci/run) does not run, and why.
 BY_HAND = {
     "demo": "trains for minutes; its command is checked below as `train --cfg`",
     "bench": "about 20 minutes; the benchmarks measure, they do not test",
     "gpu-check": "needs CUDA; CI runs gpu-check-cpu, the same script on CPU",
-    "slurm-up": "part of test-slurm", "slurm-down": "the CI trap stops SLURM with scripts/ci/stop_slurm.sh",
+    "slurm-up": "part of test-slurm",
+    "slurm-down": "the CI trap stops SLURM with scripts/ci/stop_slurm.sh",
     "clean": "removes the venv",
 }
 
 
 # ---------------------------------------------------------------- reading the docs
+
 
 def code_blocks(path: Path) -> list[tuple[str, str]]:
     """(language, body) of every fenced block."""
@@ -122,8 +138,12 @@ def documented() -> dict[str, list[tuple[str, str]]]:
 DOCUMENTED = documented()
 # Console blocks are run and their output compared (they may show a misspelt option on purpose), so the static
 # checks read the bash blocks and the inline spans.
-LORASWEEP = [(w, c.removeprefix("lorasweep ")) for kind in ("bash", "inline") for w, c in DOCUMENTED[kind]
-             if c.startswith("lorasweep ")]
+LORASWEEP = [
+    (w, c.removeprefix("lorasweep "))
+    for kind in ("bash", "inline")
+    for w, c in DOCUMENTED[kind]
+    if c.startswith("lorasweep ")
+]
 
 
 def subcommand(command: str) -> str:
@@ -143,8 +163,11 @@ def known_options(name: str) -> set[str]:
 
 # Options several commands share (declared once in cli.py: --run-root, --study, --storage, --config-dir): shown
 # with one command, they count as shown for all.
-SHARED = {o for o in set().union(*(known_options(n) for n in cli.commands))
-          if sum(o in known_options(n) for n in cli.commands) >= 3} - {"--help"}
+SHARED = {
+    o
+    for o in set().union(*(known_options(n) for n in cli.commands))
+    if sum(o in known_options(n) for n in cli.commands) >= 3
+} - {"--help"}
 
 
 def needs_a_test(command: str) -> bool:
@@ -158,6 +181,7 @@ def needs_a_test(command: str) -> bool:
 
 
 # ---------------------------------------------------------------- static checks
+
 
 @pytest.mark.parametrize("where,command", LORASWEEP, ids=[c for _, c in LORASWEEP])
 def test_documented_commands_and_options_exist(where, command):
@@ -196,13 +220,17 @@ def test_every_command_and_option_is_documented():
 def _test_exists(node_id: str) -> bool:
     file, _, name = node_id.partition("::")
     path = REPO / file
-    return path.is_file() and any(isinstance(n, ast.FunctionDef) and n.name == name
-                                  for n in ast.walk(ast.parse(path.read_text())))
+    return path.is_file() and any(
+        isinstance(n, ast.FunctionDef) and n.name == name for n in ast.walk(ast.parse(path.read_text()))
+    )
 
 
 def test_commands_not_run_here_are_covered_by_named_tests():
-    commands = [(w, c.removeprefix("lorasweep ")) for w, c in DOCUMENTED["bash"]
-                if c.startswith("lorasweep ") and needs_a_test(c.removeprefix("lorasweep "))]
+    commands = [
+        (w, c.removeprefix("lorasweep "))
+        for w, c in DOCUMENTED["bash"]
+        if c.startswith("lorasweep ") and needs_a_test(c.removeprefix("lorasweep "))
+    ]
     uncovered = [f"{w}: lorasweep {c}" for w, c in commands if not any(re.search(p, c) for p in COVERED)]
     assert not uncovered, "documented commands no test runs (add a test and a COVERED row):\n" + "\n".join(uncovered)
     for pattern, tests in COVERED.items():
@@ -257,16 +285,24 @@ def test_make_recipes_run_what_exists(tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------- runs
 
+
 def test_python_blocks_import_what_they_use():
-    for where, body in DOCUMENTED["python"]:
+    for _where, body in DOCUMENTED["python"]:
         for line in body.splitlines():
             if re.match(r"(from lorasweep[\w.]* import |import lorasweep)", line):
                 exec(line, {})  # noqa: S102 - the docs' own import lines
 
 
 # The bash blocks' commands this file runs (inline spans may hold placeholders: SPEC, model=my_llama).
-RUN_HERE = sorted({c.removeprefix("lorasweep ") for _, c in DOCUMENTED["bash"] if c.startswith("lorasweep ")
-                   and subcommand(c.removeprefix("lorasweep ")) and not needs_a_test(c.removeprefix("lorasweep "))})
+RUN_HERE = sorted(
+    {
+        c.removeprefix("lorasweep ")
+        for _, c in DOCUMENTED["bash"]
+        if c.startswith("lorasweep ")
+        and subcommand(c.removeprefix("lorasweep "))
+        and not needs_a_test(c.removeprefix("lorasweep "))
+    }
+)
 
 
 @pytest.mark.parametrize("command", RUN_HERE)
@@ -291,8 +327,12 @@ def test_fast_documented_commands_run(command, tmp_path, monkeypatch, capsys):
 
 def _console_sessions() -> list[tuple[str, list[tuple[str, list[str]]]]]:
     """[(README.md#3 (the block's number in its file), its sessions)]."""
-    return [(f"{path.relative_to(REPO)}#{number}", console_sessions(body)) for path in DOCS
-            for number, (language, body) in enumerate(code_blocks(path)) if language == "console"]
+    return [
+        (f"{path.relative_to(REPO)}#{number}", console_sessions(body))
+        for path in DOCS
+        for number, (language, body) in enumerate(code_blocks(path))
+        if language == "console"
+    ]
 
 
 CONSOLE = _console_sessions()

@@ -1,11 +1,11 @@
 """DoRA (lora.dora): the fused kernel against the formula, peft loads ours and we load peft's with equal logits,
 one training step equals peft's, merge/unmerge, the accounts, and the refusals."""
 
-import copy
 import json
 
 import pytest
 import torch
+from conftest import tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from lorasweep.accounting import count_parameters
@@ -13,7 +13,6 @@ from lorasweep.errors import UserError
 from lorasweep.lora import apply_lora, load_adapter, lora_layers, merge_lora, save_adapter, unmerge_lora
 from lorasweep.lora.targets import resolve_targets
 from lorasweep.models import load_pretrained
-from conftest import tiny
 
 IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -31,10 +30,11 @@ def randomize_dora(model, seed=1, std=0.05):
 
 def _dense_reference(layer, x):
     """y = g ⊙ (W0 + s·B·A)x + b, g = m / ‖W0 + s·B·A‖ (norm detached), all in float64, from dense matrices."""
-    w = (layer.weight_t().t().double() + layer.delta_weight().double())
+    w = layer.weight_t().t().double() + layer.delta_weight().double()
     rows = layer.dora_rows if layer.dora_rows is not None else torch.arange(layer.d_out)
     gain = torch.ones(layer.d_out, dtype=torch.float64).index_put(
-        (rows,), layer.lora_magnitude.double() / w.norm(dim=1).detach()[rows])
+        (rows,), layer.lora_magnitude.double() / w.norm(dim=1).detach()[rows]
+    )
     bias = layer.base_layer.bias
     return (x.double() @ w.t()) * gain + (0 if bias is None else bias.double())
 
@@ -85,11 +85,14 @@ def test_accounts_count_the_magnitude():
     assert report.trainable == a_b_m and report.total == total_before + a_b_m
 
 
-@pytest.mark.parametrize("arch, preset, scaling", [
-    ("llama", "all", "standard"),
-    ("gpt2", "qv", "rslora"),  # fused c_attn: the k rows keep a gain of 1 in peft too
-    ("gpt_neox", "qv", "standard"),
-])
+@pytest.mark.parametrize(
+    "arch, preset, scaling",
+    [
+        ("llama", "all", "standard"),
+        ("gpt2", "qv", "rslora"),  # fused c_attn: the k rows keep a gain of 1 in peft too
+        ("gpt_neox", "qv", "standard"),
+    ],
+)
 def test_peft_loads_our_dora_adapter_with_equal_logits(arch, preset, scaling, tmp_path):
     model = tiny(arch)
     apply_lora(model, preset, rank=4, alpha=8, scaling=scaling, dora=True)
@@ -154,9 +157,11 @@ def test_gradients_equal_peft(minilm_dir, minilm_batch):
         loss.backward()
     for name, layer in lora_layers(ours):
         peft_layer = peft_model.get_submodule(f"base_model.model.{name}")
-        for mine, theirs in ((layer.lora_A, peft_layer.lora_A["default"].weight),
-                             (layer.lora_B, peft_layer.lora_B["default"].weight),
-                             (layer.lora_magnitude, peft_layer.lora_magnitude_vector["default"].weight)):
+        for mine, theirs in (
+            (layer.lora_A, peft_layer.lora_A["default"].weight),
+            (layer.lora_B, peft_layer.lora_B["default"].weight),
+            (layer.lora_magnitude, peft_layer.lora_magnitude_vector["default"].weight),
+        ):
             assert mine.grad.abs().max() > 0
             assert torch.allclose(mine.grad, theirs.grad, rtol=1e-4, atol=1e-7), name
 
@@ -174,6 +179,7 @@ def test_dora_refused_on_a_quantized_base():
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items() if n in before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, preset", [("gpt2", "qv"), ("llama", "all")])  # Conv1D with bias; Linear without
 def test_dora_adapters_mix_with_plain_ones_in_one_batch(arch, preset, tmp_path):
     from lorasweep.lora.multi import load_adapters

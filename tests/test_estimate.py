@@ -2,10 +2,10 @@
 LoRA count of Llama-3-8B and against real steps on CPU (the allocator's own profile of the step)."""
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from lorasweep.config import compose
@@ -16,13 +16,30 @@ from lorasweep.estimate.live import LiveBytes
 from lorasweep.estimate.measure import measure_config
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("memory/base_weights_bytes", "memory/trainable_bytes", "memory/gradient_bytes", "memory/optimizer_state_bytes",
-        "memory/activation_bytes", "memory/predicted_peak_bytes")
+KEYS = (
+    "memory/base_weights_bytes",
+    "memory/trainable_bytes",
+    "memory/gradient_bytes",
+    "memory/optimizer_state_bytes",
+    "memory/activation_bytes",
+    "memory/predicted_peak_bytes",
+)
 
 
+@pytest.mark.slow
 def test_llama3_8b_every_projection_r16_offline_matches_the_exact_lora_count():
-    cfg = compose(["model=llama3_8b", "data=synth_sft", "lora=all", "lora.rank=16", "model.quantization=nf4",
-                   "trainer.gradient_checkpointing=true", "trainer.batch_size=1", "data.max_length=32"])
+    cfg = compose(
+        [
+            "model=llama3_8b",
+            "data=synth_sft",
+            "lora=all",
+            "lora.rank=16",
+            "model.quantization=nf4",
+            "trainer.gradient_checkpointing=true",
+            "trainer.batch_size=1",
+            "data.max_length=32",
+        ]
+    )
     account = estimate_config(cfg, device="cpu")
     # 32 layers x 16 x [(4096+4096)·2 (q, o) + (4096+1024)·2 (k, v) + (4096+14336)·3 (gate, up, down)]
     assert account["params/lora"] == 41_943_040
@@ -35,14 +52,42 @@ def test_llama3_8b_every_projection_r16_offline_matches_the_exact_lora_count():
     assert account["config_hash"] == __import__("lorasweep.config", fromlist=["x"]).config_hash(cfg)
 
 
-@pytest.mark.parametrize("overrides, micro, length", [
-    (["tracking=none"], 16, 32),  # the packaged default: MiniLM, q,v
-    pytest.param(["model=tiny_llama", "data=synth_sft", "lora=all", "model.quantization=nf4", "model.double_quant=true",
-      "optim.name=adamw8bit", "optim.min_8bit_size=256", "trainer.gradient_checkpointing=true",
-      "trainer.mixed_precision=bf16"], 8, 48, marks=pytest.mark.slow),
-    pytest.param(["model=tiny_llama", "data=synth_sft", "lora=qv", "model.quantization=int8",
-                  "trainer.batch_size=16", "trainer.grad_accum=2", "lora.dropout=0.1"], 8, 32, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "overrides, micro, length",
+    [
+        (["tracking=none"], 16, 32),  # the packaged default: MiniLM, q,v
+        pytest.param(
+            [
+                "model=tiny_llama",
+                "data=synth_sft",
+                "lora=all",
+                "model.quantization=nf4",
+                "model.double_quant=true",
+                "optim.name=adamw8bit",
+                "optim.min_8bit_size=256",
+                "trainer.gradient_checkpointing=true",
+                "trainer.mixed_precision=bf16",
+            ],
+            8,
+            48,
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            [
+                "model=tiny_llama",
+                "data=synth_sft",
+                "lora=qv",
+                "model.quantization=int8",
+                "trainer.batch_size=16",
+                "trainer.grad_accum=2",
+                "lora.dropout=0.1",
+            ],
+            8,
+            32,
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_prediction_matches_a_real_cpu_step(overrides, micro, length):
     cfg = compose([*overrides, "tracking=none"])
     predicted = estimate_config(cfg, device="cpu", micro_batch=micro, sequence=(length, "test"))
@@ -95,8 +140,17 @@ def test_shipped_architectures_are_the_models_configs_name(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama3_70b", "mistral_7b", "qwen2_5_7b"])
 def test_big_shipped_models_estimate_offline(name):
-    cfg = compose([f"model={name}", "data=synth_sft", "lora=all", "model.quantization=nf4",
-                   "trainer.gradient_checkpointing=true", "trainer.batch_size=1", "data.max_length=64"])
+    cfg = compose(
+        [
+            f"model={name}",
+            "data=synth_sft",
+            "lora=all",
+            "model.quantization=nf4",
+            "trainer.gradient_checkpointing=true",
+            "trainer.batch_size=1",
+            "data.max_length=64",
+        ]
+    )
     account = estimate_config(cfg, device="cuda")
     assert account["memory/predicted_peak_bytes"] > account["memory/base_weights_bytes"] > 3e9
 
@@ -113,8 +167,17 @@ def test_unknown_architecture_is_one_line_naming_what_to_provide():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("text, expected", [("80GiB", 80 * 2**30), ("24 GB", 24 * 10**9), ("512MiB", 512 * 2**20),
-                                            ("1.5G", int(1.5 * 2**30)), ("1000", 1000), (2048, 2048)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("80GiB", 80 * 2**30),
+        ("24 GB", 24 * 10**9),
+        ("512MiB", 512 * 2**20),
+        ("1.5G", int(1.5 * 2**30)),
+        ("1000", 1000),
+        (2048, 2048),
+    ],
+)
 def test_memory_sizes_parse(text, expected):
     assert parse_memory_size(text) == expected
 

@@ -24,28 +24,60 @@ def test_estimate_prints_the_account_as_text_and_json(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_estimate_of_llama3_8b_runs_offline_from_the_command_line(tmp_path, capsys):
-    assert main(["estimate", "model=llama3_8b", "data=synth_sft", "lora=all", "lora.rank=16", "model.quantization=nf4",
-                 "trainer.gradient_checkpointing=true", "--json", "--run-root", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                "model=llama3_8b",
+                "data=synth_sft",
+                "lora=all",
+                "lora.rank=16",
+                "model.quantization=nf4",
+                "trainer.gradient_checkpointing=true",
+                "--json",
+                "--run-root",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     account = json.loads(capsys.readouterr().out)
     assert account["params/lora"] == 41_943_040 and account["memory/trainable_bytes"] == 167_772_160
 
 
 def _spec(tmp_path):
     path = tmp_path / "grid.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         study: grid
         sampler: {name: grid}
         params:
           trainer.batch_size: {type: categorical, choices: [2, 64]}
           optim.lr: {type: categorical, choices: [0.001, 0.01]}
-    """))
+    """)
+    )
     return str(path)
 
 
 def test_sweep_estimate_prints_every_memory_point_and_the_cap(tmp_path, capsys):
-    assert main(["sweep", _spec(tmp_path), *LLAMA, "trainer.eval_batch_size=4", "--estimate", "--memory-cap", "150MiB",
-                 "--device", "cpu",
-                 "--run-root", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                _spec(tmp_path),
+                *LLAMA,
+                "trainer.eval_batch_size=4",
+                "--estimate",
+                "--memory-cap",
+                "150MiB",
+                "--device",
+                "cpu",
+                "--run-root",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("trainer.batch_size=2") == 2 and out.count("trainer.batch_size=64") == 2  # the grid's 4 points
     assert "OVER: predicted" in out and "> cap 150.0 MiB" in out and "fits" in out
@@ -53,8 +85,10 @@ def test_sweep_estimate_prints_every_memory_point_and_the_cap(tmp_path, capsys):
     assert [p.name for p in runs.iterdir()] == [".cache"] and not list(tmp_path.rglob("*.db"))
 
 
-@pytest.mark.parametrize("args", [["sweep", "SPEC", "--memory-cap", "lots"], ["estimate", "model=llama3_8b",
-                                  "model.name_or_path=nobody/nothing"]])
+@pytest.mark.parametrize(
+    "args",
+    [["sweep", "SPEC", "--memory-cap", "lots"], ["estimate", "model=llama3_8b", "model.name_or_path=nobody/nothing"]],
+)
 def test_bad_cap_or_unknown_architecture_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [_spec(tmp_path) if a == "SPEC" else a for a in args]

@@ -14,8 +14,16 @@ from lorasweep.estimate.fit import OVER_CAP_ATTR, constraint, plan_micro_batch
 from lorasweep.runstore import RunStore
 from lorasweep.sweep.memory_estimate import estimate_sweep, format_sweep_estimate
 
-LLAMA = ["model=tiny_llama", "data=synth_sft", "lora=all", "tracking=none", "trainer=smoke",
-         "data.max_train_examples=64", "data.max_eval_examples=8", "trainer.eval_batch_size=8"]
+LLAMA = [
+    "model=tiny_llama",
+    "data=synth_sft",
+    "lora=all",
+    "tracking=none",
+    "trainer=smoke",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "trainer.eval_batch_size=8",
+]
 
 
 def _peak(cfg, micro):
@@ -30,8 +38,16 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
     from lorasweep.estimate.step import model_tensors
     from lorasweep.run import train
 
-    cfg = compose([*LLAMA, "model.quantization=nf4", "trainer.max_steps=2", "trainer.eval_every=0",
-                   "data.max_length=16", f"run_root={tmp_path}"])  # max_length 16 cuts every example: 8 x 16
+    cfg = compose(
+        [
+            *LLAMA,
+            "model.quantization=nf4",
+            "trainer.max_steps=2",
+            "trainer.eval_every=0",
+            "data.max_length=16",
+            f"run_root={tmp_path}",
+        ]
+    )  # max_length 16 cuts every example: 8 x 16
     peaks, real_step = [], loop_module.Loop.step
 
     def counted_step(self, micro_batches):
@@ -52,8 +68,7 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
 
 
 def _auto(tmp_path):
-    base = [*LLAMA, "trainer.batch_size=8", "trainer.max_steps=2", "trainer.eval_batch_size=2",
-            f"run_root={tmp_path}"]
+    base = [*LLAMA, "trainer.batch_size=8", "trainer.max_steps=2", "trainer.eval_batch_size=2", f"run_root={tmp_path}"]
     cfg = compose(base)
     cap = (_peak(cfg, 4) + _peak(cfg, 8)) // 2
     return base, cfg, cap, compose([*base, "trainer.micro_batch=auto", f"cluster.memory_cap={cap}"])
@@ -92,25 +107,29 @@ def test_micro_batch_that_fits_nothing_or_does_not_divide_is_one_line():
 
 def _grid_spec(tmp_path, cap):
     path = tmp_path / "cap.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         study: capped
         sampler: {{name: grid}}
         pruner: {{name: none}}
         memory_cap: {cap}
         params:
           trainer.batch_size: {{type: categorical, choices: [2, 16]}}
-    """))
+    """)
+    )
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_cap_skips_and_explains_what_does_not_fit(tmp_path):
     from lorasweep.sweep.launch import run_sweep
 
     overrides = [*LLAMA, "trainer.max_steps=2", f"run_root={tmp_path / 'runs'}"]
     small, big = (_peak(compose([*overrides, f"trainer.batch_size={b}"]), b) for b in (2, 16))
     cap = (small + big) // 2
-    rows = estimate_sweep(__import__("lorasweep.sweep.spec", fromlist=["x"]).load_spec(_grid_spec(tmp_path, cap)),
-                          overrides, device="cpu")
+    rows = estimate_sweep(
+        __import__("lorasweep.sweep.spec", fromlist=["x"]).load_spec(_grid_spec(tmp_path, cap)), overrides, device="cpu"
+    )
     assert [r["over_cap"] is not None for r in rows] == [False, True]
     table = format_sweep_estimate(rows)
     assert "OVER: predicted" in table and "2 points, 1 over the cap" in table
@@ -137,8 +156,9 @@ def test_samplers_that_take_constraints_learn_the_cap():
     from lorasweep.sweep.spec import parse_spec
 
     for name in ("tpe", "nsga2"):
-        spec = parse_spec({"sampler": {"name": name}, "params": {"lora.rank": {"type": "int", "low": 1, "high": 8}}},
-                          "s")
+        spec = parse_spec(
+            {"sampler": {"name": name}, "params": {"lora.rank": {"type": "int", "low": 1, "high": 8}}}, "s"
+        )
         assert make_sampler(spec)._constraints_func is constraint
 
 

@@ -54,8 +54,13 @@ def test_reset_accelerator_settings_keeps_the_process_state():
 def test_hydra_search_path_puts_user_folders_first_then_the_package_then_the_schemas(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     elements = internals.hydra_search_path([first, second]).get_path()
-    assert [e.path for e in elements] == ["pkg://hydra.conf", f"file://{first}", f"file://{second}",
-                                          "pkg://lorasweep.conf", "structured://"]
+    assert [e.path for e in elements] == [
+        "pkg://hydra.conf",
+        f"file://{first}",
+        f"file://{second}",
+        "pkg://lorasweep.conf",
+        "structured://",
+    ]
     assert elements[-1].provider == "schema"
 
 

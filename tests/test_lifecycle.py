@@ -15,25 +15,46 @@ from lorasweep.resources import Resources
 from lorasweep.run import Callbacks, train
 from lorasweep.runstore import RunStore
 
-SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32",
-         "tracking=none"]
+SMALL = [
+    "trainer=smoke",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=32",
+    "data.max_length=32",
+    "tracking=none",
+]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*argv, cwd=None, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "lorasweep.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lorasweep.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        **kwargs,
+    )
 
 
 def _hold_lock(run_dir) -> subprocess.Popen:
     """Another process holding the run's lock (until killed), started and holding when this returns."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from lorasweep.runlock import RunLock
         with RunLock({str(run_dir)!r}):
             print("held", flush=True)
             time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, env=ENV)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -42,9 +63,16 @@ def _records(run) -> list[tuple]:
     return [(h.get("step"), tuple(sorted(h))) for h in run.history()]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_hash_train_it_once(tmp_path):
-    args = ["train", *SMALL, f"run_root={tmp_path}", "trainer.max_steps=12", "trainer.eval_every=4",
-            "trainer.checkpoint_every=4"]
+    args = [
+        "train",
+        *SMALL,
+        f"run_root={tmp_path}",
+        "trainer.max_steps=12",
+        "trainer.eval_every=4",
+        "trainer.checkpoint_every=4",
+    ]
     first, second = _cli(*args), _cli(*args)
     outs = [p.communicate(timeout=600) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outs
@@ -69,6 +97,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
 def test_lock_that_cannot_be_had_in_time_is_a_one_line_error(tmp_path):
     overrides = [*SMALL, f"run_root={tmp_path}", "trainer.lock_timeout_s=1"]
     run_dir = tmp_path / config_hash(compose(overrides))
@@ -84,16 +113,26 @@ def test_lock_that_cannot_be_had_in_time_is_a_one_line_error(tmp_path):
     assert not run_dir.exists()  # nothing of a run written
 
 
+@pytest.mark.slow
 def test_peak_memory_is_the_runs_own(tmp_path):
     """One worker process (shared Resources) runs a batch-256 trial and then a batch-2 trial."""
     resources = Resources()
-    common = ["trainer=smoke", "trainer.max_steps=1", "trainer.eval_every=0", "data.max_train_examples=256",
-              "data.max_eval_examples=8", "data.max_length=64", "tracking=none", f"run_root={tmp_path}"]
+    common = [
+        "trainer=smoke",
+        "trainer.max_steps=1",
+        "trainer.eval_every=0",
+        "data.max_train_examples=256",
+        "data.max_eval_examples=8",
+        "data.max_length=64",
+        "tracking=none",
+        f"run_root={tmp_path}",
+    ]
     big = train(compose([*common, "trainer.batch_size=256"]), resources=resources)
     small = train(compose([*common, "trainer.batch_size=2"]), resources=resources)
     assert big["memory/peak_bytes"] > small["memory/peak_bytes"] + 200 * 2**20, (big, small)
 
 
+@pytest.mark.slow
 def test_pruned_and_failed_runs_leave_a_record(tmp_path, capsys):
     cfg = compose([*SMALL, f"run_root={tmp_path}", "trainer.max_steps=6"])
     pruned = train(cfg, callbacks=Callbacks(on_eval=lambda step, metrics: step >= 2))
@@ -134,9 +173,16 @@ def test_pruned_and_failed_runs_leave_a_record(tmp_path, capsys):
     assert train(cfg)["status"] == "completed" and run.is_complete()
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_rerun_resumes(tmp_path):
-    args = ["train", *SMALL, f"run_root={tmp_path}", "trainer.max_steps=300", "trainer.eval_every=0",
-            "trainer.batch_size=4"]
+    args = [
+        "train",
+        *SMALL,
+        f"run_root={tmp_path}",
+        "trainer.max_steps=300",
+        "trainer.eval_every=0",
+        "trainer.batch_size=4",
+    ]
     proc = _cli(*args)
     deadline = time.time() + 300
     while time.time() < deadline and not any(len(r.history()) >= 3 for r in RunStore(tmp_path).runs()):
@@ -148,8 +194,9 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes(tmp_path):
     (run,) = RunStore(tmp_path).runs()
     record = run.metrics()
     assert record["status"] == "interrupted" and (run.checkpoints_dir / f"step_{record['step']:08d}").is_dir()
-    resumed = subprocess.run([sys.executable, "-m", "lorasweep.cli", *args], capture_output=True, text=True,
-                             env=ENV, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lorasweep.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {run.hash} from step {record['step']}" in resumed.stdout
     assert run.is_complete() and [h["step"] for h in run.history() if "event" in h] == [record["step"]]
@@ -166,24 +213,42 @@ params:
 """
 
 
+@pytest.mark.slow
 def test_command_line_beats_the_specs_fixed_overrides(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(n=1, ranks="[4]"))
-    done = subprocess.run([sys.executable, "-m", "lorasweep.cli", "sweep", str(spec), "--workers", "1",
-                           *SMALL, f"run_root={tmp_path / 'runs'}", "trainer.max_steps=3"],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorasweep.cli",
+            "sweep",
+            str(spec),
+            "--workers",
+            "1",
+            *SMALL,
+            f"run_root={tmp_path / 'runs'}",
+            "trainer.max_steps=3",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     (run,) = RunStore(tmp_path / "runs").runs()
     assert run.config().trainer.max_steps == 3 and run.metrics()["step"] == 3
 
 
+@pytest.mark.slow
 def test_workers_drawing_the_same_config_train_it_once(tmp_path):
     from lorasweep.sweep.launch import run_sweep
 
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(n=3, ranks="[4]"))  # one point: every trial draws the same config
-    study, _ = run_sweep(str(spec), [*SMALL, f"run_root={tmp_path / 'runs'}", "trainer.max_steps=8",
-                                     "trainer.eval_every=4"], workers=2)
+    study, _ = run_sweep(
+        str(spec), [*SMALL, f"run_root={tmp_path / 'runs'}", "trainer.max_steps=8", "trainer.eval_every=4"], workers=2
+    )
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert len({t.values[0] for t in trials}) == 1
@@ -196,13 +261,23 @@ def test_workers_drawing_the_same_config_train_it_once(tmp_path):
 def test_killed_local_worker_is_requeued_and_resumed(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(n=2, ranks="[2, 4]").replace("trainer.max_steps=5", "trainer.max_steps=200"))
-    args = ["sweep", str(spec), "--workers", "1", *SMALL, f"run_root={tmp_path / 'runs'}", "trainer.eval_every=0",
-            "trainer.checkpoint_every=5", "trainer.batch_size=4"]
+    args = [
+        "sweep",
+        str(spec),
+        "--workers",
+        "1",
+        *SMALL,
+        f"run_root={tmp_path / 'runs'}",
+        "trainer.eval_every=0",
+        "trainer.checkpoint_every=5",
+        "trainer.batch_size=4",
+    ]
     first = _cli(*args)
     store = RunStore(tmp_path / "runs")
     deadline = time.time() + 300
-    while time.time() < deadline and not any(r.checkpoints_dir.is_dir() and any(r.checkpoints_dir.glob("step_*"))
-                                             for r in store.runs()):
+    while time.time() < deadline and not any(
+        r.checkpoints_dir.is_dir() and any(r.checkpoints_dir.glob("step_*")) for r in store.runs()
+    ):
         time.sleep(0.2)
     first.kill()  # SIGKILL, as the OOM killer does: no checkpoint, no re-queue
     first.communicate()
@@ -221,8 +296,16 @@ def test_killed_local_worker_is_requeued_and_resumed(tmp_path):
 def test_ctrl_c_on_a_sweep_requeues_its_trial(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(n=1, ranks="[4]").replace("trainer.max_steps=5", "trainer.max_steps=300"))
-    args = ["sweep", str(spec), "--workers", "1", *SMALL, f"run_root={tmp_path / 'runs'}", "trainer.eval_every=0",
-            "trainer.batch_size=4"]
+    args = [
+        "sweep",
+        str(spec),
+        "--workers",
+        "1",
+        *SMALL,
+        f"run_root={tmp_path / 'runs'}",
+        "trainer.eval_every=0",
+        "trainer.batch_size=4",
+    ]
     first = _cli(*args)
     store = RunStore(tmp_path / "runs")
     deadline = time.time() + 300
@@ -239,8 +322,9 @@ def test_ctrl_c_on_a_sweep_requeues_its_trial(tmp_path):
     assert states == ["FAIL", "WAITING"], states
     (run,) = store.runs()
     step = run.metrics()["step"]
-    done = subprocess.run([sys.executable, "-m", "lorasweep.cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorasweep.cli", *args], capture_output=True, text=True, env=ENV, timeout=900
+    )
     assert done.returncode == 0 and f"resuming {run.hash} from step {step}" in done.stdout, done.stderr
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).get_trials()]
     assert states == ["FAIL", "COMPLETE"] and run.is_complete()
@@ -260,6 +344,7 @@ def test_a_signal_while_waiting_for_the_lock_stops_the_wait(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_force_reruns_from_step_zero_and_a_late_failure_leaves_a_record(tmp_path, monkeypatch):
     cfg = compose([*SMALL, f"run_root={tmp_path}", "trainer.checkpoint_every=2"])
     first = train(cfg)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from lorasweep.errors import UserError
 from lorasweep.lora import apply_lora, load_adapter, lora_layers, save_adapter
 from lorasweep.lora.targets import resolve_targets
-from conftest import tiny
 
 IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -43,8 +43,9 @@ def test_every_init_starts_at_the_base_model(init):
 def test_factors_are_peft_factors(init):
     model = tiny("llama")
     names = [t.name for t in resolve_targets(model, "qv")]
-    peft_model = get_peft_model(tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=names,
-                                                          init_lora_weights=init))
+    peft_model = get_peft_model(
+        tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=names, init_lora_weights=init)
+    )
     apply_lora(model, "qv", rank=4, alpha=8, init=init)
     for name, layer in lora_layers(model):
         theirs = peft_model.get_submodule(f"base_model.model.{name}")
@@ -53,12 +54,15 @@ def test_factors_are_peft_factors(init):
         assert torch.allclose(layer.base_layer.weight, theirs.base_layer.weight, atol=1e-5)  # the residual
 
 
-@pytest.mark.parametrize("arch, preset, init, dora, scaling", [
-    ("llama", "all", "pissa", False, "standard"),
-    ("llama", "qv", "olora", False, "rslora"),
-    ("llama", "qv", "pissa_niter_2", True, "standard"),  # DoRA on a PiSSA start
-    ("gpt2", "qv", "pissa", False, "standard"),  # fused c_attn: q and v slices, each rank 2r in the export
-])
+@pytest.mark.parametrize(
+    "arch, preset, init, dora, scaling",
+    [
+        ("llama", "all", "pissa", False, "standard"),
+        ("llama", "qv", "olora", False, "rslora"),
+        ("llama", "qv", "pissa_niter_2", True, "standard"),  # DoRA on a PiSSA start
+        ("gpt2", "qv", "pissa", False, "standard"),  # fused c_attn: q and v slices, each rank 2r in the export
+    ],
+)
 def test_saved_adapter_loads_on_the_untouched_base(arch, preset, init, dora, scaling, tmp_path):
     model = tiny(arch)
     apply_lora(model, preset, rank=4, alpha=8, scaling=scaling, init=init, dora=dora)
@@ -83,8 +87,9 @@ def test_saved_adapter_loads_on_the_untouched_base(arch, preset, init, dora, sca
 def test_peft_pissa_adapter_saved_without_conversion_is_refused(tmp_path):
     model = tiny("llama")
     names = [t.name for t in resolve_targets(model, "qv")]
-    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=names, init_lora_weights="pissa")
-                   ).save_pretrained(str(tmp_path))
+    get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=names, init_lora_weights="pissa")
+    ).save_pretrained(str(tmp_path))
     fresh = tiny("llama")
     with pytest.raises(UserError, match="saved without peft's conversion"):
         load_adapter(fresh, tmp_path)

@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_lora, tiny
 from omegaconf import OmegaConf
 
 from lorasweep.config import OptimConfig, canonical_json, compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.lora import apply_lora, lora_layers
 from lorasweep.optim import build_optimizer, parameter_groups
-from conftest import randomize_lora, tiny
 
 
 def _optim(**overrides):
@@ -65,20 +65,25 @@ def test_new_keys_keep_old_hashes_and_are_hashed_when_set():
     text = canonical_json(default)
     for key in ("lora_plus_ratio", "dora", '"init"'):
         assert key not in text  # at their defaults: left out, so runs filed before them keep their hash
-    digests = {config_hash(compose(o)) for o in ([], ["optim.lora_plus_ratio=16"], ["lora.dora=true"],
-                                                   ["lora.init=pissa"], ["lora.init=gaussian"])}
+    digests = {
+        config_hash(compose(o))
+        for o in ([], ["optim.lora_plus_ratio=16"], ["lora.dora=true"], ["lora.init=pissa"], ["lora.init=gaussian"])
+    }
     assert len(digests) == 5
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lora_plus_ratio=0", "optim.lora_plus_ratio must be a finite number > 0"),
-    ("optim.lora_plus_ratio=-16", "optim.lora_plus_ratio must be a finite number > 0"),
-    ("optim.lora_plus_ratio=inf", "optim.lora_plus_ratio must be a finite number > 0"),
-    ("lora.init=svd", "lora.init must be one of"),
-    ("lora.init=pissa_niter_", "lora.init must be one of"),
-    ("lora.dora=true model.quantization=nf4", "lora.dora=true is not supported with model.quantization=nf4"),
-    ("lora.init=pissa model.quantization=int8", "lora.init=pissa needs the float base weights"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lora_plus_ratio=0", "optim.lora_plus_ratio must be a finite number > 0"),
+        ("optim.lora_plus_ratio=-16", "optim.lora_plus_ratio must be a finite number > 0"),
+        ("optim.lora_plus_ratio=inf", "optim.lora_plus_ratio must be a finite number > 0"),
+        ("lora.init=svd", "lora.init must be one of"),
+        ("lora.init=pissa_niter_", "lora.init must be one of"),
+        ("lora.dora=true model.quantization=nf4", "lora.dora=true is not supported with model.quantization=nf4"),
+        ("lora.init=pissa model.quantization=int8", "lora.init=pissa needs the float base weights"),
+    ],
+)
 def test_bad_values_are_one_line_errors(override, message):
     pytest.importorskip("bitsandbytes")
     with pytest.raises(UserError, match=message) as info:

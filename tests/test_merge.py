@@ -1,7 +1,7 @@
 import torch
+from conftest import randomize_lora, tiny
 
 from lorasweep.lora import apply_lora, lora_layers, merge_lora, unmerge_lora
-from conftest import randomize_lora, tiny
 
 
 def _check_merge_roundtrip(model, inputs, logits_of):

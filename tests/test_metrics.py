@@ -6,9 +6,19 @@ from lorasweep.run import train
 
 
 def test_every_recorded_metric_is_registered_and_objectives_follow_the_task(tmp_path):
-    metrics = train(compose(["trainer=smoke", "data.max_train_examples=32", "data.max_eval_examples=16",
-                             "data.max_length=24", "tracking=none", "trainer.eval_at_start=true",
-                             f"run_root={tmp_path}"]))
+    metrics = train(
+        compose(
+            [
+                "trainer=smoke",
+                "data.max_train_examples=32",
+                "data.max_eval_examples=16",
+                "data.max_length=24",
+                "tracking=none",
+                "trainer.eval_at_start=true",
+                f"run_root={tmp_path}",
+            ]
+        )
+    )
     numeric = {k for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
     assert numeric <= set(BY_NAME), numeric - set(BY_NAME)
     assert set(deterministic_metrics(metrics)) == {k for k in numeric if BY_NAME[k].deterministic}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import randomize_lora, tiny
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -11,7 +12,6 @@ from lorasweep.lora import apply_lora, load_adapter, merge_lora, save_adapter
 from lorasweep.lora.multi import MultiLoraLayer, load_adapters
 from lorasweep.models import load_pretrained
 from lorasweep.predict import generate_mixed, parse_adapter_specs, predict_file, resolve_adapter_path
-from conftest import randomize_lora, tiny
 
 TEXTS = ["a fine film", "a long, dull evening at the cinema", "ok", "not bad at all, really", "dreadful"]
 
@@ -31,8 +31,9 @@ def _minilm(minilm_dir):
 
 
 def _make(model, path, preset, rank, seed, scaling="standard", head=False, std=0.2):
-    apply_lora(model, preset, rank=rank, alpha=2 * rank + 1, scaling=scaling,
-               modules_to_save=["classifier"] if head else None)
+    apply_lora(
+        model, preset, rank=rank, alpha=2 * rank + 1, scaling=scaling, modules_to_save=["classifier"] if head else None
+    )
     randomize_lora(model, seed=seed, std=std)
     if head:
         with torch.no_grad():
@@ -94,9 +95,17 @@ def test_minilm_mixed_batch_equals_each_adapter_merged_alone(minilm_dir, minilm_
 def test_peft_written_adapter_mixes_with_ours(minilm_dir, minilm_adapters, minilm_batch, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(_minilm(minilm_dir), LoraConfig(
-        r=4, lora_alpha=12, target_modules=["query", "value"], task_type="SEQ_CLS", rank_pattern={"value": 2},
-        alpha_pattern={"value": 3})).eval()
+    peft_model = get_peft_model(
+        _minilm(minilm_dir),
+        LoraConfig(
+            r=4,
+            lora_alpha=12,
+            target_modules=["query", "value"],
+            task_type="SEQ_CLS",
+            rank_pattern={"value": 2},
+            alpha_pattern={"value": 3},
+        ),
+    ).eval()
     randomize_lora(peft_model, std=0.2)
     peft_model.save_pretrained(str(tmp_path))
     model = _minilm(minilm_dir)
@@ -135,8 +144,12 @@ def test_tiny_causal_lm_mixed_logits_and_generation(arch, preset, tmp_path):
         tokens = generate_mixed(model, loaded, names, input_ids, mask, 6, pad_token_id=0)[:, width:]
         for i, (p, name) in enumerate(zip(prompts, names)):
             alone = _merged(tiny(arch), paths.get(name)).generate(
-                input_ids=p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=6,
-                do_sample=False, pad_token_id=0)[0, len(p) :]
+                input_ids=p[None],
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, len(p) :]
             assert tokens[i].tolist() == alone.tolist(), name
 
 
@@ -146,8 +159,11 @@ def _state(model):
 
 def _unchanged(model, before):
     after = model.state_dict()
-    return set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before) and not any(
-        isinstance(m, MultiLoraLayer) for m in model.modules())
+    return (
+        set(after) == set(before)
+        and all(torch.equal(after[k], before[k]) for k in before)
+        and not any(isinstance(m, MultiLoraLayer) for m in model.modules())
+    )
 
 
 def test_bad_adapters_are_clear_errors_and_load_nothing(minilm_dir, minilm_adapters, tmp_path):
@@ -245,9 +261,17 @@ def test_predict_file_causal_lm_generates_per_adapter(minilm_dir, tmp_path):
     for row, pred in zip(rows, preds):
         prompt = tokenizer(row["text"] + SFT_SEPARATOR, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
-            tokens = _merged(fresh(), paths.get(row["adapter"])).generate(
-                input_ids=prompt["input_ids"], max_new_tokens=5, do_sample=False, eos_token_id=tokenizer.sep_token_id,
-                pad_token_id=tokenizer.pad_token_id)[0, prompt["input_ids"].shape[1] :].tolist()
+            tokens = (
+                _merged(fresh(), paths.get(row["adapter"]))
+                .generate(
+                    input_ids=prompt["input_ids"],
+                    max_new_tokens=5,
+                    do_sample=False,
+                    eos_token_id=tokenizer.sep_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )[0, prompt["input_ids"].shape[1] :]
+                .tolist()
+            )
         end = tokenizer.sep_token_id
         expected = tokenizer.decode(tokens[: tokens.index(end)] if end in tokens else tokens, skip_special_tokens=True)
         assert pred == {"adapter": row["adapter"], "generation": expected}
@@ -265,8 +289,9 @@ def test_predict_command_line(minilm_adapters, references, tmp_path, capsys):
     (name, path), *_ = list(minilm_adapters.items())
     requests = tmp_path / "in.jsonl"
     texts = ["a fine film", "a long, dull evening at the cinema"]
-    requests.write_text(json.dumps({"text": texts[0], "adapter": name}) + "\n"
-                        + json.dumps({"text": texts[1], "adapter": name}) + "\n")
+    requests.write_text(
+        json.dumps({"text": texts[0], "adapter": name}) + "\n" + json.dumps({"text": texts[1], "adapter": name}) + "\n"
+    )
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--adapter", f"{name}={path}", "--input", str(requests), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -10,8 +10,17 @@ from lorasweep.cli import main
 from lorasweep.config import compose
 from lorasweep.predict import base_config
 
-TINY = ["model=tiny_gpt2", "data=synth_sft", "trainer=smoke", "trainer.max_steps=2", "tracking=none",
-        "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_length=32", "sweep=newuser"]
+TINY = [
+    "model=tiny_gpt2",
+    "data=synth_sft",
+    "trainer=smoke",
+    "trainer.max_steps=2",
+    "tracking=none",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=32",
+    "sweep=newuser",
+]
 LRS = ("0.00021213559644391776", "0.0014936120510359183")  # what a log-uniform sampler draws
 
 
@@ -68,10 +77,25 @@ def test_compare_by_study_separates_long_float_columns(tiny_runs, tmp_path, caps
 def test_predict_takes_the_base_model_from_the_run(tiny_runs, tmp_path, capsys):
     root, (a, b) = tiny_runs
     infile = tmp_path / "in.jsonl"
-    infile.write_text("".join(json.dumps({"text": t, "adapter": n}) + "\n"
-                              for t, n in (("Name a colour.", "a"), ("Say hi.", "b"), ("Count.", "base"))))
-    args = ["predict", "--adapter", f"a={a}", "--adapter", f"b={root / b}", "--input", str(infile),
-            "--run-root", str(root), "--max-new-tokens", "3"]
+    infile.write_text(
+        "".join(
+            json.dumps({"text": t, "adapter": n}) + "\n"
+            for t, n in (("Name a colour.", "a"), ("Say hi.", "b"), ("Count.", "base"))
+        )
+    )
+    args = [
+        "predict",
+        "--adapter",
+        f"a={a}",
+        "--adapter",
+        f"b={root / b}",
+        "--input",
+        str(infile),
+        "--run-root",
+        str(root),
+        "--max-new-tokens",
+        "3",
+    ]
     assert main(args) == 0  # no --base: tiny_gpt2 rebuilt from the runs' config and seed
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["adapter"] for r in rows] == ["a", "b", "base"] and all("generation" in r for r in rows)
@@ -133,12 +157,36 @@ def test_reproduce_reruns_a_two_process_run_with_two_processes(tmp_path, capsys)
 
     from lorasweep.runstore import RunStore
 
-    overrides = ["trainer=smoke", "trainer.max_steps=3", "trainer.batch_size=8", "data.max_train_examples=48",
-                 "data.max_eval_examples=32", "data.max_length=32", "tracking=none", f"run_root={tmp_path}"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
-               "-m", "lorasweep.cli", "train", *overrides]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-                          capture_output=True, text=True, timeout=600)
+    overrides = [
+        "trainer=smoke",
+        "trainer.max_steps=3",
+        "trainer.batch_size=8",
+        "data.max_train_examples=48",
+        "data.max_eval_examples=32",
+        "data.max_length=32",
+        "tracking=none",
+        f"run_root={tmp_path}",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29537",
+        "-m",
+        "lorasweep.cli",
+        "train",
+        *overrides,
+    ]
+    done = subprocess.run(
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = RunStore(tmp_path).runs()
     assert run.env()["num_processes"] == 2

@@ -15,8 +15,21 @@ from lorasweep.config import compose, config_hash
 from lorasweep.sources import CONFIG_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "wandb", "build", "dist", "*.egg-info", "__pycache__",
-                              ".pytest_cache", "slurm-logs", "tests", "benchmarks", "local")
+SKIP = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "runs",
+    "wandb",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    "slurm-logs",
+    "tests",
+    "benchmarks",
+    "local",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,35 +37,62 @@ def no_config_dir(monkeypatch):
     monkeypatch.setenv(CONFIG_DIR_ENV, "")  # --config-dir exports it: restored after each test
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_specs_and_templates_and_runs_outside_the_repository(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=SKIP)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("lorasweep-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"lorasweep/{p.relative_to(REPO / 'src' / 'lorasweep').as_posix()}"
-                for p in (REPO / "src" / "lorasweep").rglob("*.py") if (p.parent / "__init__.py").exists()}
-    expected |= {f"lorasweep/conf/{p.relative_to(REPO / 'conf').as_posix()}"
-                 for p in (REPO / "conf").rglob("*.yaml") if "local" not in p.parts}
+    expected = {
+        f"lorasweep/{p.relative_to(REPO / 'src' / 'lorasweep').as_posix()}"
+        for p in (REPO / "src" / "lorasweep").rglob("*.py")
+        if (p.parent / "__init__.py").exists()
+    }
+    expected |= {
+        f"lorasweep/conf/{p.relative_to(REPO / 'conf').as_posix()}"
+        for p in (REPO / "conf").rglob("*.yaml")
+        if "local" not in p.parts
+    }
     expected |= {f"lorasweep/sweeps/{p.name}" for p in (REPO / "sweeps").glob("*.yaml")}
     expected |= {f"lorasweep/slurm_templates/{p.name}" for p in (REPO / "slurm").glob("*.sbatch")}
     expected.add("lorasweep/slurm_templates/launch.sh")  # the launcher both templates share
-    expected |= {f"lorasweep/architectures/{p.name}"  # the shipped big-model shapes (lorasweep estimate offline)
-                 for p in (REPO / "src" / "lorasweep" / "architectures").glob("*.json")}
+    expected |= {
+        f"lorasweep/architectures/{p.name}"  # the shipped big-model shapes (lorasweep estimate offline)
+        for p in (REPO / "src" / "lorasweep" / "architectures").glob("*.json")
+    }
     assert expected - names == set()
     assert not [n for n in names if n.startswith("lorasweep/conf/local/")]
 
     target, user = tmp_path / "installed", tmp_path / "user"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                           str(wheel)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     user.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", CONFIG_DIR_ENV: ""}
     code = "import lorasweep, sys; from lorasweep.cli import main; print(lorasweep.__file__); sys.exit(main())"
-    done = subprocess.run([sys.executable, "-c", code, "train", "--cfg"], cwd=user, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "train", "--cfg"], cwd=user, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(str(target))  # the installed copy, not the repository
     assert done.stdout.strip().endswith(f"# config hash: {config_hash(compose())}")  # same hash, any source
@@ -101,8 +141,21 @@ def test_config_dir_option_is_searched_first_and_exported_to_workers(tmp_path, m
 def test_a_packaged_sweep_spec_is_found_by_name(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no sweeps/ here
     for spec in ("rank_alpha_targets", "rank_alpha_targets.yaml", "sweeps/rank_alpha_targets.yaml"):
-        assert main(["sweep", spec, "--slurm", "--dry-run", "--storage", f"journal://{tmp_path}/s.log",
-                     "cluster=slurm", "cluster.partition=x"]) == 0
+        assert (
+            main(
+                [
+                    "sweep",
+                    spec,
+                    "--slurm",
+                    "--dry-run",
+                    "--storage",
+                    f"journal://{tmp_path}/s.log",
+                    "cluster=slurm",
+                    "cluster.partition=x",
+                ]
+            )
+            == 0
+        )
         assert "#SBATCH --partition=x" in capsys.readouterr().out
     assert main(["sweep", "nope.yaml", "--workers", "0"]) == 2
     assert "packaged specs: " in capsys.readouterr().err

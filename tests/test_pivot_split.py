@@ -23,8 +23,12 @@ def _data(rows):
 
 
 def test_split_columns_show_every_searched_value():
-    rows = [_row(0, 4, "qv", 1.0, 0.80), _row(1, 4, "qv", 16.0, 0.85), _row(2, 4, "qv_dora", 16.0, 0.90),
-            _row(3, 64, "qv_rslora", 1.0, 0.70)]
+    rows = [
+        _row(0, 4, "qv", 1.0, 0.80),
+        _row(1, 4, "qv", 16.0, 0.85),
+        _row(2, 4, "qv_dora", 16.0, 0.90),
+        _row(3, 64, "qv_rslora", 1.0, 0.70),
+    ]
     pivot = make_pivot(_data(rows), "lora.rank", "lora", "optim.lora_plus_ratio")
     assert pivot.col_values[:2] == [("qv", 1.0), ("qv", 16.0)] and len(pivot.col_values) == 6
     text = format_pivot(pivot).splitlines()
@@ -48,22 +52,44 @@ def test_split_key_must_be_a_third_searched_parameter():
 def test_split_through_the_cli(tmp_path, capsys):
     """`report --table ROW COL --split KEY`, as docs/variants.md runs it."""
     import optuna
-
-    from lorasweep.cli import main
     from test_report import recorded_study
 
-    spec = {"study": "rt", "n_trials": 3, "objectives": [{"metric": "eval/loss", "direction": "minimize"}],
-            "pruner": {"name": "none"},
-            "params": {"lora.rank": {"type": "categorical", "choices": [2, 8]},
-                       "lora.targets": {"type": "categorical", "choices": ["qv", "all"]},
-                       "optim.lora_plus_ratio": {"type": "categorical", "choices": [1.0, 16.0]}}}
+    from lorasweep.cli import main
+
+    spec = {
+        "study": "rt",
+        "n_trials": 3,
+        "objectives": [{"metric": "eval/loss", "direction": "minimize"}],
+        "pruner": {"name": "none"},
+        "params": {
+            "lora.rank": {"type": "categorical", "choices": [2, 8]},
+            "lora.targets": {"type": "categorical", "choices": ["qv", "all"]},
+            "optim.lora_plus_ratio": {"type": "categorical", "choices": [1.0, 16.0]},
+        },
+    }
     done = optuna.trial.TrialState.COMPLETE
-    trials = [(done, {"lora.rank": 2, "lora.targets": "qv", "optim.lora_plus_ratio": 1.0}, 0.5, {}, {}),
-              (done, {"lora.rank": 2, "lora.targets": "qv", "optim.lora_plus_ratio": 16.0}, 0.4, {}, {}),
-              (done, {"lora.rank": 8, "lora.targets": "all", "optim.lora_plus_ratio": 16.0}, 0.3, {}, {})]
+    trials = [
+        (done, {"lora.rank": 2, "lora.targets": "qv", "optim.lora_plus_ratio": 1.0}, 0.5, {}, {}),
+        (done, {"lora.rank": 2, "lora.targets": "qv", "optim.lora_plus_ratio": 16.0}, 0.4, {}, {}),
+        (done, {"lora.rank": 8, "lora.targets": "all", "optim.lora_plus_ratio": 16.0}, 0.3, {}, {}),
+    ]
     _, _, url = recorded_study(tmp_path, trials, spec)
-    args = ["report", "--study", "rt", "--storage", url, "--run-root", str(tmp_path / "runs"), "--wandb", "none",
-            "--out", str(tmp_path / "out"), "--table", "lora.rank", "lora.targets"]
+    args = [
+        "report",
+        "--study",
+        "rt",
+        "--storage",
+        url,
+        "--run-root",
+        str(tmp_path / "runs"),
+        "--wandb",
+        "none",
+        "--out",
+        str(tmp_path / "out"),
+        "--table",
+        "lora.rank",
+        "lora.targets",
+    ]
     assert main([*args, "--split", "optim.lora_plus_ratio"]) == 0
     text = capsys.readouterr().out
     assert "per lora.rank x lora.targets, optim.lora_plus_ratio" in text and "qv, 16" in text

@@ -4,12 +4,19 @@ import copy
 
 import pytest
 import torch
-
-from lorasweep.lora import apply_lora, save_adapter
 from conftest import randomize_lora, tiny
 
-BASES = ["none", pytest.param("nf4", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes"))]
+from lorasweep.lora import apply_lora, save_adapter
+
+BASES = [
+    "none",
+    pytest.param(
+        "nf4",
+        marks=pytest.mark.skipif(
+            __import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes"
+        ),
+    ),
+]
 
 
 def _model(quantization, **overrides):

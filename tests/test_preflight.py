@@ -11,8 +11,14 @@ from lorasweep.cli import main
 from lorasweep.config import compose
 from lorasweep.predict import base_config
 
-SMALL = ["trainer=smoke", "trainer.max_steps=2", "tracking=none", "data.max_train_examples=32",
-         "data.max_eval_examples=16", "data.max_length=24"]
+SMALL = [
+    "trainer=smoke",
+    "trainer.max_steps=2",
+    "tracking=none",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=24",
+]
 
 
 def _one_line_error(capsys, *needles):
@@ -24,12 +30,15 @@ def _one_line_error(capsys, *needles):
 
 
 @pytest.mark.parametrize("cfg_only", [False, True])
-@pytest.mark.parametrize("override, message", [
-    ("data=synth_sft", "minilm (bert) is an encoder and cannot be trained as a causal LM"),
-    ("lora.targets=qvx", "unknown target preset 'qvx'"),
-    ("lora.targets=[querry]", "target module 'querry' matches no linear module"),
-    ("lora.rank=500", "LoRA rank 500 exceeds min(d_in, d_out) = 384"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data=synth_sft", "minilm (bert) is an encoder and cannot be trained as a causal LM"),
+        ("lora.targets=qvx", "unknown target preset 'qvx'"),
+        ("lora.targets=[querry]", "target module 'querry' matches no linear module"),
+        ("lora.rank=500", "LoRA rank 500 exceeds min(d_in, d_out) = 384"),
+    ],
+)
 def test_train_and_cfg_refuse_the_same_configs_before_writing(tmp_path, capsys, override, message, cfg_only):
     root = tmp_path / "runs"
     args = ["train", *(["--cfg"] if cfg_only else []), override, f"run_root={root}"]
@@ -56,8 +65,9 @@ def test_a_finished_run_leaves_no_lock_files_beside_the_runs(tmp_path, capsys):
     assert [p.suffix for p in (root / ".locks").iterdir()] == [".lock"]  # the flock file only; no holder
 
 
-@pytest.mark.parametrize("text, kind", [("hello world, this is not a spec\n", "plain string"),
-                                        ("- lora.rank\n- lora.alpha\n", "list")])
+@pytest.mark.parametrize(
+    "text, kind", [("hello world, this is not a spec\n", "plain string"), ("- lora.rank\n- lora.alpha\n", "list")]
+)
 def test_a_spec_that_is_not_a_mapping_says_so(tmp_path, capsys, text, kind):
     spec = tmp_path / "spec.yaml"
     spec.write_text(text)
@@ -81,8 +91,11 @@ def test_adapters_on_bases_that_differ_in_quantization_name_it(tmp_path):
         (run / "adapter").mkdir(parents=True)
         OmegaConf.save(compose([f"model.quantization={quantization}"]), run / "config.yaml")
         dirs[name] = run / "adapter"
-    with pytest.raises(ValueError, match=r"q: minilm \(model.quantization=nf4\), a: minilm "
-                                         r"\(model.quantization=none\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"q: minilm \(model.quantization=nf4\), a: minilm "
+        r"\(model.quantization=none\)",
+    ):
         base_config(dirs, None, "classification", 2)
 
 
@@ -102,14 +115,16 @@ def untracked_sweep(tmp_path_factory):
     """A two-point grid whose spec fixes tracking=none and α=16 (not searched), one adamw8bit run beside it."""
     root = tmp_path_factory.mktemp("sweep") / "runs"
     spec = root.parent / "spec.yaml"
-    spec.write_text(textwrap.dedent("""
+    spec.write_text(
+        textwrap.dedent("""
         study: quiet
         sampler: {name: grid}
         pruner: {name: none}
         fixed: [tracking=none, lora.alpha=16]
         params:
           lora.rank: {type: categorical, choices: [2, 4]}
-        """))
+        """)
+    )
     assert main(["sweep", str(spec), *SMALL, f"run_root={root}"]) == 0
     assert main(["train", *SMALL, "optim.name=adamw8bit", "lora.rank=2", f"run_root={root}"]) == 0
     return root
@@ -144,15 +159,23 @@ def test_tables_show_alpha_quantization_and_optimizer(untracked_sweep, capsys):
 def test_eight_bit_run_says_its_small_matrices_kept_32_bit_state(tmp_path, capsys):
     assert main(["train", *SMALL, "optim.name=adamw8bit", "lora.rank=2", f"run_root={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "all the trainable parameters are in tensors under optim.min_8bit_size=4096 elements and keep 32-bit" \
-        in out
-    assert main(["train", *SMALL, "optim.name=adamw8bit", "lora.rank=2", "optim.min_8bit_size=0",
-                 f"run_root={tmp_path}"]) == 0
+    assert "all the trainable parameters are in tensors under optim.min_8bit_size=4096 elements and keep 32-bit" in out
+    assert (
+        main(["train", *SMALL, "optim.name=adamw8bit", "lora.rank=2", "optim.min_8bit_size=0", f"run_root={tmp_path}"])
+        == 0
+    )
     assert "32-bit" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("variant", [["lora.dora=true"], ["lora.init=pissa"], ["lora.init=olora", "lora=all"],
-                                     ["model=tiny_gpt2", "data=synth_sft", "lora.dora=true"]])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["lora.dora=true"],
+        ["lora.init=pissa"],
+        ["lora.init=olora", "lora=all"],
+        ["model=tiny_gpt2", "data=synth_sft", "lora.dora=true"],
+    ],
+)
 def test_variants_pass_the_skeleton_check(capsys, variant):
     """DoRA and the weight-derived inits run on the meta skeleton too (no autocast, no SVD of real weights)."""
     assert main(["train", "--cfg", *variant]) == 0

@@ -7,11 +7,12 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from conftest import randomize_lora, tiny  # noqa: E402
+
 from lorasweep.accounting import count_parameters, memory_account, optimizer_state_breakdown  # noqa: E402
 from lorasweep.lora import apply_lora, load_adapter, lora_layers, merge_lora, save_adapter  # noqa: E402
 from lorasweep.optim import build_optimizer  # noqa: E402
 from lorasweep.quantize import quantize_model, quantized_summary  # noqa: E402
-from conftest import randomize_lora, tiny  # noqa: E402
 
 
 class Optim:  # the fields of OptimConfig build_optimizer reads
@@ -123,8 +124,9 @@ def test_fused_slices_on_a_quantized_base():
 
 
 @pytest.mark.parametrize("quantization, double_quant", [("nf4", True), ("fp4", False), ("int8", False)])
-def test_adapter_from_a_quantized_run_loads_in_peft_with_equal_logits(minilm_dir, minilm_batch, tmp_path,
-                                                                     quantization, double_quant):
+def test_adapter_from_a_quantized_run_loads_in_peft_with_equal_logits(
+    minilm_dir, minilm_batch, tmp_path, quantization, double_quant
+):
     from peft import PeftModel
 
     from lorasweep.models import load_pretrained
@@ -139,8 +141,9 @@ def test_adapter_from_a_quantized_run_loads_in_peft_with_equal_logits(minilm_dir
     quantize_model(base, quantization, double_quant=double_quant)  # the same quantized base, built again
     theirs = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(**minilm_batch).logits, theirs(**minilm_batch).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.eval()(**minilm_batch).logits, theirs(**minilm_batch).logits, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_lorasweep_loads_its_adapter_onto_a_quantized_base(minilm_dir, minilm_batch, tmp_path):
@@ -221,7 +224,8 @@ def test_memory_account_of_a_quantized_base(minilm_dir):
         torch.manual_seed(0)
         model = load_pretrained(minilm_dir, "classification", num_labels=2)
         quantize_model(model, quantization, double_quant=True) if quantization == "nf4" else quantize_model(
-            model, quantization)
+            model, quantization
+        )
         apply_lora(model, "qv", rank=8, alpha=16, modules_to_save=["classifier"])
         accounts[quantization] = memory_account(model)
     none, nf4, int8 = accounts["none"], accounts["nf4"], accounts["int8"]

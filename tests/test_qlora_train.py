@@ -10,16 +10,33 @@ pytest.importorskip("bitsandbytes")
 
 from lorasweep.cli import main  # noqa: E402
 from lorasweep.config import compose, config_hash, semantic_config  # noqa: E402
-from lorasweep.run import Callbacks, train  # noqa: E402
 from lorasweep.metrics import deterministic_metrics  # noqa: E402
+from lorasweep.run import Callbacks, train  # noqa: E402
 from lorasweep.runstore import RunStore  # noqa: E402
 
-SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32",
-         "tracking=none"]
-QLORA = ["model=tiny_llama", "data=synth_sft", "lora=all", "model.quantization=nf4", "model.double_quant=true",
-         "optim.name=adamw8bit", "optim.min_8bit_size=0"]
-MEMORY_KEYS = ("memory/base_weights_bytes", "memory/trainable_bytes", "memory/gradient_bytes",
-               "memory/optimizer_state_bytes", "memory/peak_bytes")
+SMALL = [
+    "trainer=smoke",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=32",
+    "data.max_length=32",
+    "tracking=none",
+]
+QLORA = [
+    "model=tiny_llama",
+    "data=synth_sft",
+    "lora=all",
+    "model.quantization=nf4",
+    "model.double_quant=true",
+    "optim.name=adamw8bit",
+    "optim.min_8bit_size=0",
+]
+MEMORY_KEYS = (
+    "memory/base_weights_bytes",
+    "memory/trainable_bytes",
+    "memory/gradient_bytes",
+    "memory/optimizer_state_bytes",
+    "memory/peak_bytes",
+)
 
 
 def _cfg(tmp_path, *overrides):
@@ -39,17 +56,25 @@ def test_qlora_run_records_its_memory_account_and_reproduces_bitwise(tmp_path, c
     capsys.readouterr()
     assert main(["reproduce", first["config_hash"][:7], "--run-root", str(cfg.run_root)]) == 0
     assert "all metrics bitwise equal" in capsys.readouterr().out
-    rerun = json.loads((tmp_path / "a" / "runs" / first["config_hash"] / "reproductions" / "1" / "metrics.json")
-                       .read_text())
+    rerun = json.loads(
+        (tmp_path / "a" / "runs" / first["config_hash"] / "reproductions" / "1" / "metrics.json").read_text()
+    )
     assert deterministic_metrics(rerun) == deterministic_metrics(first) and rerun["eval/loss"] == first["eval/loss"]
 
 
 def test_quantization_and_optimizer_are_in_the_hash_and_defaults_keep_old_hashes():
     base = compose(["tracking=none"])
     assert "quantization" not in json.dumps(semantic_config(base))  # so every run filed before keeps its hash
-    hashes = {config_hash(compose(["tracking=none", *o])) for o in
-              ([], ["model.quantization=nf4"], ["model.quantization=int8"], ["optim.name=adamw8bit"],
-               ["model.quantization=nf4", "model.double_quant=true"])}
+    hashes = {
+        config_hash(compose(["tracking=none", *o]))
+        for o in (
+            [],
+            ["model.quantization=nf4"],
+            ["model.quantization=int8"],
+            ["optim.name=adamw8bit"],
+            ["model.quantization=nf4", "model.double_quant=true"],
+        )
+    }
     assert len(hashes) == 5
 
 
@@ -119,8 +144,15 @@ def test_bf16_and_gradient_checkpointing_on_a_4bit_base_through_train(tmp_path):
     from safetensors.torch import load_file
 
     fp32 = train(_cfg(tmp_path / "fp32", *QLORA, "trainer.max_steps=6", "trainer.eval_every=3"))
-    cfg = _cfg(tmp_path, *QLORA, "model.compute_dtype=bfloat16", "trainer.mixed_precision=bf16",
-               "trainer.gradient_checkpointing=true", "trainer.max_steps=6", "trainer.eval_every=3")
+    cfg = _cfg(
+        tmp_path,
+        *QLORA,
+        "model.compute_dtype=bfloat16",
+        "trainer.mixed_precision=bf16",
+        "trainer.gradient_checkpointing=true",
+        "trainer.max_steps=6",
+        "trainer.eval_every=3",
+    )
     metrics = train(cfg)
     assert metrics["status"] == "completed" and abs(metrics["eval/loss"] - fp32["eval/loss"]) < 0.05
     run = RunStore(cfg.run_root).run(metrics["config_hash"])

@@ -17,24 +17,33 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-
-from lorasweep.cli import main
-from lorasweep.sweep.spec import parse_spec
-from lorasweep.sweep.storage import open_storage
-from lorasweep.sweep.samplers import make_sampler
-from lorasweep.sweep.study import BUDGET_ATTR, SPEC_ATTR, create_study
 from wandb_reader import find_runs, read_run
 
-FAST = ["trainer=smoke", "trainer.max_steps=2", "trainer.eval_every=1", "data.max_train_examples=32",
-        "data.max_eval_examples=16", "data.max_length=24", "tracking=none"]
+from lorasweep.cli import main
+from lorasweep.sweep.samplers import make_sampler
+from lorasweep.sweep.spec import parse_spec
+from lorasweep.sweep.storage import open_storage
+from lorasweep.sweep.study import BUDGET_ATTR, SPEC_ATTR, create_study
+
+FAST = [
+    "trainer=smoke",
+    "trainer.max_steps=2",
+    "trainer.eval_every=1",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=24",
+    "tracking=none",
+]
 
 SPEC = {
     "study": "rt",
     "n_trials": 6,
     "objectives": [{"metric": "eval/loss", "direction": "minimize"}],
     "pruner": {"name": "none"},
-    "params": {"lora.rank": {"type": "categorical", "choices": [2, 8]},
-               "lora.targets": {"type": "categorical", "choices": ["qv", "all"]}},
+    "params": {
+        "lora.rank": {"type": "categorical", "choices": [2, 8]},
+        "lora.targets": {"type": "categorical", "choices": ["qv", "all"]},
+    },
 }
 
 
@@ -42,15 +51,23 @@ def recorded_study(tmp_path, trials, spec=SPEC, url=None):
     """A lorasweep study holding the given trials: (state, params, value, user_attrs, intermediate values)."""
     spec = parse_spec(spec, "rt")
     url = url or f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name=spec.study, storage=open_storage(url),
-                                directions=[o.direction for o in spec.objectives])
+    study = optuna.create_study(
+        study_name=spec.study, storage=open_storage(url), directions=[o.direction for o in spec.objectives]
+    )
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(BUDGET_ATTR, spec.n_trials)
     dists = {p.key: _distribution(p) for p in spec.params}
     for state, params, value, attrs, curve in trials:
-        study.add_trial(optuna.create_trial(
-            state=state, params=params, distributions={k: dists[k] for k in params},
-            values=None if value is None else [value], user_attrs=attrs, intermediate_values=curve))
+        study.add_trial(
+            optuna.create_trial(
+                state=state,
+                params=params,
+                distributions={k: dists[k] for k in params},
+                values=None if value is None else [value],
+                user_attrs=attrs,
+                intermediate_values=curve,
+            )
+        )
     return study, spec, url
 
 
@@ -62,16 +79,22 @@ def _distribution(param):
 
 
 def _metrics(loss, peak=2**30):
-    return {"eval/loss": loss, "params/trainable_fraction": 0.003, "memory/optimizer_state_bytes": 600_000,
-            "memory/peak_bytes": peak, "perf/loop_time_s": 12.5}
+    return {
+        "eval/loss": loss,
+        "params/trainable_fraction": 0.003,
+        "memory/optimizer_state_bytes": 600_000,
+        "memory/peak_bytes": peak,
+        "perf/loop_time_s": 12.5,
+    }
 
 
 def _trials(root: Path):
     """Three complete trials, one pruned (its figures only in the run store), one failed, one waiting."""
     pruned_dir = root / "dddddddddddd"
     pruned_dir.mkdir(parents=True)
-    (pruned_dir / "metrics.json").write_text(json.dumps({"status": "pruned", "step": 4,
-                                                         "memory/peak_bytes": 123 * 2**20}))
+    (pruned_dir / "metrics.json").write_text(
+        json.dumps({"status": "pruned", "step": 4, "memory/peak_bytes": 123 * 2**20})
+    )
     C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
     attrs = lambda h, loss: {"config_hash": h, "metrics": _metrics(loss)}  # noqa: E731
     return [
@@ -88,11 +111,25 @@ def test_report_page_pivot_table_and_wandb(tmp_path, capsys):
     root = tmp_path / "runs"
     _, _, url = recorded_study(tmp_path, _trials(root))
     out = tmp_path / "report"
-    code = main(["report", "--study", "rt", "--storage", url, "--run-root", str(root), "--out", str(out),
-                 "--table", "lora.rank", "lora.targets"])
+    code = main(
+        [
+            "report",
+            "--study",
+            "rt",
+            "--storage",
+            url,
+            "--run-root",
+            str(root),
+            "--out",
+            str(out),
+            "--table",
+            "lora.rank",
+            "lora.targets",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
-    pivot = text[text.index("best eval/loss"):].splitlines()
+    pivot = text[text.index("best eval/loss") :].splitlines()
     assert pivot[1].split() == ["lora.rank", "\\", "lora.targets", "qv", "all"]
     assert pivot[2].split() == ["2", "0.4000", "-"] and pivot[3].split() == ["8", "0.3000", "0.2000"]
 
@@ -100,8 +137,18 @@ def test_report_page_pivot_table_and_wandb(tmp_path, capsys):
     page = (out / "index.html").read_text()
     assert "http://" not in page and "https://" not in page.replace("https://plotly.com", "")  # no CDN
     assert "<script src='plotly.min.js'>" in page
-    for needle in ("pruned at step 4", "failed: ValueError: boom", "waiting", "123.00 MiB",  # run-store fallback
-                   str(root / "dddddddddddd"), "0.300%", "585.94 KiB", "1.00 GiB", "12.5", "id='pivot'"):
+    for needle in (
+        "pruned at step 4",
+        "failed: ValueError: boom",
+        "waiting",
+        "123.00 MiB",  # run-store fallback
+        str(root / "dddddddddddd"),
+        "0.300%",
+        "585.94 KiB",
+        "1.00 GiB",
+        "12.5",
+        "id='pivot'",
+    ):
         assert needle in page, needle
     for plot in ("parallel", "curves", "costs", "rank", "importances", "history"):
         assert f"plot-{plot}" in page, plot
@@ -135,8 +182,10 @@ def test_report_bad_input_writes_nothing(tmp_path, capsys):
 
     out.mkdir()
     (out / "index.html").write_text("the previous report")
-    _, _, url2 = recorded_study(tmp_path / "b", [(TrialState.PRUNED, {"lora.rank": 2}, None, {}, {1: 0.5}),
-                                                 (TrialState.WAITING, {}, None, {}, {})])
+    _, _, url2 = recorded_study(
+        tmp_path / "b",
+        [(TrialState.PRUNED, {"lora.rank": 2}, None, {}, {1: 0.5}), (TrialState.WAITING, {}, None, {}, {})],
+    )
     base[4] = url2
     _one_line_error(capsys, base, "no finished trial yet (1 pruned, 1 waiting)")
     assert (out / "index.html").read_text() == "the previous report"
@@ -168,9 +217,14 @@ def test_multi_objective_report_has_a_pareto_front(tmp_path):
     study = optuna.create_study(directions=["minimize", "minimize"])
     dists = {p.key: CategoricalDistribution(p.choices) for p in spec.params}
     for rank, targets, loss, frac in [(2, "qv", 0.4, 0.001), (8, "qv", 0.3, 0.004), (8, "all", 0.35, 0.01)]:
-        study.add_trial(optuna.create_trial(params={"lora.rank": rank, "lora.targets": targets},
-                                            distributions=dists, values=[loss, frac],
-                                            user_attrs={"metrics": _metrics(loss)}))
+        study.add_trial(
+            optuna.create_trial(
+                params={"lora.rank": rank, "lora.targets": targets},
+                distributions=dists,
+                values=[loss, frac],
+                user_attrs={"metrics": _metrics(loss)},
+            )
+        )
     page = write_html_report(study, spec, tmp_path / "report").read_text()
     assert "plot-pareto" in page and "Pareto front" in page
 
@@ -188,13 +242,21 @@ params:
 """
 
 
-@pytest.mark.parametrize("body, message", [
-    (GRID + "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n",
-     "sampler grid needs categorical params; optim.lr is a float range"),
-    (GRID + "  trainer.max_steps: {type: int, low: 1, high: 3}\n", "trainer.max_steps is a int range"),
-    (GRID.replace("study: grid", "study: grid\nn_trials: 3"), "runs each of its 4 points once; n_trials 3 differs"),
-    (GRID.replace("name: grid", "name: cmaes"), "sampler must be one of tpe, random, qmc, nsga2, grid, got 'cmaes'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            GRID + "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n",
+            "sampler grid needs categorical params; optim.lr is a float range",
+        ),
+        (GRID + "  trainer.max_steps: {type: int, low: 1, high: 3}\n", "trainer.max_steps is a int range"),
+        (GRID.replace("study: grid", "study: grid\nn_trials: 3"), "runs each of its 4 points once; n_trials 3 differs"),
+        (
+            GRID.replace("name: grid", "name: cmaes"),
+            "sampler must be one of tpe, random, qmc, nsga2, grid, got 'cmaes'",
+        ),
+    ],
+)
 def test_bad_sampler_specs_are_one_line_errors(tmp_path, capsys, body, message):
     path = tmp_path / "spec.yaml"
     path.write_text(textwrap.dedent(body))
@@ -205,13 +267,21 @@ def test_bad_sampler_specs_are_one_line_errors(tmp_path, capsys, body, message):
 def test_grid_n_trials_from_the_command_line_must_match(tmp_path, capsys):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID)
-    _one_line_error(capsys, ["sweep", str(path), "--n-trials", "2", f"run_root={tmp_path}", *FAST],
-                    "--n-trials: sampler grid runs each of its 4 points once; n_trials 2 differs")
+    _one_line_error(
+        capsys,
+        ["sweep", str(path), "--n-trials", "2", f"run_root={tmp_path}", *FAST],
+        "--n-trials: sampler grid runs each of its 4 points once; n_trials 2 differs",
+    )
 
 
-@pytest.mark.parametrize("sampler, kind", [({"name": "qmc", "seed": 1}, "QMCSampler"),
-                                           ({"name": "nsga2", "seed": 1, "population_size": 4}, "NSGAIISampler"),
-                                           ({"name": "grid"}, "GridSampler")])
+@pytest.mark.parametrize(
+    "sampler, kind",
+    [
+        ({"name": "qmc", "seed": 1}, "QMCSampler"),
+        ({"name": "nsga2", "seed": 1, "population_size": 4}, "NSGAIISampler"),
+        ({"name": "grid"}, "GridSampler"),
+    ],
+)
 def test_samplers_sample_the_space(sampler, kind):
     spec = parse_spec({**SPEC, "sampler": sampler, "n_trials": 4}, "s")
     made = make_sampler(spec)
@@ -238,11 +308,16 @@ def test_grid_with_two_workers_runs_each_point_once(tmp_path):
     study, _ = run_sweep(str(path), [*FAST, f"run_root={tmp_path / 'runs'}"], workers=2)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert sorted((t.params["lora.rank"], t.params["lora.targets"]) for t in trials) == \
-        [(2, "q"), (2, "v"), (4, "q"), (4, "v")]
+    assert sorted((t.params["lora.rank"], t.params["lora.targets"]) for t in trials) == [
+        (2, "q"),
+        (2, "v"),
+        (4, "q"),
+        (4, "v"),
+    ]
     assert len({t.user_attrs["worker"] for t in trials}) >= 1
 
 
+@pytest.mark.slow
 def test_grid_runs_every_point_exactly_once(tmp_path):
     from lorasweep.sweep.launch import run_sweep
 
@@ -258,25 +333,32 @@ def test_grid_runs_every_point_exactly_once(tmp_path):
     study, _ = run_sweep(str(path), [*FAST, f"run_root={tmp_path / 'runs'}"])
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert sorted((t.params["lora.rank"], t.params["lora.targets"]) for t in trials) == \
-        [(2, "q"), (2, "v"), (4, "q"), (4, "v")]
+    assert sorted((t.params["lora.rank"], t.params["lora.targets"]) for t in trials) == [
+        (2, "q"),
+        (2, "v"),
+        (4, "q"),
+        (4, "v"),
+    ]
     assert len({t.user_attrs["config_hash"] for t in trials}) == 4
 
 
-def test_paper_table_spec_is_the_25_point_grid():
+def test_paper_table_spec_is_the_rank_by_targets_grid_at_demo_length():
+    """The LoRA paper's Tables 5-6 question, trained as long as `make demo` (150 steps of 32), so qv learns."""
     from lorasweep.sweep.launch import prepare
 
     spec, _ = prepare("sweeps/paper_table.yaml", [])
-    assert spec.sampler["name"] == "grid" and spec.n_trials == 25
-    assert {p.key: p.choices for p in spec.params} == {"lora.rank": [1, 2, 4, 8, 64],
-                                                       "lora.targets": ["q", "v", "qv", "qkvo", "all"]}
+    assert spec.sampler["name"] == "grid" and spec.n_trials == 12
+    assert {p.key: p.choices for p in spec.params} == {"lora.rank": [1, 8, 64], "lora.targets": ["q", "v", "qv", "all"]}
+    assert {"trainer.max_steps=150", "trainer.batch_size=32"} <= set(spec.fixed)
 
 
 # --- single-matrix presets -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ["minilm", "gpt2", "llama", "gpt_neox", "phi3"])
 def test_single_matrix_presets(arch, request):
     from conftest import tiny
+
     from lorasweep.lora.targets import resolve_targets
 
     model = request.getfixturevalue("minilm") if arch == "minilm" else tiny(arch)
@@ -292,6 +374,7 @@ def test_single_matrix_presets(arch, request):
 
 
 # --- dashboard -------------------------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -311,8 +394,14 @@ def _storages(tmp_path):
     return urls
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal",  # PostgreSQL with the slow tests: CI starts it for those
-                                  pytest.param("postgresql", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        "journal",  # PostgreSQL with the slow tests: CI starts it for those
+        pytest.param("postgresql", marks=pytest.mark.slow),
+    ],
+)
 def test_dashboard_serves_the_study(tmp_path, kind):
     pytest.importorskip("optuna_dashboard")
     urls = [u for u in _storages(tmp_path) if u.startswith(kind)]
@@ -321,8 +410,12 @@ def test_dashboard_serves_the_study(tmp_path, kind):
     name = f"dash_{os.getpid()}_{time.time_ns()}"
     study, _, url = recorded_study(tmp_path, _trials(tmp_path / "runs"), spec={**SPEC, "study": name}, url=urls[0])
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lorasweep.cli", "dashboard", "--study", name, "--storage", url,
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorasweep.cli", "dashboard", "--study", name, "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, studies = time.time() + 90, None
         while time.time() < deadline and studies is None:
@@ -336,8 +429,14 @@ def test_dashboard_serves_the_study(tmp_path, kind):
         assert len(ours) == 1
         detail = _get(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}")
         assert len(detail["trials"]) == 6
-        assert sorted(t["state"] for t in detail["trials"]) == \
-            ["Complete", "Complete", "Complete", "Fail", "Pruned", "Waiting"]
+        assert sorted(t["state"] for t in detail["trials"]) == [
+            "Complete",
+            "Complete",
+            "Complete",
+            "Fail",
+            "Pruned",
+            "Waiting",
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -347,5 +446,8 @@ def test_dashboard_without_the_extra_or_the_study(tmp_path, capsys, monkeypatch)
     _, _, url = recorded_study(tmp_path, [])
     _one_line_error(capsys, ["dashboard", "--study", "nope", "--storage", url], "no study 'nope'")
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if not installed
-    _one_line_error(capsys, ["dashboard", "--study", "rt", "--storage", url],
-                    "optuna-dashboard is not installed: pip install 'lorasweep[dashboard]'")
+    _one_line_error(
+        capsys,
+        ["dashboard", "--study", "rt", "--storage", url],
+        "optuna-dashboard is not installed: pip install 'lorasweep[dashboard]'",
+    )

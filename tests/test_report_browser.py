@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from test_report import SPEC, _trials, recorded_study
 from test_report_glance import LR, write_glance_report
 
@@ -66,10 +65,22 @@ def _chromium():
 
 def _open(page_path, *flags):
     return subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-         "--use-angle=swiftshader", "--allow-file-access-from-files", "--window-size=1400,900", *flags,
-         page_path.as_uri()],
-        capture_output=True, text=True, timeout=240)
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-unsafe-swiftshader",
+            "--use-angle=swiftshader",
+            "--allow-file-access-from-files",
+            "--window-size=1400,900",
+            *flags,
+            page_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def _check(index):

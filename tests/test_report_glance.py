@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 
 import pytest
 from optuna.trial import TrialState
+from test_report import recorded_study
 
 from lorasweep.cli import main
-from test_report import recorded_study
 
 LR = 0.00031841839274374237  # the best trial's learning rate, as the sampler drew it
 SPEC = {
@@ -20,15 +20,22 @@ SPEC = {
     "n_trials": 5,
     "objectives": [{"metric": "eval/loss", "direction": "minimize"}],
     "pruner": {"name": "none"},
-    "params": {"lora.rank": {"type": "categorical", "choices": [2, 8]},
-               "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True}},
+    "params": {
+        "lora.rank": {"type": "categorical", "choices": [2, 8]},
+        "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True},
+    },
 }
 SAME = {2: 0.5, 4: 0.4, 6: 0.3}  # three trials learn exactly alike
 
 
 def _metrics(loss, rank, state_mib, peak_mib):
-    return {"eval/loss": loss, "params/trainable_fraction": 0.001 * rank, "perf/loop_time_s": 12.5,
-            "memory/optimizer_state_bytes": state_mib * 2**20, "memory/peak_bytes": peak_mib * 2**20}
+    return {
+        "eval/loss": loss,
+        "params/trainable_fraction": 0.001 * rank,
+        "perf/loop_time_s": 12.5,
+        "memory/optimizer_state_bytes": state_mib * 2**20,
+        "memory/peak_bytes": peak_mib * 2**20,
+    }
 
 
 def glance_trials(root):
@@ -37,16 +44,26 @@ def glance_trials(root):
     C = TrialState.COMPLETE
 
     def done(rank, lr, loss, digest, state_mib, curve):
-        return (C, {"lora.rank": rank, "optim.lr": lr}, loss,
-                {"config_hash": digest, "metrics": _metrics(loss, rank, state_mib, 300 + 100 * state_mib)}, curve)
+        return (
+            C,
+            {"lora.rank": rank, "optim.lr": lr},
+            loss,
+            {"config_hash": digest, "metrics": _metrics(loss, rank, state_mib, 300 + 100 * state_mib)},
+            curve,
+        )
 
     return [
         done(2, LR, 0.20, "aaaaaaaaaaaa", 2, {2: 0.45, 4: 0.3, 6: 0.20}),
         done(8, 0.0012345678, 0.30, "bbbbbbbbbbbb", 8, SAME),
         done(8, 0.0021, 0.30, "cccccccccccc", 20, SAME),
         done(2, 0.00015, 0.30, "dddddddddddd", 3, SAME),
-        (TrialState.PRUNED, {"lora.rank": 2, "optim.lr": 0.0005}, None, {"config_hash": "eeeeeeeeeeee"},
-         {2: 0.5, 4: 0.4}),
+        (
+            TrialState.PRUNED,
+            {"lora.rank": 2, "optim.lr": 0.0005},
+            None,
+            {"config_hash": "eeeeeeeeeeee"},
+            {2: 0.5, 4: 0.4},
+        ),
     ]
 
 
@@ -55,8 +72,24 @@ def write_glance_report(tmp_path):
     root = tmp_path / "runs"
     _, _, url = recorded_study(tmp_path, glance_trials(root), spec=SPEC)
     out = tmp_path / "report"
-    assert main(["report", "--study", "glance", "--storage", url, "--run-root", str(root), "--out", str(out),
-                 "--wandb", "none"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--study",
+                "glance",
+                "--storage",
+                url,
+                "--run-root",
+                str(root),
+                "--out",
+                str(out),
+                "--wandb",
+                "none",
+            ]
+        )
+        == 0
+    )
     return out, root
 
 
@@ -137,7 +170,7 @@ def test_parameters_are_rounded_and_exact_on_hover(report):
 def test_log_axes_label_whole_numbers(report):
     figures = plots(report[0])
     checked = []
-    for key, (data, layout) in figures.items():
+    for key, (_data, layout) in figures.items():
         for name, axis in layout.items():
             if not re.fullmatch(r"[xy]axis\d*", name) or axis.get("type") != "log":
                 continue
@@ -146,14 +179,14 @@ def test_log_axes_label_whole_numbers(report):
             labels = axis.get("ticktext") or [str(v) for v in values]
             assert [float(t) for t in labels] == pytest.approx(values, rel=5e-3), (key, name)
             if "range" in axis:  # at least two labels inside what is drawn
-                low, high = (10 ** r for r in axis["range"])
+                low, high = (10**r for r in axis["range"])
                 assert sum(low <= v <= high for v in values) >= 2, (key, name, values, axis["range"])
             checked.append((key, axis.get("title", {}).get("text")))
     # the cost plot's optimizer-state (MiB) and trainable-fraction axes, and the rank axis
     assert ("plot-costs", "MiB") in checked and ("plot-costs", "% of all parameters") in checked, checked
     dims = {d["label"]: d for d in figures["plot-parallel"][0][0]["dimensions"]}
     lr = dims["optim.lr (log)"]  # drawn as log10, labelled in learning rates
-    assert [float(t) for t in lr["ticktext"]] == pytest.approx([10 ** v for v in lr["tickvals"]], rel=5e-3)
+    assert [float(t) for t in lr["ticktext"]] == pytest.approx([10**v for v in lr["tickvals"]], rel=5e-3)
     assert "0.001" in lr["ticktext"] and len(lr["ticktext"]) >= 3
 
 

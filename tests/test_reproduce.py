@@ -11,16 +11,26 @@ import yaml
 from lorasweep.cli import main
 from lorasweep.config import compose, config_hash
 from lorasweep.metrics import deterministic_metrics
-from lorasweep.runstore import RunStore
 from lorasweep.run import train
+from lorasweep.runstore import RunStore
 
-SMALL = ["trainer=smoke", "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_length=24",
-         "tracking=none", "lora.dropout=0.1"]
+SMALL = [
+    "trainer=smoke",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=24",
+    "tracking=none",
+    "lora.dropout=0.1",
+]
 
 # A literal config and its hash, pinned: an accidental change of the canonical form (key order, float format,
 # which keys are non-semantic) changes the hash of every stored run, and this test catches it.
 REFERENCE = {
-    "seed": 3, "run_root": "/anywhere", "sweep": "s", "tracking": {"mode": "online"}, "cluster": {"name": "x"},
+    "seed": 3,
+    "run_root": "/anywhere",
+    "sweep": "s",
+    "tracking": {"mode": "online"},
+    "cluster": {"name": "x"},
     "model": {"name": "minilm", "source": "packaged"},
     "lora": {"targets": ["query", "value"], "rank": 4, "alpha": 8.0, "dropout": 0.0, "scaling": "rslora"},
     "optim": {"lr": 0.0005, "schedule": "linear"},
@@ -35,11 +45,17 @@ def test_reference_config_hash_is_fixed():
     assert config_hash({**reordered, "optim": {"schedule": "linear", "lr": 5e-4}}) == REFERENCE_HASH
 
 
+@pytest.mark.slow
 def test_hash_is_the_same_in_separate_processes():
     code = "from lorasweep.config import compose, config_hash; print(config_hash(compose(['lora=all'])))"
     hashes = {
-        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
-                       capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         for seed in ("1", "2", "3")
     }
     assert hashes == {config_hash(compose(["lora=all"]))}
@@ -107,8 +123,10 @@ def test_runs_table_and_compare(two_runs, capsys, tmp_path):
     assert main(["runs", "--run-root", str(root), "--sort", "eval/loss"]) == 0
     out = capsys.readouterr().out
     assert a["config_hash"] in out and b["config_hash"] in out and "trainable_fraction" in out
-    assert main(["compare", a["config_hash"], b["config_hash"], "--run-root", str(root), "--out",
-                 str(tmp_path / "cmp")]) == 0
+    assert (
+        main(["compare", a["config_hash"], b["config_hash"], "--run-root", str(root), "--out", str(tmp_path / "cmp")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "lora.rank" in out and "lora.targets" in out and "optim.lr" not in out.split("final metrics")[0]
     page = (tmp_path / "cmp" / "index.html").read_text()

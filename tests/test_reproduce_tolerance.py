@@ -6,8 +6,16 @@ import pytest
 
 from lorasweep.cli import main
 
-TINY = ["model=tiny_gpt2", "data=synth_sft", "trainer=smoke", "trainer.max_steps=2", "tracking=none",
-        "data.max_train_examples=16", "data.max_eval_examples=8", "data.max_length=32"]
+TINY = [
+    "model=tiny_gpt2",
+    "data=synth_sft",
+    "trainer=smoke",
+    "trainer.max_steps=2",
+    "tracking=none",
+    "data.max_train_examples=16",
+    "data.max_eval_examples=8",
+    "data.max_length=32",
+]
 
 
 @pytest.mark.slow  # three tiny trainings (~25 s on 2 shared cores)

@@ -15,13 +15,13 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from wandb_reader import find_runs, read_run
 
 from lorasweep.config import compose
 from lorasweep.metrics import deterministic_metrics
+from lorasweep.run import train
 from lorasweep.runstore import RunStore
 from lorasweep.sweep.slurm_array import submit_sweep
-from lorasweep.run import train
-from wandb_reader import find_runs, read_run
 
 REQUIRED = os.environ.get("LORASWEEP_TEST_SLURM") == "1"
 
@@ -49,10 +49,20 @@ params:
   lora.alpha: {{type: categorical, choices: [1, 2], per_rank: true}}
   lora.targets: {{type: categorical, choices: [qv, all]}}
 """
-CLUSTER = ["cluster=slurm", "cluster.partition=null", "cluster.time=00:20:00", "cluster.gpus_per_node=0",
-           "cluster.cpus_per_task=1"]
-SMALL = ["trainer=smoke", "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_length=24",
-         "model.dropout=0.0"]
+CLUSTER = [
+    "cluster=slurm",
+    "cluster.partition=null",
+    "cluster.time=00:20:00",
+    "cluster.gpus_per_node=0",
+    "cluster.cpus_per_task=1",
+]
+SMALL = [
+    "trainer=smoke",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=24",
+    "model.dropout=0.0",
+]
 
 
 def _submit(tmp_path, name, n_trials, overrides, array):
@@ -91,8 +101,13 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def test_array_of_two_workers_runs_every_trial(tmp_path):
-    job_id, study = _submit(tmp_path, "array", 4, [*CLUSTER, *SMALL, "trainer.max_steps=3", "trainer.eval_every=1",
-                                                   "tracking=wandb"], array=2)
+    job_id, study = _submit(
+        tmp_path,
+        "array",
+        4,
+        [*CLUSTER, *SMALL, "trainer.max_steps=3", "trainer.eval_every=1", "tracking=wandb"],
+        array=2,
+    )
     _wait_for_job(job_id, tmp_path)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, _logs(tmp_path)
@@ -104,8 +119,20 @@ def test_array_of_two_workers_runs_every_trial(tmp_path):
         assert run.is_complete() and run.metrics()["eval/loss"] == pytest.approx(t.value)
         assert any(r.run_id == run.hash and r.group == "array" for r in offline)
     assert (tmp_path / "slurm-logs" / "array.sbatch").is_file()
-    status = subprocess.run([sys.executable, "-m", "lorasweep.cli", "status", "--study", "array", "--storage",
-                             f"journal://{tmp_path / 'array'}.log"], capture_output=True, text=True)
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorasweep.cli",
+            "status",
+            "--study",
+            "array",
+            "--storage",
+            f"journal://{tmp_path / 'array'}.log",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "4 complete" in status.stdout and f"SLURM jobs {job_id}" in status.stdout, status.stderr
 
 
@@ -139,15 +166,21 @@ def test_requeued_task_resumes_its_trial_from_the_checkpoint(tmp_path):
     assert "received SIGTERM" in _logs(tmp_path)
 
     # The resumed run's results equal an uninterrupted run of the same config, bitwise (CPU).
-    reference = train(compose([*victim.user_attrs["overrides"], f"run_root={tmp_path / 'reference'}",
-                               "tracking=none"]))
+    reference = train(compose([*victim.user_attrs["overrides"], f"run_root={tmp_path / 'reference'}", "tracking=none"]))
     assert reference["config_hash"] == run.hash
     assert deterministic_metrics(run.metrics()) == deterministic_metrics(reference)
 
 
 def test_multi_process_trial_through_the_template_launcher(tmp_path):
-    overrides = [*CLUSTER[:-1], "cluster.cpus_per_task=2", "cluster.processes_per_node=2", *SMALL,
-                 "trainer.max_steps=4", "trainer.eval_every=2", "tracking=none"]
+    overrides = [
+        *CLUSTER[:-1],
+        "cluster.cpus_per_task=2",
+        "cluster.processes_per_node=2",
+        *SMALL,
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "tracking=none",
+    ]
     job_id, study = _submit(tmp_path, "multi", 1, overrides, array=1)
     _wait_for_job(job_id, tmp_path)
     (trial,) = study.get_trials()
@@ -162,8 +195,9 @@ def test_time_limit_signal_checkpoints_requeues_and_the_same_task_resumes(tmp_pa
     job_id, study = _submit(tmp_path, "timelimit", 2, overrides, array=1)  # one worker: it must resume itself
     deadline, victim = time.time() + 300, None
     while victim is None and time.time() < deadline:
-        victim = next((t for t in study.get_trials()
-                       if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3), None)
+        victim = next(
+            (t for t in study.get_trials() if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3), None
+        )
         time.sleep(0.5)
     assert victim is not None, _logs(tmp_path)
     # What --signal=B:USR1@120 does before the time limit, sent now: USR1 to the batch shell only.

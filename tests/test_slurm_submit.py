@@ -13,9 +13,16 @@ from lorasweep.sweep.slurm_array import submit_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "sweeps/rank_alpha_targets.yaml"
-CLUSTER = ["cluster=slurm", "cluster.partition=gpu", "cluster.time=02:00:00", "cluster.gpus_per_node=4",
-           "cluster.processes_per_node=4", "cluster.nodes=2", "cluster.account=proj42",
-           "cluster.setup=[module load cuda,source /opt/venv/bin/activate]"]
+CLUSTER = [
+    "cluster=slurm",
+    "cluster.partition=gpu",
+    "cluster.time=02:00:00",
+    "cluster.gpus_per_node=4",
+    "cluster.processes_per_node=4",
+    "cluster.nodes=2",
+    "cluster.account=proj42",
+    "cluster.setup=[module load cuda,source /opt/venv/bin/activate]",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +34,23 @@ def _in_tmp(tmp_path, monkeypatch):
 def test_sweep_dry_run_renders_the_array_from_the_cluster_config(tmp_path):
     result = submit_sweep(SPEC, CLUSTER, array=3, storage="journal:///shared/study.log", dry_run=True)
     script = result["script"]
-    for line in ["#SBATCH --array=0-2", "#SBATCH --partition=gpu", "#SBATCH --account=proj42", "#SBATCH --nodes=2",
-                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=02:00:00", "#SBATCH --requeue",
-                 "#SBATCH --signal=B:USR1@120", f"#SBATCH --chdir={tmp_path}", "export STUDY=rank_alpha_targets",
-                 "export STORAGE=journal:///shared/study.log", "export PROCS_PER_NODE=4", "module load cuda",
-                 "source /opt/venv/bin/activate", "export PYTHON=python3"]:
+    for line in [
+        "#SBATCH --array=0-2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj42",
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@120",
+        f"#SBATCH --chdir={tmp_path}",
+        "export STUDY=rank_alpha_targets",
+        "export STORAGE=journal:///shared/study.log",
+        "export PROCS_PER_NODE=4",
+        "module load cuda",
+        "source /opt/venv/bin/activate",
+        "export PYTHON=python3",
+    ]:
         assert line in script.splitlines(), line
     assert script.count("#SBATCH --array") == 1 and "# @setup" not in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -41,17 +60,22 @@ def test_sweep_dry_run_renders_the_array_from_the_cluster_config(tmp_path):
 def test_train_dry_run_passes_the_overrides_to_the_script():
     result = submit_train([*CLUSTER[:3], "cluster.gpus_per_node=0", "lora.rank=16"], dry_run=True)
     lines = result["script"].splitlines()
-    assert ("set -- cluster=slurm cluster.partition=gpu cluster.time=02:00:00 cluster.gpus_per_node=0 lora.rank=16"
-            in lines)
+    assert (
+        "set -- cluster=slurm cluster.partition=gpu cluster.time=02:00:00 cluster.gpus_per_node=0 lora.rank=16" in lines
+    )
     assert f"export PYTHON={sys.executable}" in lines  # no setup lines: the Python that rendered it
     assert "#SBATCH --array" not in lines and not any("gpus-per-node" in line for line in lines if "#SBATCH" in line)
 
 
 def test_rendered_scripts_carry_the_shared_launcher_inline():
     launcher = (REPO / "slurm" / "launch.sh").read_text()
-    for result, call in ((submit_train(CLUSTER[:3], dry_run=True), 'launch_step train "$@"'),
-                         (submit_sweep(SPEC, CLUSTER, storage="journal:///s.log", dry_run=True),
-                          'launch_step worker --study "$STUDY" --storage "$STORAGE"')):
+    for result, call in (
+        (submit_train(CLUSTER[:3], dry_run=True), 'launch_step train "$@"'),
+        (
+            submit_sweep(SPEC, CLUSTER, storage="journal:///s.log", dry_run=True),
+            'launch_step worker --study "$STUDY" --storage "$STORAGE"',
+        ),
+    ):
         script = result["script"]
         assert launcher in script and script.count("launch_step() {") == 1 and "# @launch" not in script
         assert script.splitlines()[-1] == call  # defined above, called last
@@ -59,10 +83,16 @@ def test_rendered_scripts_carry_the_shared_launcher_inline():
 
 def test_a_template_submitted_by_hand_finds_the_launcher_through_python():
     for template in ("train", "sweep_array"):
-        line = next(x for x in (REPO / "slurm" / f"{template}.sbatch").read_text().splitlines()
-                    if x.endswith("# @launch"))
-        done = subprocess.run(["bash", "-c", f"{line}\ntype launch_step"], capture_output=True, text=True,
-                              env={**os.environ, "PYTHON": sys.executable}, cwd="/")
+        line = next(
+            x for x in (REPO / "slurm" / f"{template}.sbatch").read_text().splitlines() if x.endswith("# @launch")
+        )
+        done = subprocess.run(
+            ["bash", "-c", f"{line}\ntype launch_step"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHON": sys.executable},
+            cwd="/",
+        )
         assert done.returncode == 0 and "launch_step is a function" in done.stdout, done.stderr
 
 
@@ -71,8 +101,13 @@ def test_the_jobs_identity_comes_from_slurms_environment(monkeypatch):
     from lorasweep.slurm import identity
     from lorasweep.sweep.worker import worker_index, worker_label
 
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
-                 "LORASWEEP_WORKER_INDEX"):
+    for name in (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "LORASWEEP_WORKER_INDEX",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert (identity.job(), identity.array_task(), identity.restart_count(), worker_index()) == (None, None, 0, 0)
     monkeypatch.setenv("SLURM_JOB_ID", "80")
@@ -87,8 +122,12 @@ def test_the_jobs_identity_comes_from_slurms_environment(monkeypatch):
 
 
 def test_cli_takes_overrides_after_flags(capsys):
-    assert main(["sweep", SPEC, "--slurm", "--dry-run", "--array", "2", *CLUSTER[:3],
-                 "--storage", "journal:///x/study.log"]) == 0
+    assert (
+        main(
+            ["sweep", SPEC, "--slurm", "--dry-run", "--array", "2", *CLUSTER[:3], "--storage", "journal:///x/study.log"]
+        )
+        == 0
+    )
     assert "#SBATCH --array=0-1" in capsys.readouterr().out
     assert main(["sweep", SPEC, "--slurm", "--dry-run", "--bogus"]) == 2  # a usage error, not an override
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
@@ -107,8 +146,9 @@ def test_cli_takes_overrides_after_flags(capsys):
         (CLUSTER[:3], {"storage": "journal:///tmp/x.log", "path": ""}, "sbatch not found on PATH"),
     ],
 )
-def test_bad_cluster_input_is_one_error_and_nothing_is_created(tmp_path, monkeypatch, capsys, overrides, extra,
-                                                                message):
+def test_bad_cluster_input_is_one_error_and_nothing_is_created(
+    tmp_path, monkeypatch, capsys, overrides, extra, message
+):
     if "path" in extra:
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     argv = ["sweep", SPEC, "--slurm", *overrides]

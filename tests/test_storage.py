@@ -26,17 +26,23 @@ DRAIN = textwrap.dedent("""
 URLS = ["sqlite", "journal"] + (["postgresql"] if os.environ.get("LORASWEEP_TEST_POSTGRES_URL") else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", URLS)
 def test_each_queued_trial_is_taken_once_by_concurrent_workers(tmp_path, kind):
-    url = {"sqlite": f"sqlite:///{tmp_path / 'race.db'}", "journal": f"journal://{tmp_path / 'race.log'}",
-           "postgresql": os.environ.get("LORASWEEP_TEST_POSTGRES_URL")}[kind]
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'race.db'}",
+        "journal": f"journal://{tmp_path / 'race.log'}",
+        "postgresql": os.environ.get("LORASWEEP_TEST_POSTGRES_URL"),
+    }[kind]
     if kind == "postgresql":
         optuna.delete_study(study_name="race", storage=url) if "race" in optuna.get_all_study_names(url) else None
     study = optuna.create_study(study_name="race", storage=open_storage(url))
     for _ in range(120):
         study.enqueue_trial({})
-    workers = [subprocess.Popen([sys.executable, "-c", DRAIN, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(4)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", DRAIN, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err[-600:] for _, err in outputs]
     taken = [int(n) for out, _ in outputs for n in out.split()]

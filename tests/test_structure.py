@@ -5,8 +5,6 @@ or private module of Optuna, Hydra, Accelerate or argparse used outside internal
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lorasweep"
 LIBRARIES = ("optuna", "hydra", "accelerate", "argparse")
 # Private names lorasweep reads outside internals.py that belong to no library above, each with its reason.

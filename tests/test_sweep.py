@@ -13,10 +13,16 @@ from optuna.trial import TrialState
 from lorasweep.runstore import RunStore
 from lorasweep.sweep.launch import prepare, run_sweep
 from lorasweep.sweep.report import leaderboard, write_html_report
-from lorasweep.sweep.spec import load_spec
 
-FAST = ["trainer=smoke", "trainer.max_steps=2", "trainer.eval_every=1", "data.max_train_examples=32",
-        "data.max_eval_examples=16", "data.max_length=24", "tracking=none"]
+FAST = [
+    "trainer=smoke",
+    "trainer.max_steps=2",
+    "trainer.eval_every=1",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=16",
+    "data.max_length=24",
+    "tracking=none",
+]
 
 
 def _spec(tmp_path, body: str, name="spec.yaml"):
@@ -49,14 +55,21 @@ def test_shipped_specs_validate(path):
         ("params: {lora.rank: {type: integer, low: 1, high: 4}}", "type must be one of int, float, categorical"),
         ("params: {lora.rank: {type: int, low: 8, high: 4}}", r"low \(8\) > high \(4\)"),
         ("params: {lora.rnk: {type: int, low: 1, high: 4}}", "'lora.rnk' is not a key of the training config"),
-        ("objectives: [{metric: eval/f1}]\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
-         "objective metric 'eval/f1' is never reported"),
-        ("objectives: [{metric: eval/loss}, {metric: params/trainable_fraction}]\n"
-         "params: {lora.rank: {type: int, low: 1, high: 4}}", "pruning needs a single objective"),
+        (
+            "objectives: [{metric: eval/f1}]\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
+            "objective metric 'eval/f1' is never reported",
+        ),
+        (
+            "objectives: [{metric: eval/loss}, {metric: params/trainable_fraction}]\n"
+            "params: {lora.rank: {type: int, low: 1, high: 4}}",
+            "pruning needs a single objective",
+        ),
         ("params: {lora.alpha: {type: float, low: 1, high: 4, per_rank: true}}", "needs lora.rank"),
         ("n_trial: 3\nparams: {lora.rank: {type: int, low: 1, high: 4}}", "unknown key"),
-        ("pruner: {name: median, n_warmup: 3}\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
-         "pruner median: .*n_warmup"),
+        (
+            "pruner: {name: median, n_warmup: 3}\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
+            "pruner median: .*n_warmup",
+        ),
     ],
 )
 def test_bad_specs_fail_before_any_trial(tmp_path, body, message):
@@ -64,6 +77,7 @@ def test_bad_specs_fail_before_any_trial(tmp_path, body, message):
         prepare(_spec(tmp_path, body), [])
 
 
+@pytest.mark.slow
 def test_sweep_runs_trials_as_runs_and_continues_to_budget(tmp_path):
     root = tmp_path / "runs"
     path = _spec(tmp_path, BASIC)
@@ -86,13 +100,13 @@ def test_sweep_runs_trials_as_runs_and_continues_to_budget(tmp_path):
     assert "plot-parallel" in index.read_text() and "plot-rank" in index.read_text()
 
 
+@pytest.mark.slow
 def test_failures_end_the_trial_not_the_sweep(tmp_path):
     """Failures only a run can find (too few examples for a batch, a diverging loss) end their trial."""
     body = BASIC.replace("n_trials: 4", "n_trials: 6")
     body += "  data.max_train_examples: {type: categorical, choices: [32, 1]}\n"
     body += "  optim.lr: {type: categorical, choices: [1.0e-3, 1.0e+9]}\n"
-    study, _ = run_sweep(_spec(tmp_path, body), [*FAST, f"run_root={tmp_path / 'runs'}",
-                                                 "optim.max_grad_norm=null"])
+    study, _ = run_sweep(_spec(tmp_path, body), [*FAST, f"run_root={tmp_path / 'runs'}", "optim.max_grad_norm=null"])
     trials = study.get_trials()
     assert len(trials) == 6  # the sweep went on to its budget
     for t in trials:  # each failing trial is FAIL with its own reason; every other trial completed
@@ -122,15 +136,23 @@ def test_pruner_stops_trials_from_reported_eval_values(tmp_path):
 
 def test_unreachable_storage_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="cannot open study storage"):
-        run_sweep(_spec(tmp_path, BASIC), [*FAST, f"run_root={tmp_path / 'runs'}"],
-                  storage="postgresql://lorasweep@127.0.0.1:9/none")
+        run_sweep(
+            _spec(tmp_path, BASIC),
+            [*FAST, f"run_root={tmp_path / 'runs'}"],
+            storage="postgresql://lorasweep@127.0.0.1:9/none",
+        )
     assert not (tmp_path / "runs").exists()
 
 
 def _parallel(tmp_path, storage, workers=4, n_trials=40):
     body = BASIC.replace("n_trials: 4", f"n_trials: {n_trials}")
-    fast = [*FAST, "trainer.max_steps=1", "data.max_train_examples=8", "data.max_eval_examples=8",
-            f"run_root={tmp_path / 'runs'}"]
+    fast = [
+        *FAST,
+        "trainer.max_steps=1",
+        "data.max_train_examples=8",
+        "data.max_eval_examples=8",
+        f"run_root={tmp_path / 'runs'}",
+    ]
     study, _ = run_sweep(_spec(tmp_path, body), fast, workers=workers, storage=storage)
     trials = study.get_trials()
     numbers = [t.number for t in trials]
@@ -176,15 +198,24 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     url = _fresh_postgres_url()
     env = {**os.environ, "LORASWEEP_HEARTBEAT_INTERVAL": "1", "LORASWEEP_GRACE_PERIOD": "4"}
     body = BASIC.replace("n_trials: 4", "n_trials: 3")
-    fast = [*FAST, "trainer.max_steps=16", "trainer.eval_every=2", "trainer.log_every=1",
-            f"run_root={tmp_path / 'runs'}"]
+    fast = [
+        *FAST,
+        "trainer.max_steps=16",
+        "trainer.eval_every=2",
+        "trainer.log_every=1",
+        f"run_root={tmp_path / 'runs'}",
+    ]
     spec_path = _spec(tmp_path, body)
     spec, _ = prepare(spec_path, fast)
     from lorasweep.sweep.study import create_study
 
     create_study(spec, url, fast)
-    victim = subprocess.Popen([sys.executable, "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     study = optuna.load_study(study_name="basic", storage=url)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill it once its first trial has reported an eval value
@@ -197,8 +228,13 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     victim.wait()
     time.sleep(5)  # past the grace period: the next worker fails the stale trial and re-queues it
     fast_env = {**env}
-    done = subprocess.run([sys.executable, "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url],
-                          env={**fast_env}, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url],
+        env={**fast_env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -219,10 +255,25 @@ def test_worker_under_torchrun_trains_each_trial_on_two_processes(tmp_path):
     fast = [*FAST, "trainer.batch_size=8", "model.dropout=0.0", f"run_root={tmp_path / 'runs'}"]
     spec, _ = prepare(_spec(tmp_path, BASIC.replace("n_trials: 4", "n_trials: 2")), fast)
     create_study(spec, url, fast)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "lorasweep.cli", "worker", "--study", "basic", "--storage", url]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "lorasweep.cli",
+        "worker",
+        "--study",
+        "basic",
+        "--storage",
+        url,
+    ]
+    done = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     trials = optuna.load_study(study_name="basic", storage=url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -245,5 +296,8 @@ def test_restarted_array_task_requeues_the_trial_it_left_running(tmp_path, monke
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     assert run_worker("basic", url) == 1
     first, retry = study.get_trials()
-    assert first.state == TrialState.FAIL and "left running by worker 77_1, which is gone" in first.user_attrs["fail_reason"]
+    assert (
+        first.state == TrialState.FAIL
+        and "left running by worker 77_1, which is gone" in first.user_attrs["fail_reason"]
+    )
     assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == first.number

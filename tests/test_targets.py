@@ -2,15 +2,18 @@
 
 import pytest
 import torch
+from conftest import tiny
 
 from lorasweep.lora import apply_lora, lora_layers, resolve_targets
-from conftest import tiny
 
 
 @pytest.mark.parametrize(
     "preset, per_layer",
-    [("qv", ["query", "value"]), ("qkvo", ["attention.output.dense", "key", "query", "value"]),
-     ("all", ["attention.output.dense", "intermediate.dense", "key", "output.dense", "query", "value"])],
+    [
+        ("qv", ["query", "value"]),
+        ("qkvo", ["attention.output.dense", "key", "query", "value"]),
+        ("all", ["attention.output.dense", "intermediate.dense", "key", "output.dense", "query", "value"]),
+    ],
 )
 def test_bert_presets(minilm, preset, per_layer):
     targets = resolve_targets(minilm, preset)

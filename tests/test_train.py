@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from wandb_reader import find_runs, read_run
 
 from lorasweep.config import compose
 from lorasweep.lora import load_adapter
-from lorasweep.models import build_model
 from lorasweep.metrics import deterministic_metrics
-from lorasweep.runstore import RunStore
+from lorasweep.models import build_model
 from lorasweep.run import Callbacks, train
-from wandb_reader import find_runs, read_run
+from lorasweep.runstore import RunStore
 
 SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32"]
 
@@ -32,8 +32,16 @@ def test_run_is_filed_under_its_hash_and_tracked_in_wandb(tmp_path, monkeypatch)
     env = json.loads(run.env_file.read_text())
     assert {"python", "torch", "transformers", "lorasweep", "git_commit", "device", "seed"} <= set(env)
     stored = run.metrics()
-    for key in ("eval/loss", "eval/accuracy", "params/trainable", "params/total", "params/trainable_fraction",
-                "memory/optimizer_state_bytes", "memory/peak_bytes", "train/loss"):
+    for key in (
+        "eval/loss",
+        "eval/accuracy",
+        "params/trainable",
+        "params/total",
+        "params/trainable_fraction",
+        "memory/optimizer_state_bytes",
+        "memory/peak_bytes",
+        "train/loss",
+    ):
         assert key in stored, key
     # AdamW: two fp32 moments per trainable parameter, plus one fp32 step counter per tensor
     tensors = 2 * 12 + 2  # q and v in 6 layers, A and B each; classifier weight and bias
@@ -48,7 +56,8 @@ def test_run_is_filed_under_its_hash_and_tracked_in_wandb(tmp_path, monkeypatch)
     assert logged.config["config_hash"] == metrics["config_hash"]
     assert logged.config["lora.rank"] == 8 and logged.config["lora.targets"] == "qv"
     assert [h["train/loss"] for h in logged.history if "train/loss" in h] == [
-        h["train/loss"] for h in history if "train/loss" in h]
+        h["train/loss"] for h in history if "train/loss" in h
+    ]
     assert {"train/lr", "perf/tokens_per_s", "perf/step_time_s"} <= set(logged.history[0])
     for key in ("params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "eval/accuracy"):
         assert logged.summary[key] == stored[key]
@@ -70,8 +79,13 @@ def test_same_config_and_seed_give_bitwise_equal_results(tmp_path):
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
-    overrides = ("trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.eval_every=3", "lora.dropout=0.1",
-                 "trainer.grad_accum=2")
+    overrides = (
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every=2",
+        "trainer.eval_every=3",
+        "lora.dropout=0.1",
+        "trainer.grad_accum=2",
+    )
     reference = train(_cfg(tmp_path / "ref", *overrides))
     cfg = _cfg(tmp_path / "resumed", *overrides)
     steps = iter(range(100))
@@ -103,11 +117,20 @@ def test_eval_callback_can_stop_a_run(tmp_path):
     assert not RunStore(cfg.run_root).run(result["config_hash"]).is_complete()
 
 
-@pytest.mark.parametrize("model, data, lora", [("tiny_gpt2", "synth_sft", "qv"), ("tiny_llama", "synth_sft", "all"),
-                                               ("tiny_gpt2", "synth_sentiment", "all")])
+@pytest.mark.parametrize(
+    "model, data, lora",
+    [("tiny_gpt2", "synth_sft", "qv"), ("tiny_llama", "synth_sft", "all"), ("tiny_gpt2", "synth_sentiment", "all")],
+)
 def test_other_architectures_and_sft(tmp_path, model, data, lora):
-    cfg = _cfg(tmp_path, f"model={model}", f"data={data}", f"lora={lora}", "trainer.eval_at_start=true",
-               "optim.lr=5e-3", "trainer.max_steps=8")
+    cfg = _cfg(
+        tmp_path,
+        f"model={model}",
+        f"data={data}",
+        f"lora={lora}",
+        "trainer.eval_at_start=true",
+        "optim.lr=5e-3",
+        "trainer.max_steps=8",
+    )
     metrics = train(cfg)
     assert metrics["status"] == "completed" and metrics["eval/loss"] != metrics["eval/initial_loss"]
     if data == "synth_sft":  # next-token prediction on a tiny random model learns within 8 steps
@@ -130,12 +153,25 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
     hub_dir = tmp_path / "roberta-like"
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=80, pad_token_id=0)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=0,
+    )
     RobertaForSequenceClassification(config).save_pretrained(hub_dir)
     tokenizer.save_pretrained(hub_dir)
-    cfg = _cfg(tmp_path, "model=roberta_base", f"model.name_or_path={hub_dir}", "lora=all",
-               "trainer.eval_at_start=true", "model.dropout=0.0")
+    cfg = _cfg(
+        tmp_path,
+        "model=roberta_base",
+        f"model.name_or_path={hub_dir}",
+        "lora=all",
+        "trainer.eval_at_start=true",
+        "model.dropout=0.0",
+    )
     metrics = train(cfg)
     assert metrics["status"] == "completed"
     run = RunStore(cfg.run_root).run(metrics["config_hash"])
@@ -153,6 +189,7 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
     assert metrics["eval/initial_loss"] == pytest.approx(expected["eval/loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_gradient_checkpointing_and_epochs_run_on_cpu(tmp_path):
     plain = train(_cfg(tmp_path / "plain", "model.dropout=0.0"))
     checkpointed = train(_cfg(tmp_path / "ckpt", "model.dropout=0.0", "trainer.gradient_checkpointing=true"))
@@ -185,6 +222,7 @@ def test_local_config_group_is_optional_and_applied(tmp_path):
     assert cfg.trainer.log_every == 7 and cfg.run_root == "/scratch"
 
 
+@pytest.mark.slow
 def test_reused_model_and_data_give_the_same_result_as_a_fresh_process(tmp_path):
     from lorasweep.resources import Resources
 

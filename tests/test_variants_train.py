@@ -10,10 +10,24 @@ from lorasweep.metrics import deterministic_metrics
 from lorasweep.run import Callbacks, train
 from lorasweep.runstore import RunStore
 
-SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32",
-         "tracking=none", "model=tiny_llama", "data=synth_sft", "lora.rank=4"]
-VARIANTS = ["lora.dora=true", "lora.init=pissa_niter_2", "optim.lora_plus_ratio=16", "trainer.max_steps=6",
-            "trainer.checkpoint_every=2", "trainer.eval_every=3"]
+SMALL = [
+    "trainer=smoke",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=32",
+    "data.max_length=32",
+    "tracking=none",
+    "model=tiny_llama",
+    "data=synth_sft",
+    "lora.rank=4",
+]
+VARIANTS = [
+    "lora.dora=true",
+    "lora.init=pissa_niter_2",
+    "optim.lora_plus_ratio=16",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=2",
+    "trainer.eval_every=3",
+]
 
 
 def _cfg(tmp_path, *overrides):

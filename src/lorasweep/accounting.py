@@ -44,8 +44,13 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 def _storage_key(tensor: torch.Tensor) -> tuple:
     """Tensors that share memory (bitsandbytes' code books shared by every parameter's state) count once."""
     try:
-        return (tensor.device.type, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.numel(),
-                tensor.dtype)
+        return (
+            tensor.device.type,
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tensor.numel(),
+            tensor.dtype,
+        )
     except (RuntimeError, NotImplementedError):  # tensors without storage (meta, some subclasses)
         return ("id", id(tensor))
 

@@ -46,8 +46,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, position: Position, process_index: int,
-                    is_main: bool, loop_state: dict) -> None:
+def save_checkpoint(
+    directory: Path,
+    model,
+    optimizer,
+    scheduler,
+    position: Position,
+    process_index: int,
+    is_main: bool,
+    loop_state: dict,
+) -> None:
     """Every process writes its own RNG state; the main process writes the rest and publishes the dir."""
     tmp = directory / f".step_{position.step:08d}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -14,25 +14,41 @@ import click
 from . import __version__
 
 OVERRIDES = click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-CONFIG_DIR = click.option("--config-dir", default=None, metavar="DIR",
-                          help="config groups searched before ./conf and the packaged ones (model/my_llama.yaml ...)")
-STORAGE = click.option("--storage", default=None,
-                       help="sqlite:///F, journal:///F or postgresql://... (default: sqlite under the run root)")
+CONFIG_DIR = click.option(
+    "--config-dir",
+    default=None,
+    metavar="DIR",
+    help="config groups searched before ./conf and the packaged ones (model/my_llama.yaml ...)",
+)
+STORAGE = click.option(
+    "--storage", default=None, help="sqlite:///F, journal:///F or postgresql://... (default: sqlite under the run root)"
+)
 FORCE = click.option("--force", is_flag=True, help="rerun even if this config hash has a complete run")
 DRY_RUN = click.option("--dry-run", is_flag=True, help="with --slurm: print the script, submit nothing")
-MEMORY_CAP = click.option("--memory-cap", default=None, metavar="SIZE",
-                          help="skip trials predicted above this peak (e.g. 80GiB); default: the spec's or "
-                               "cluster.memory_cap")
+MEMORY_CAP = click.option(
+    "--memory-cap",
+    default=None,
+    metavar="SIZE",
+    help="skip trials predicted above this peak (e.g. 80GiB); default: the spec's or cluster.memory_cap",
+)
 
 
 def RUN_ROOT(default: str | None = "runs"):
-    return click.option("--run-root", default=default, metavar="DIR",
-                        help="the run store (the same as run_root=DIR)" + (f"; default {default}" if default else ""))
+    return click.option(
+        "--run-root",
+        default=default,
+        metavar="DIR",
+        help="the run store (the same as run_root=DIR)" + (f"; default {default}" if default else ""),
+    )
 
 
 def STUDY(required: bool):
-    return click.option("--study", required=required, default=None,
-                        help="the study name" + ("" if required else " (default: the spec's)"))
+    return click.option(
+        "--study",
+        required=required,
+        default=None,
+        help="the study name" + ("" if required else " (default: the spec's)"),
+    )
 
 
 # Commands whose run root is an option only: `run_root=DIR` is accepted there as a synonym (main() rewrites it).
@@ -87,7 +103,8 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
         click.echo(OmegaConf.to_yaml(config, resolve=True), nl=False)
         click.echo(f"# config hash: {config_hash(config)}")
         return 0
-    from .run import Callbacks, train as train_run
+    from .run import Callbacks
+    from .run import train as train_run
     from .signals import StopOnSignal
 
     stop = StopOnSignal().install()
@@ -102,8 +119,9 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
 @cli.command(**OPTIONS)
 @click.argument("spec")
 @OVERRIDES
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="local worker processes; 0: create and queue only")
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="local worker processes; 0: create and queue only"
+)
 @click.option("--n-trials", type=int, default=None, help="trial budget (default: the spec's)")
 @STORAGE
 @STUDY(required=False)
@@ -111,14 +129,36 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
 @click.option("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
 @DRY_RUN
 @MEMORY_CAP
-@click.option("--estimate", "estimate_only", is_flag=True,
-              help="print the predicted peak of every grid point (or the search space's corners); queue nothing")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="with --estimate: the device assumed (default: the config's)")
+@click.option(
+    "--estimate",
+    "estimate_only",
+    is_flag=True,
+    help="print the predicted peak of every grid point (or the search space's corners); queue nothing",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="with --estimate: the device assumed (default: the config's)",
+)
 @RUN_ROOT(None)
 @CONFIG_DIR
-def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_run, memory_cap, estimate_only,
-          device, run_root, config_dir):
+def sweep(
+    spec,
+    overrides,
+    workers,
+    n_trials,
+    storage,
+    study,
+    slurm,
+    array,
+    dry_run,
+    memory_cap,
+    estimate_only,
+    device,
+    run_root,
+    config_dir,
+):
     """An Optuna sweep from sweeps/SPEC.yaml with K local workers."""
     from . import console
     from .sources import find_spec
@@ -130,8 +170,8 @@ def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_
         overrides.append(f"cluster.memory_cap={parse_memory_size(memory_cap, '--memory-cap')}")
     spec = str(find_spec(spec))
     if estimate_only:
-        from .sweep.memory_estimate import estimate_sweep, format_sweep_estimate
         from .sweep.launch import prepare
+        from .sweep.memory_estimate import estimate_sweep, format_sweep_estimate
 
         sweep_spec, _ = prepare(spec, overrides, n_trials, storage, study)
         click.echo(format_sweep_estimate(estimate_sweep(sweep_spec, overrides, device=device)))
@@ -141,19 +181,27 @@ def sweep(spec, overrides, workers, n_trials, storage, study, slurm, array, dry_
             raise click.UsageError("--array and --dry-run go with --slurm")
         from .sweep.slurm_array import submit_sweep
 
-        console.print_submission(submit_sweep(spec, overrides, array=array, n_trials=n_trials, storage=storage,
-                                              study=study, dry_run=dry_run), dry_run)
+        console.print_submission(
+            submit_sweep(
+                spec, overrides, array=array, n_trials=n_trials, storage=storage, study=study, dry_run=dry_run
+            ),
+            dry_run,
+        )
         return 0
     from .signals import StopOnSignal
     from .sweep.launch import run_sweep
     from .sweep.report import format_table, leaderboard
 
     stop = StopOnSignal().install()
-    optuna_study, sweep_spec = run_sweep(spec, overrides, workers=workers, n_trials=n_trials, storage=storage,
-                                         study=study, should_stop=stop)
+    optuna_study, sweep_spec = run_sweep(
+        spec, overrides, workers=workers, n_trials=n_trials, storage=storage, study=study, should_stop=stop
+    )
     if stop.received:
-        click.echo(f"lorasweep: sweep stopped by {stop.received}: running trials were checkpointed and "
-                   "re-queued; the same command continues the study", err=True)
+        click.echo(
+            f"lorasweep: sweep stopped by {stop.received}: running trials were checkpointed and "
+            "re-queued; the same command continues the study",
+            err=True,
+        )
         return stop.exit_code
     click.echo(format_table(leaderboard(optuna_study, sweep_spec)))
     return 0
@@ -184,8 +232,12 @@ def worker(study, storage, memory_cap, config_dir):
 @cli.command(**OPTIONS)
 @OVERRIDES
 @click.option("--json", "as_json", is_flag=True, help="the account as JSON (bytes)")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="the device assumed (default: cuda where the cluster has GPUs or this machine has one)")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="the device assumed (default: cuda where the cluster has GPUs or this machine has one)",
+)
 @RUN_ROOT(None)
 @CONFIG_DIR
 def estimate(overrides, as_json, device, run_root, config_dir):
@@ -224,11 +276,21 @@ def status(study, storage, run_root):
 @STORAGE
 @RUN_ROOT()
 @click.option("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
-@click.option("--wandb", "wandb_mode", default="auto", show_default=True,
-              type=click.Choice(["auto", "offline", "online", "none"]),
-              help="the W&B summary run; auto: in the trials' own W&B mode, none where they were not tracked")
-@click.option("--table", nargs=2, default=None, metavar="ROW COL",
-              help="paper-style pivot: rows one searched param, columns another, cells the best objective")
+@click.option(
+    "--wandb",
+    "wandb_mode",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "offline", "online", "none"]),
+    help="the W&B summary run; auto: in the trials' own W&B mode, none where they were not tracked",
+)
+@click.option(
+    "--table",
+    nargs=2,
+    default=None,
+    metavar="ROW COL",
+    help="paper-style pivot: rows one searched param, columns another, cells the best objective",
+)
 @click.option("--split", default=None, metavar="KEY", help="with --table: a third searched param splitting the columns")
 def report(study, storage, run_root, out, wandb_mode, table, split):
     """Leaderboard, HTML report with plots, W&B summary run."""
@@ -259,14 +321,19 @@ def dashboard(study, storage, run_root, port):
 @cli.command()
 @click.argument("config_hash", metavar="HASH")
 @RUN_ROOT()
-@click.option("--wandb", "wandb_path", default=None, metavar="ENTITY/PROJECT",
-              help="find the config in W&B (config.config_hash == HASH) instead of the run store")
-@click.option("--tolerance", type=float, default=None,
-              help="relative tolerance (default: bitwise on CPU, 1e-4 on GPU)")
+@click.option(
+    "--wandb",
+    "wandb_path",
+    default=None,
+    metavar="ENTITY/PROJECT",
+    help="find the config in W&B (config.config_hash == HASH) instead of the run store",
+)
+@click.option("--tolerance", type=float, default=None, help="relative tolerance (default: bitwise on CPU, 1e-4 on GPU)")
 @CONFIG_DIR
 def reproduce(config_hash, run_root, wandb_path, tolerance, config_dir):
     """Rerun a run from its config hash and compare every metric."""
-    from .reproduce import fetch_wandb_config, format_comparison, reproduce as reproduce_run
+    from .reproduce import fetch_wandb_config, format_comparison
+    from .reproduce import reproduce as reproduce_run
     from .sources import use_config_dir
 
     use_config_dir(config_dir)
@@ -304,23 +371,44 @@ def compare(hashes, study, run_root, out):
 
 
 @cli.command()
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=HASH_OR_DIR",
-              help="an adapter (a run hash, a run directory or an adapter directory); repeatable")
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    metavar="NAME=HASH_OR_DIR",
+    help="an adapter (a run hash, a run directory or an adapter directory); repeatable",
+)
 @click.option("--input", "input_path", required=True, help='JSON lines: {"text": ..., "adapter": NAME or "base"}')
 @click.option("--output", default=None, help="JSON lines out (default: stdout)")
-@click.option("--base", default=None, help="base model: a model config name (minilm, tiny_gpt2, ...) or a hub-format "
-              "dir (default: the adapters' runs' model, else the packaged minilm)")
+@click.option(
+    "--base",
+    default=None,
+    help="base model: a model config name (minilm, tiny_gpt2, ...) or a hub-format "
+    "dir (default: the adapters' runs' model, else the packaged minilm)",
+)
 @RUN_ROOT()
-@click.option("--task", type=click.Choice(["classification", "causal_lm"]), default=None,
-              help="default: from the adapters' task_type")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "causal_lm"]),
+    default=None,
+    help="default: from the adapters' task_type",
+)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 def predict(adapters, input_path, output, base, run_root, task, batch_size, max_new_tokens):
     """One pass over a batch whose lines each use their own adapter."""
     from .predict import parse_adapter_specs, predict_file
 
-    predict_file(parse_adapter_specs(list(adapters), run_root), input_path, output, base=base, task=task,
-                 run_root=run_root, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    predict_file(
+        parse_adapter_specs(list(adapters), run_root),
+        input_path,
+        output,
+        base=base,
+        task=task,
+        run_root=run_root,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )
     return 0
 
 

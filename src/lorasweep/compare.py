@@ -14,8 +14,16 @@ from .runstore import RunDir, RunStore
 from .sweep.report.page import PLOTLY_JS, write_folder
 from .tables import format_rows
 
-FIGURES = ("trainable_fraction", "optimizer_bytes", "peak_bytes", "predicted_peak_bytes", "eval/loss", "eval/accuracy",
-           "state", "step")
+FIGURES = (
+    "trainable_fraction",
+    "optimizer_bytes",
+    "peak_bytes",
+    "predicted_peak_bytes",
+    "eval/loss",
+    "eval/accuracy",
+    "state",
+    "step",
+)
 
 
 def list_runs(run_root: str | Path, study: str | None = None, sort: str | None = None) -> list[dict]:
@@ -43,8 +51,9 @@ def config_differences(runs: list[RunDir]) -> dict[str, list]:
     return {k: [f.get(k) for f in flats] for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
 
 
-def compare_from_store(run_root: str | Path, hashes: list[str], study: str | None = None,
-                       out: str | Path | None = None) -> tuple[str, Path]:
+def compare_from_store(
+    run_root: str | Path, hashes: list[str], study: str | None = None, out: str | Path | None = None
+) -> tuple[str, Path]:
     """`lorasweep compare`: the runs named by hash (or prefix), or every run of a study, side by side."""
     store = RunStore(run_root)
     runs = [r for r in store.runs() if r.config().sweep == study] if study else [store.find(h) for h in hashes]
@@ -62,16 +71,27 @@ def compare_runs(runs: list[RunDir], out_dir: Path) -> tuple[str, Path]:
     keys = [k for k in final_names() if any(k in m for m in metrics)]  # the registry's order
     names = [r.hash for r in runs]  # one column per run, separated however long the values (tables.py)
     diff_rows = [{"key": k, **{n: _num(v) for n, v in zip(names, values)}} for k, values in diffs.items()]
-    metric_rows = [{"metric": "status", **{n: r.status() for n, r in zip(names, runs)}},
-                   {"metric": "step", **{n: _num(m.get("step")) for n, m in zip(names, metrics)}},
-                   *({"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys)]
-    text = "\n".join(["config differences:", format_rows(diff_rows, ["key", *names]), "",
-                      "final metrics:", format_rows(metric_rows, ["metric", *names])])
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title>"
-            f"<script src='{PLOTLY_JS}'></script></head><body>"
-            f"<h1>Runs {html.escape(', '.join(names))}</h1><pre>{html.escape(text)}</pre>"
-            f"{_loss_curves(runs).to_html(full_html=False, include_plotlyjs=False, div_id='loss-curves')}"
-            f"</body></html>")
+    metric_rows = [
+        {"metric": "status", **{n: r.status() for n, r in zip(names, runs)}},
+        {"metric": "step", **{n: _num(m.get("step")) for n, m in zip(names, metrics)}},
+        *({"metric": k, **{n: _num(m.get(k)) for n, m in zip(names, metrics)}} for k in keys),
+    ]
+    text = "\n".join(
+        [
+            "config differences:",
+            format_rows(diff_rows, ["key", *names]),
+            "",
+            "final metrics:",
+            format_rows(metric_rows, ["metric", *names]),
+        ]
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title>"
+        f"<script src='{PLOTLY_JS}'></script></head><body>"
+        f"<h1>Runs {html.escape(', '.join(names))}</h1><pre>{html.escape(text)}</pre>"
+        f"{_loss_curves(runs).to_html(full_html=False, include_plotlyjs=False, div_id='loss-curves')}"
+        f"</body></html>"
+    )
     return text, write_folder(out_dir, page)
 
 
@@ -86,9 +106,19 @@ def _loss_curves(runs: list[RunDir]):
             points = [(h["step"], h[metric]) for h in history if metric in h]
             if points:
                 steps, values = zip(*points)
-                figure.add_trace(go.Scatter(x=steps, y=values, mode=mode, name=run.hash, legendgroup=run.hash,
-                                            showlegend=col == 1, line={"color": _COLORS[i % len(_COLORS)]}),
-                                 row=1, col=col)
+                figure.add_trace(
+                    go.Scatter(
+                        x=steps,
+                        y=values,
+                        mode=mode,
+                        name=run.hash,
+                        legendgroup=run.hash,
+                        showlegend=col == 1,
+                        line={"color": _COLORS[i % len(_COLORS)]},
+                    ),
+                    row=1,
+                    col=col,
+                )
     figure.update_xaxes(title_text="step")
     figure.update_layout(template="plotly_white", height=420, width=1100)
     return figure

@@ -42,8 +42,10 @@ def build_components(cfg, accelerator, resources) -> Components:
     # trainer.micro_batch (auto: the largest that fits) and the predicted peak, recorded beside the measured one
     micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes)
     if micro % accelerator.num_processes:
-        raise UserError(f"the micro batch {micro} (trainer.batch_size / grad_accum, or trainer.micro_batch) must "
-                        f"be divisible by the {accelerator.num_processes} processes")
+        raise UserError(
+            f"the micro batch {micro} (trainer.batch_size / grad_accum, or trainer.micro_batch) must "
+            f"be divisible by the {accelerator.num_processes} processes"
+        )
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
     report = adapt_model(model, cfg)  # adapt.py
     with accelerator.main_process_first():
@@ -54,11 +56,26 @@ def build_components(cfg, accelerator, resources) -> Components:
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(accelerator.unwrap_model(model))
-    figures = {"params/trainable": counts.trainable, "params/total": counts.total,
-               "params/trainable_fraction": counts.fraction, "params/lora": report.lora_parameters,
-               **memory_account(accelerator.unwrap_model(model)), **planned}  # base, trainable, gradient bytes
-    return Components(model, optimizer, scheduler, train_set, eval_set, make_collator(cfg.data.task, tokenizer),
-                      micro, total_steps, loop_cfg, figures)
+    figures = {
+        "params/trainable": counts.trainable,
+        "params/total": counts.total,
+        "params/trainable_fraction": counts.fraction,
+        "params/lora": report.lora_parameters,
+        **memory_account(accelerator.unwrap_model(model)),
+        **planned,
+    }  # base, trainable, gradient bytes
+    return Components(
+        model,
+        optimizer,
+        scheduler,
+        train_set,
+        eval_set,
+        make_collator(cfg.data.task, tokenizer),
+        micro,
+        total_steps,
+        loop_cfg,
+        figures,
+    )
 
 
 def total_optimizer_steps(cfg, n_examples: int, micro: int) -> int:

@@ -87,5 +87,7 @@ def _package_hint(parts: list[str]) -> str:
     match = re.search(r"In '(local|experiment)/([^']+)'.*Key '\1' not in", " ".join(parts))
     if not match:
         return ""
-    return (f" (hint: {match.group(1)}/{match.group(2)}.yaml sets keys of the whole config, so its first line "
-            f"must be `# @package _global_`)")
+    return (
+        f" (hint: {match.group(1)}/{match.group(2)}.yaml sets keys of the whole config, so its first line "
+        f"must be `# @package _global_`)"
+    )

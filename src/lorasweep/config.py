@@ -120,6 +120,7 @@ class TrackingConfig:
 @dataclass
 class ClusterConfig:
     """Where runs execute. `local` runs here; the SLURM fields fill slurm/*.sbatch (lorasweep/slurm/render.py)."""
+
     name: str = "local"
     # Required of every SLURM cluster file (so a forgotten one is an error, not a surprise partition):
     partition: Optional[str] = MISSING  # null: the cluster's default partition
@@ -182,8 +183,10 @@ def check_keys(cfg: DictConfig) -> None:
         fields = {f.name for f in dataclasses.fields(schema)}
         unknown += [f"{group}.{k}" for k in cfg[group] if k not in fields]
     if unknown:
-        raise UserError(f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
-                        f"(a `+key=value` override cannot add one)")
+        raise UserError(
+            f"unknown config key {', '.join(unknown)}: every key is declared in lorasweep/config.py "
+            f"(a `+key=value` override cannot add one)"
+        )
 
 
 def validate(cfg: DictConfig) -> None:

@@ -17,8 +17,11 @@ def print_result(cfg, metrics: dict) -> None:
     lines = [
         ("config hash", metrics["config_hash"]),
         ("status", metrics["status"]),
-        ("trainable", f"{metrics['params/trainable']:,} / {metrics['params/total']:,} "
-                      f"({100 * metrics['params/trainable_fraction']:.3f}%)"),
+        (
+            "trainable",
+            f"{metrics['params/trainable']:,} / {metrics['params/total']:,} "
+            f"({100 * metrics['params/trainable_fraction']:.3f}%)",
+        ),
         ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB{eight_bit_note(cfg)}"),
         ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
     ]
@@ -27,8 +30,13 @@ def print_result(cfg, metrics: dict) -> None:
         baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
         lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}{baseline}"))
     if metrics.get("memory/predicted_peak_bytes") and metrics.get("memory/peak_bytes"):
-        lines.append(("peak memory", f"{metrics['memory/peak_bytes'] / 2**20:.1f} MiB measured, "
-                                     f"{metrics['memory/predicted_peak_bytes'] / 2**20:.1f} MiB predicted"))
+        lines.append(
+            (
+                "peak memory",
+                f"{metrics['memory/peak_bytes'] / 2**20:.1f} MiB measured, "
+                f"{metrics['memory/predicted_peak_bytes'] / 2**20:.1f} MiB predicted",
+            )
+        )
     lines.append(("run directory", str(run_dir)))
     for key, value in lines:
         print(f"{key + ':':<17}{value}")
@@ -47,21 +55,29 @@ def eight_bit_note(cfg) -> str:
     if not small:
         return ""
     share = "all" if small == sum(sizes) else f"{100 * small / sum(sizes):.0f}% of"
-    return (f" ({share} the trainable parameters are in tensors under optim.min_8bit_size="
-            f"{cfg.optim.min_8bit_size} elements and keep 32-bit state; lower it to make them 8-bit)")
+    return (
+        f" ({share} the trainable parameters are in tensors under optim.min_8bit_size="
+        f"{cfg.optim.min_8bit_size} elements and keep 32-bit state; lower it to make them 8-bit)"
+    )
 
 
 def print_interrupted(metrics: dict, signal_name: str) -> None:
-    print(f"lorasweep: {signal_name}: run {metrics['config_hash']} stopped at step {metrics['step']} "
-          "(checkpointed); the same command resumes it", file=sys.stderr)
+    print(
+        f"lorasweep: {signal_name}: run {metrics['config_hash']} stopped at step {metrics['step']} "
+        "(checkpointed); the same command resumes it",
+        file=sys.stderr,
+    )
 
 
 def print_submission(result: dict, dry_run: bool) -> None:
     if dry_run:
         print(result["script"], end="")
         return
-    what = f"array job {result['job_id']} ({result['array']} workers) for study {result['study']}" if "study" in \
-        result else f"job {result['job_id']} for config {result['config_hash']}"
+    what = (
+        f"array job {result['job_id']} ({result['array']} workers) for study {result['study']}"
+        if "study" in result
+        else f"job {result['job_id']} for config {result['config_hash']}"
+    )
     print(f"submitted {what}; script: {result['path']}")
     if "study" in result:
         print(f"follow it: lorasweep status --study {result['study']} --storage {result['storage']}")

@@ -27,9 +27,23 @@ SFT_SEPARATOR = "\n### Response:\n"  # between prompt and response; counted as p
 CACHE_VERSION = 1  # bump when tokenisation changes, so old cache entries are not reused
 FORMAT_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # DataConfig fields that change what tokenized_splits returns (name is only a label).
-FINGERPRINT_FIELDS = ("task", "source", "path", "hub_config", "format", "train_split", "eval_split", "text_field",
-                      "label_field", "num_labels", "prompt_field", "response_field", "max_length",
-                      "max_train_examples", "max_eval_examples")
+FINGERPRINT_FIELDS = (
+    "task",
+    "source",
+    "path",
+    "hub_config",
+    "format",
+    "train_split",
+    "eval_split",
+    "text_field",
+    "label_field",
+    "num_labels",
+    "prompt_field",
+    "response_field",
+    "max_length",
+    "max_train_examples",
+    "max_eval_examples",
+)
 log = logging.getLogger(__name__)
 
 
@@ -96,16 +110,19 @@ def _data_files(cfg) -> tuple[str, dict[str, list[str]]]:
             pattern = re.escape(path).replace(r"\{split\}", "([^/]+?)")
             pattern = pattern.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")  # the glob, as a regex
             available = sorted({m.group(1) for f in found if (m := re.fullmatch(pattern, f))})
-            raise UserError(f"split {missing[0]!r} not found: no file matches {path}; available splits: "
-                            f"{', '.join(available)}")
+            raise UserError(
+                f"split {missing[0]!r} not found: no file matches {path}; available splits: {', '.join(available)}"
+            )
     else:  # one file or pattern: like datasets, it is the split "train"
         found = sorted(glob.glob(path))
         if not found:
             raise UserError(f"data path not found: {path}")
         files = {"train": found}
         if any(s != "train" for s in needed):
-            raise UserError(f"split {[s for s in needed if s != 'train'][0]!r} not found: {path} is one split, "
-                            "'train'; available splits: train (slice it, e.g. data.eval_split='train[-500:]')")
+            raise UserError(
+                f"split {[s for s in needed if s != 'train'][0]!r} not found: {path} is one split, "
+                "'train'; available splits: train (slice it, e.g. data.eval_split='train[-500:]')"
+            )
     return _format(cfg.format, [f for fs in files.values() for f in fs]), files
 
 
@@ -141,8 +158,12 @@ def _select(splits: datasets.DatasetDict, spec: str, key: str) -> datasets.Datas
         parts = datasets.ReadInstruction.from_spec(spec).to_absolute({k: len(v) for k, v in splits.items()})
     except (ValueError, AssertionError) as exc:
         raise UserError(f"{key}={spec!r} is not a split or a slice like train[:90%]: {exc}") from None
-    chosen = [splits[p.splitname] if (p.from_, p.to) == (0, len(splits[p.splitname]))
-              else splits[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    chosen = [
+        splits[p.splitname]
+        if (p.from_, p.to) == (0, len(splits[p.splitname]))
+        else splits[p.splitname].select(range(p.from_, p.to))
+        for p in parts
+    ]
     return chosen[0] if len(chosen) == 1 else datasets.concatenate_datasets(chosen)
 
 
@@ -159,8 +180,10 @@ def _check_columns(ds: datasets.Dataset, cfg, split: str) -> None:
     for key in keys:
         column = getattr(cfg, key)
         if column not in ds.column_names:
-            raise UserError(f"column {column!r} (data.{key}) not found in split {split!r}; "
-                            f"available columns: {', '.join(ds.column_names)}")
+            raise UserError(
+                f"column {column!r} (data.{key}) not found in split {split!r}; "
+                f"available columns: {', '.join(ds.column_names)}"
+            )
 
 
 def _check_labels(ds: datasets.Dataset, cfg, split: str) -> None:
@@ -168,8 +191,10 @@ def _check_labels(ds: datasets.Dataset, cfg, split: str) -> None:
     bad = [v for v in ds.unique(cfg.label_field) if type(v) is not int or not 0 <= v < n]
     if bad:
         shown = ", ".join(repr(v) for v in sorted(bad, key=repr)[:5])
-        raise UserError(f"labels outside [0, {n}) in split {split!r} (data.label_field={cfg.label_field!r}, "
-                        f"data.num_labels={n}): {shown}")
+        raise UserError(
+            f"labels outside [0, {n}) in split {split!r} (data.label_field={cfg.label_field!r}, "
+            f"data.num_labels={n}): {shown}"
+        )
 
 
 # ---------------------------------------------------------------- tokenisation and its cache
@@ -181,8 +206,10 @@ def tokenized_splits(data_cfg, tokenizer, cache_dir: str | Path) -> tuple[datase
         log.info("tokenized data from cache %s", final)
     else:
         train, eval_ = load_raw_splits(data_cfg)
-        encoded = datasets.DatasetDict(train=_tokenize(train, data_cfg, tokenizer, f"{key}-train"),
-                                       eval=_tokenize(eval_, data_cfg, tokenizer, f"{key}-eval"))
+        encoded = datasets.DatasetDict(
+            train=_tokenize(train, data_cfg, tokenizer, f"{key}-train"),
+            eval=_tokenize(eval_, data_cfg, tokenizer, f"{key}-eval"),
+        )
         _save_atomic(encoded, final)
     loaded = datasets.load_from_disk(str(final))  # the same objects on a miss and a hit
     return loaded["train"], loaded["eval"]
@@ -242,14 +269,24 @@ def _save_atomic(encoded: datasets.DatasetDict, final: Path) -> None:
 def _tokenize(ds: datasets.Dataset, cfg, tokenizer, tag: str) -> datasets.Dataset:
     encode = _encode_classification if cfg.task == "classification" else _encode_sft
     # In memory and uncached: our own cache is the only one (and datasets cannot hash a tokenizer anyway).
-    return ds.map(lambda batch: encode(batch, cfg, tokenizer), batched=True, remove_columns=ds.column_names,
-                  keep_in_memory=True, load_from_cache_file=False, new_fingerprint=tag, desc="tokenizing")
+    return ds.map(
+        lambda batch: encode(batch, cfg, tokenizer),
+        batched=True,
+        remove_columns=ds.column_names,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        new_fingerprint=tag,
+        desc="tokenizing",
+    )
 
 
 def _encode_classification(batch: dict, cfg, tokenizer) -> dict:
     enc = tokenizer(list(batch[cfg.text_field]), truncation=True, max_length=cfg.max_length)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "labels": list(batch[cfg.label_field])}
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": list(batch[cfg.label_field]),
+    }
 
 
 def end_token(tokenizer) -> int:

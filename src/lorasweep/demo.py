@@ -47,7 +47,14 @@ def print_demo(rows: list[dict]) -> None:
     from .tables import format_rows
 
     full = rows[0]["optimizer_bytes"]
-    table = [{"setup": r["setup"], "trainable": f"{r['trainable']:,}", "fraction": f"{100 * r['fraction']:.3f}%",
-              "AdamW state": f"{r['optimizer_bytes'] / 2**20:.2f} MiB", "vs full": f"{r['optimizer_bytes'] / full:.2%}"}
-             for r in rows]
+    table = [
+        {
+            "setup": r["setup"],
+            "trainable": f"{r['trainable']:,}",
+            "fraction": f"{100 * r['fraction']:.3f}%",
+            "AdamW state": f"{r['optimizer_bytes'] / 2**20:.2f} MiB",
+            "vs full": f"{r['optimizer_bytes'] / full:.2%}",
+        }
+        for r in rows
+    ]
     print(format_rows(table, ["setup", "trainable", "fraction", "AdamW state", "vs full"]))

@@ -38,8 +38,7 @@ def epoch_order(n: int, micro: int, seed: int, epoch: int) -> list[list[int]]:
 class Loop:
     """One run's training over its Components (components.py); `history` holds what was recorded so far."""
 
-    def __init__(self, cfg, accelerator, components, run_dir, *, callbacks: Callbacks | None = None,
-                 tracker=None):
+    def __init__(self, cfg, accelerator, components, run_dir, *, callbacks: Callbacks | None = None, tracker=None):
         self.cfg, self.acc, self.run_dir = cfg, accelerator, run_dir
         self.model, self.optimizer, self.scheduler = components.model, components.optimizer, components.scheduler
         self.train_set, self.eval_set, self.collate = components.train_set, components.eval_set, components.collate
@@ -74,8 +73,10 @@ class Loop:
                             return "pruned"
                     if _due(t.checkpoint_every, step):
                         self.checkpoint()
-                if main_decides(self.acc, self.callbacks.should_stop is not None and self.callbacks.should_stop()) \
-                        and step < self.total_steps:
+                if (
+                    main_decides(self.acc, self.callbacks.should_stop is not None and self.callbacks.should_stop())
+                    and step < self.total_steps
+                ):
                     self.checkpoint()
                     return "interrupted"
             return "completed"
@@ -124,8 +125,15 @@ class Loop:
     def log_training(self, step: int) -> None:
         mean_loss, step_time, tokens_per_s = self.window.flush()
         self.last_train_loss = mean_loss
-        self._record({"step": step, "train/loss": mean_loss, "train/lr": self.scheduler.get_last_lr()[0],
-                      "perf/step_time_s": step_time, "perf/tokens_per_s": tokens_per_s})
+        self._record(
+            {
+                "step": step,
+                "train/loss": mean_loss,
+                "train/lr": self.scheduler.get_last_lr()[0],
+                "perf/step_time_s": step_time,
+                "perf/tokens_per_s": tokens_per_s,
+            }
+        )
 
     def evaluate(self, step: int) -> bool:
         """Evaluate on every rank's share, record it, and return whether the caller's on_eval says stop."""
@@ -134,15 +142,26 @@ class Loop:
         if not math.isfinite(self.last_eval["eval/loss"]):
             raise FloatingPointError(f"non-finite eval loss ({self.last_eval['eval/loss']}) at step {step}")
         self._record({"step": step, **self.last_eval})
-        stop = bool(self.callbacks.on_eval(step, dict(self.last_eval))) if (
-            self.callbacks.on_eval and self.acc.is_main_process) else False
+        stop = (
+            bool(self.callbacks.on_eval(step, dict(self.last_eval)))
+            if (self.callbacks.on_eval and self.acc.is_main_process)
+            else False
+        )
         return main_decides(self.acc, stop)
 
     def checkpoint(self) -> None:
         directory = self.run_dir.checkpoints_dir
         self.acc.wait_for_everyone()
-        ckpt.save_checkpoint(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                             self.position, self.acc.process_index, self.acc.is_main_process, self.loop_state())
+        ckpt.save_checkpoint(
+            directory,
+            self.acc.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            self.position,
+            self.acc.process_index,
+            self.acc.is_main_process,
+            self.loop_state(),
+        )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             ckpt.publish_checkpoint(directory, self.position.step)
@@ -150,9 +169,14 @@ class Loop:
 
     def loop_state(self) -> dict:
         """What a resumed run needs besides weights and optimizer to log exactly what it would have."""
-        return {"history_len": len(self.history), "window": self.window.pending_losses(),
-                "last_eval": dict(self.last_eval), "initial_eval": dict(self.initial_eval),
-                "last_train_loss": self.last_train_loss, "optimizer_bytes": self.optimizer_bytes}
+        return {
+            "history_len": len(self.history),
+            "window": self.window.pending_losses(),
+            "last_eval": dict(self.last_eval),
+            "initial_eval": dict(self.initial_eval),
+            "last_train_loss": self.last_train_loss,
+            "optimizer_bytes": self.optimizer_bytes,
+        }
 
     def restore(self, state: dict) -> None:
         self.window.restore(state["window"])
@@ -160,8 +184,13 @@ class Loop:
         self.last_train_loss, self.optimizer_bytes = state["last_train_loss"], state["optimizer_bytes"]
 
     def final_metrics(self) -> dict:
-        return {**self.initial_eval, **self.last_eval, "train/loss": self.last_train_loss,
-                "memory/optimizer_state_bytes": self.optimizer_bytes, "perf/loop_time_s": self.loop_time}
+        return {
+            **self.initial_eval,
+            **self.last_eval,
+            "train/loss": self.last_train_loss,
+            "memory/optimizer_state_bytes": self.optimizer_bytes,
+            "perf/loop_time_s": self.loop_time,
+        }
 
     # Helpers: this process's share of a batch, tensors on the device, records.
 

@@ -31,37 +31,70 @@ _CLS, _LM = ("classification",), ("causal_lm",)
 METRICS: tuple[Metric, ...] = (
     Metric("eval/loss", "mean loss on the eval split at the last evaluation", "minimize"),
     Metric("eval/accuracy", "share of eval examples classified right", "maximize", "fraction", tasks=_CLS),
-    Metric("eval/token_accuracy", "share of eval response tokens predicted right", "maximize", "fraction",
-           tasks=_LM),
+    Metric("eval/token_accuracy", "share of eval response tokens predicted right", "maximize", "fraction", tasks=_LM),
     Metric("eval/initial_loss", "eval loss of the untrained model (trainer.eval_at_start)"),
     Metric("eval/initial_accuracy", "eval accuracy of the untrained model", unit="fraction", tasks=_CLS),
-    Metric("eval/initial_token_accuracy", "eval token accuracy of the untrained model", unit="fraction",
-           tasks=_LM),
+    Metric("eval/initial_token_accuracy", "eval token accuracy of the untrained model", unit="fraction", tasks=_LM),
     Metric("train/loss", "mean training loss over the last log_every steps", "minimize"),
     Metric("train/lr", "learning rate after the step", final=False),
     Metric("params/trainable", "parameters that get gradients: LoRA A and B, and the task head", "minimize", "count"),
     Metric("params/total", "every parameter of the model, LoRA included", unit="count"),
     Metric("params/trainable_fraction", "params/trainable ÷ params/total", "minimize", "fraction"),
     Metric("params/lora", "parameters in the LoRA A and B matrices", "minimize", "count"),
-    Metric("memory/base_weights_bytes", "bytes of the frozen base weights (quantized where the base is), "
-           "buffers included", "minimize", "bytes"),
+    Metric(
+        "memory/base_weights_bytes",
+        "bytes of the frozen base weights (quantized where the base is), buffers included",
+        "minimize",
+        "bytes",
+    ),
     Metric("memory/trainable_bytes", "bytes of the trainable parameters", "minimize", "bytes"),
     Metric("memory/gradient_bytes", "bytes of their gradients (one per trainable parameter)", "minimize", "bytes"),
-    Metric("memory/optimizer_state_bytes", "bytes the optimizer holds (moments, step counters, 8-bit "
-           "quantization statistics)", "minimize", "bytes"),
-    Metric("memory/peak_bytes", "the run's own peak: CUDA max allocated, or CPU peak resident set (README)",
-           "minimize", "bytes", deterministic=False),
-    Metric("memory/predicted_peak_bytes", "the peak of one training step predicted before the run (lorasweep "
-           "estimate: live tensors; CUDA: what max allocated reports; docs/memory.md)", "minimize", "bytes"),
-    Metric("memory/predicted_eval_peak_bytes", "the peak of one evaluation batch (trainer.eval_batch_size) "
-           "predicted before the run", "minimize", "bytes"),
-    Metric("trainer/micro_batch", "examples per forward pass when trainer.micro_batch is set (auto: chosen to fit)",
-           unit="count"),
+    Metric(
+        "memory/optimizer_state_bytes",
+        "bytes the optimizer holds (moments, step counters, 8-bit quantization statistics)",
+        "minimize",
+        "bytes",
+    ),
+    Metric(
+        "memory/peak_bytes",
+        "the run's own peak: CUDA max allocated, or CPU peak resident set (README)",
+        "minimize",
+        "bytes",
+        deterministic=False,
+    ),
+    Metric(
+        "memory/predicted_peak_bytes",
+        "the peak of one training step predicted before the run (lorasweep "
+        "estimate: live tensors; CUDA: what max allocated reports; docs/memory.md)",
+        "minimize",
+        "bytes",
+    ),
+    Metric(
+        "memory/predicted_eval_peak_bytes",
+        "the peak of one evaluation batch (trainer.eval_batch_size) predicted before the run",
+        "minimize",
+        "bytes",
+    ),
+    Metric(
+        "trainer/micro_batch",
+        "examples per forward pass when trainer.micro_batch is set (auto: chosen to fit)",
+        unit="count",
+    ),
     Metric("perf/loop_time_s", "seconds inside the training loop", "minimize", "s", deterministic=False),
-    Metric("perf/step_time_s", "seconds per optimizer step (evaluation and checkpoints excluded)", unit="s",
-           deterministic=False, final=False),
-    Metric("perf/tokens_per_s", "input tokens per second of training, all processes", unit="tokens/s",
-           deterministic=False, final=False),
+    Metric(
+        "perf/step_time_s",
+        "seconds per optimizer step (evaluation and checkpoints excluded)",
+        unit="s",
+        deterministic=False,
+        final=False,
+    ),
+    Metric(
+        "perf/tokens_per_s",
+        "input tokens per second of training, all processes",
+        unit="tokens/s",
+        deterministic=False,
+        final=False,
+    ),
 )
 BY_NAME = {m.name: m for m in METRICS}
 

@@ -26,9 +26,7 @@ TINY_CONFIGS: dict[str, dict] = {
         max_position_embeddings=128,
         vocab_size=512,
     ),
-    "gpt_neox": dict(
-        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=512
-    ),
+    "gpt_neox": dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=512),
     "phi3": dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -50,8 +48,9 @@ def head_names(model: nn.Module) -> list[str]:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     heads = [h for h in HEAD_NAMES if h in names]
     if not heads:
-        raise UserError(f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; "
-                        "set lora.modules_to_save")
+        raise UserError(
+            f"no classification head ({'/'.join(HEAD_NAMES)}) found in {type(model).__name__}; set lora.modules_to_save"
+        )
     return heads[:1]
 
 

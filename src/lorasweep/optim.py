@@ -45,8 +45,9 @@ def validate_optimizer(optim_cfg) -> None:
         raise UserError(f"optim.min_8bit_size must be >= 0, got {optim_cfg.min_8bit_size}")
     ratio = getattr(optim_cfg, "lora_plus_ratio", 1.0)
     if not math.isfinite(ratio) or ratio <= 0:
-        raise UserError(f"optim.lora_plus_ratio must be a finite number > 0 (1: plain LoRA; LoRA+ suggests 16), "
-                        f"got {ratio}")
+        raise UserError(
+            f"optim.lora_plus_ratio must be a finite number > 0 (1: plain LoRA; LoRA+ suggests 16), got {ratio}"
+        )
     if name in EIGHT_BIT_OPTIMIZERS:
         require_bitsandbytes(f"optim.name={name}")
 
@@ -69,8 +70,9 @@ def is_lora_B(parameter_name: str) -> bool:
     return parameter_name.endswith("lora_B")
 
 
-def build_optimizer(optim_cfg, model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter]
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(
+    optim_cfg, model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
     """The optimizer `optim_cfg` names over the trainable parameters of a model (LoRA+ groups, see
     parameter_groups), or over a list of parameters (one group: no LoRA+ without parameter names)."""
     if isinstance(model_or_params, torch.nn.Module):
@@ -79,8 +81,12 @@ def build_optimizer(optim_cfg, model_or_params: torch.nn.Module | Iterable[torch
         params = list(model_or_params)
         if float(getattr(optim_cfg, "lora_plus_ratio", 1.0)) != 1.0:
             raise UserError("optim.lora_plus_ratio needs the model, not a parameter list: build_optimizer(cfg, model)")
-    kwargs = dict(lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps,
-                  weight_decay=optim_cfg.weight_decay)
+    kwargs = dict(
+        lr=optim_cfg.lr,
+        betas=(optim_cfg.beta1, optim_cfg.beta2),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+    )
     require_choice("optim.name", optim_cfg.name)
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(params, **kwargs)

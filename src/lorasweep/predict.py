@@ -29,8 +29,9 @@ def resolve_adapter_path(spec: str | Path, run_root: str | Path = "runs") -> Pat
     for candidate in (path, path / "adapter", Path(run_root) / str(spec) / "adapter"):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
-    raise UserError(f"adapter {str(spec)!r} is neither an adapter directory nor a run hash with an adapter under "
-                    f"{run_root}")
+    raise UserError(
+        f"adapter {str(spec)!r} is neither an adapter directory nor a run hash with an adapter under {run_root}"
+    )
 
 
 def parse_adapter_specs(specs: list[str], run_root: str | Path = "runs") -> dict[str, Path]:
@@ -59,17 +60,18 @@ def read_requests(input_file: str | Path, known: set[str]) -> list[tuple[str, st
         except json.JSONDecodeError as exc:
             raise UserError(f"{input_file}:{n}: not valid JSON: {exc}") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f"{input_file}:{n}: expected an object with a string \"text\"")
+            raise UserError(f'{input_file}:{n}: expected an object with a string "text"')
         adapter = row.get("adapter", BASE)
         if not isinstance(adapter, str):
-            raise UserError(f"{input_file}:{n}: \"adapter\" must be a name, got {adapter!r}")
+            raise UserError(f'{input_file}:{n}: "adapter" must be a name, got {adapter!r}')
         if adapter != BASE and adapter not in known:
             unknown.setdefault(adapter, n)
         requests.append((row["text"], adapter))
     if unknown:
         listed = ", ".join(f"{a!r} (line {n})" for a, n in unknown.items())
-        raise UserError(f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} "
-                        f"(or {BASE!r})")
+        raise UserError(
+            f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} (or {BASE!r})"
+        )
     return requests
 
 
@@ -82,7 +84,7 @@ def _adapter_facts(paths: Mapping[str, Path]) -> tuple[set, int | None]:
         tasks.add(json.loads((path / CONFIG_NAME).read_text()).get("task_type"))
         with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
             for key in f.keys():
-                head, _, rest = key[len(PREFIX):].partition(".")
+                head, _, rest = key[len(PREFIX) :].partition(".")
                 if head in HEAD_NAMES and rest in ("weight", "out_proj.weight"):  # out_proj: RoBERTa's head
                     labels = f.get_slice(key).get_shape()[0]
     return tasks - {None}, labels
@@ -117,26 +119,34 @@ def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labe
 
     def identity(cfg):  # what fixes the base weights: the model config, and a tiny model's seed
         model = OmegaConf.to_container(cfg.model)
-        return {**{f"model.{k}": v for k, v in model.items()},
-                "seed": cfg.seed if model.get("source") == "tiny" else None}
+        return {
+            **{f"model.{k}": v for k, v in model.items()},
+            "seed": cfg.seed if model.get("source") == "tiny" else None,
+        }
 
     identities = {name: identity(cfg) for name, cfg in runs.items()}
     bases = {json.dumps(identities[name], sort_keys=True): cfg for name, cfg in runs.items()}
     if base is None and len(bases) > 1:
-        differ = sorted(k for k in set().union(*identities.values())
-                        if len({json.dumps(i.get(k)) for i in identities.values()}) > 1)
-        listed = ", ".join(f"{n}: {cfg.model.name} ({', '.join(f'{k}={identities[n].get(k)}' for k in differ)})"
-                           for n, cfg in runs.items())
-        raise UserError(f"the adapters come from runs on different base models ({listed}): serve them separately, "
-                        "or pass --base")
+        differ = sorted(
+            k for k in set().union(*identities.values()) if len({json.dumps(i.get(k)) for i in identities.values()}) > 1
+        )
+        listed = ", ".join(
+            f"{n}: {cfg.model.name} ({', '.join(f'{k}={identities[n].get(k)}' for k in differ)})"
+            for n, cfg in runs.items()
+        )
+        raise UserError(
+            f"the adapters come from runs on different base models ({listed}): serve them separately, or pass --base"
+        )
     first = next(iter(bases.values()), None)
     model = _model_config(base) if base is not None else first.model if first is not None else _model_config("minilm")
     seeds = {cfg.seed for cfg in runs.values()}
-    return OmegaConf.create({
-        "model": model,
-        "data": {"task": task, "num_labels": num_labels or (first.data.num_labels if first is not None else 2)},
-        "seed": seeds.pop() if len(seeds) == 1 else 0,
-    })
+    return OmegaConf.create(
+        {
+            "model": model,
+            "data": {"task": task, "num_labels": num_labels or (first.data.num_labels if first is not None else 2)},
+            "seed": seeds.pop() if len(seeds) == 1 else 0,
+        }
+    )
 
 
 def _load_base(cfg):
@@ -147,9 +157,17 @@ def _load_base(cfg):
     return model.eval(), tokenizer
 
 
-def predict_file(adapters: Mapping[str, str | Path], input_file: str | Path, output_file: str | Path | None = None,
-                 base: str | None = None, task: str | None = None, batch_size: int = 32,
-                 max_new_tokens: int = 32, max_length: int = 512, run_root: str | Path = "runs") -> list[dict]:
+def predict_file(
+    adapters: Mapping[str, str | Path],
+    input_file: str | Path,
+    output_file: str | Path | None = None,
+    base: str | None = None,
+    task: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+    max_length: int = 512,
+    run_root: str | Path = "runs",
+) -> list[dict]:
     """Predict every input line with its own adapter, batches mixing adapters freely; returns the predictions
     and writes them as JSON lines to output_file (stdout when None). The base model is the adapters' runs' (or
     `base`: a model config name or a hub-format directory)."""
@@ -194,8 +212,14 @@ def generate_mixed(model, loaded, names, input_ids, attention_mask, max_new_toke
     """Greedy generation for left-padded prompts, row i with adapter names[i] (`loaded`: load_adapters' set, or
     None for the bare base): (b, prompt + new) token ids."""
     with _selected(loaded, names):
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                              do_sample=False, num_beams=1, **kwargs)
+        return model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            **kwargs,
+        )
 
 
 @torch.no_grad()
@@ -210,8 +234,16 @@ def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p) :] = torch.tensor(p)
         attention_mask[i, width - len(p) :] = 1
-    generated = generate_mixed(model, loaded, names, input_ids, attention_mask, max_new_tokens, eos_token_id=end,
-                               pad_token_id=tokenizer.pad_token_id)
+    generated = generate_mixed(
+        model,
+        loaded,
+        names,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        eos_token_id=end,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     result = []
     for n, row in zip(names, generated[:, width:].tolist()):
         row = row[: row.index(end)] if end in row else row

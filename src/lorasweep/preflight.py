@@ -85,12 +85,16 @@ def check_task(config, task: str, label: str) -> None:
         # decoder); built from an encoder checkpoint it is an encoder with a fresh LM head, not a language model.
         encoder = mtype in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
         if mtype not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder:
-            raise UserError(f"model {label} ({mtype}) is an encoder and cannot be trained as a causal LM "
-                            f"(data.task=causal_lm); choose a decoder model (model=tiny_gpt2, model=tiny_llama, ...) "
-                            f"or a classification dataset")
+            raise UserError(
+                f"model {label} ({mtype}) is an encoder and cannot be trained as a causal LM "
+                f"(data.task=causal_lm); choose a decoder model (model=tiny_gpt2, model=tiny_llama, ...) "
+                f"or a classification dataset"
+            )
     elif task == "classification" and mtype not in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        raise UserError(f"model {label} ({mtype}) has no sequence-classification class in transformers; "
-                        f"choose another model for data.task=classification")
+        raise UserError(
+            f"model {label} ({mtype}) has no sequence-classification class in transformers; "
+            f"choose another model for data.task=classification"
+        )
 
 
 def _apply_lora_to(model, lora, task: str) -> None:

@@ -53,11 +53,14 @@ def validate_quantization(model_cfg, task: str | None = None) -> None:
     q = model_cfg.quantization
     require_choice("model.quantization", q)
     if model_cfg.compute_dtype is not None and model_cfg.compute_dtype not in COMPUTE_DTYPES:
-        raise UserError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null; "
-                        f"got {model_cfg.compute_dtype!r}")
+        raise UserError(
+            f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null; got {model_cfg.compute_dtype!r}"
+        )
     if q not in FOUR_BIT:
-        for key, value, default in (("double_quant", model_cfg.double_quant, False),
-                                    ("compute_dtype", model_cfg.compute_dtype, None)):
+        for key, value, default in (
+            ("double_quant", model_cfg.double_quant, False),
+            ("compute_dtype", model_cfg.compute_dtype, None),
+        ):
             if value != default:
                 raise UserError(f"model.{key} applies to model.quantization=nf4|fp4 only (got quantization={q})")
     if q == "none":
@@ -89,8 +92,13 @@ def quantization_of(module: nn.Module) -> str:
     return getattr(weight, "quant_type", None) or "int8"
 
 
-def quantize_model(model: nn.Module, quantization: str, double_quant: bool = False,
-                   compute_dtype: str | None = None, skip: tuple[str, ...] = SKIP_NAMES) -> list[str]:
+def quantize_model(
+    model: nn.Module,
+    quantization: str,
+    double_quant: bool = False,
+    compute_dtype: str | None = None,
+    skip: tuple[str, ...] = SKIP_NAMES,
+) -> list[str]:
     """Replace the base's nn.Linear layers by bitsandbytes layers, quantized on their current device.
 
     Returns the names of the quantized modules. Consumes no random numbers (a quantized run draws the same
@@ -102,16 +110,19 @@ def quantize_model(model: nn.Module, quantization: str, double_quant: bool = Fal
     require_bitsandbytes(f"model.quantization={quantization}")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in UNSUPPORTED:
-        raise UserError(f"model.quantization={quantization} is not supported for {model_type}: "
-                        f"{UNSUPPORTED[model_type]}")
+        raise UserError(
+            f"model.quantization={quantization} is not supported for {model_type}: {UNSUPPORTED[model_type]}"
+        )
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen = []
     for name, module in model.named_modules():
         if any(part in skip for part in name.split(".")) or module is output:
             continue
         if Conv1D and isinstance(module, Conv1D):
-            raise UserError(f"model.quantization={quantization} is not supported for {model_type or 'this model'}: "
-                            f"{name} is a transformers Conv1D layer (bitsandbytes quantizes nn.Linear only)")
+            raise UserError(
+                f"model.quantization={quantization} is not supported for {model_type or 'this model'}: "
+                f"{name} is a transformers Conv1D layer (bitsandbytes quantizes nn.Linear only)"
+            )
         if type(module) is nn.Linear:
             chosen.append(name)
     with torch.random.fork_rng(devices=[]):
@@ -129,15 +140,24 @@ def _quantized(linear: nn.Linear, quantization: str, double_quant: bool, compute
     weight = linear.weight.detach()
     has_bias = linear.bias is not None
     if quantization == "int8":
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
-                                    threshold=6.0, device="meta")
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta"
+        )
         layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
     else:
         dtype = COMPUTE_DTYPES[compute_dtype] if compute_dtype else None
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype,
-                                  compress_statistics=double_quant, quant_type=quantization, device="meta")
-        layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, compress_statistics=double_quant,
-                                         quant_type=quantization, module=layer)
+        layer = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=has_bias,
+            compute_dtype=dtype,
+            compress_statistics=double_quant,
+            quant_type=quantization,
+            device="meta",
+        )
+        layer.weight = bnb.nn.Params4bit(
+            weight.clone(), requires_grad=False, compress_statistics=double_quant, quant_type=quantization, module=layer
+        )
         layer.support_avx512bf16_for_cpu = False  # see the module docstring
     if has_bias:
         layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)

@@ -33,8 +33,9 @@ def recompose(stored: dict | DictConfig, source: str = "stored config") -> DictC
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise UserError(f"{source} no longer composes with the current schema (key {key}): "
-                        f"{' '.join(str(exc).split()[:12])}") from None
+        raise UserError(
+            f"{source} no longer composes with the current schema (key {key}): {' '.join(str(exc).split()[:12])}"
+        ) from None
     validate(cfg)
     return cfg
 
@@ -75,8 +76,9 @@ def next_reproduction_dir(run: RunDir) -> Path:
     return base / str(max(taken, default=0) + 1)
 
 
-def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float | None = None,
-              stored_config: dict | None = None) -> tuple[Comparison, Path, dict]:
+def reproduce(
+    hash_prefix: str, run_root: str | Path = "runs", tolerance: float | None = None, stored_config: dict | None = None
+) -> tuple[Comparison, Path, dict]:
     """Rerun the run named by `hash_prefix` (or by a config fetched elsewhere, e.g. from W&B)."""
     import torch
 
@@ -108,9 +110,11 @@ def reproduce(hash_prefix: str, run_root: str | Path = "runs", tolerance: float 
         processes = 1
         if tolerance is None:
             tolerance = CROSS_COUNT_TOLERANCE
-        notes.append(f"trained with {recorded} processes, rerun with 1 (this machine cannot launch {recorded}): "
-                     f"gradients are reduced in another order, so metrics are compared within relative tolerance "
-                     f"{tolerance:g}")
+        notes.append(
+            f"trained with {recorded} processes, rerun with 1 (this machine cannot launch {recorded}): "
+            f"gradients are reduced in another order, so metrics are compared within relative tolerance "
+            f"{tolerance:g}"
+        )
     if processes > 1:  # the recorded count: summed in the same order, so bitwise equal again on CPU
         metrics = _train_in_processes(cfg, target, processes)
     else:
@@ -149,10 +153,23 @@ def _train_in_processes(cfg: DictConfig, target: Path, processes: int) -> dict:
         config = Path(tmp) / "config.yaml"
         OmegaConf.save(cfg, config)
         done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-             str(port), "-m", "lorasweep.reproduce", str(config), str(target)],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(processes),
+                "--master_port",
+                str(port),
+                "-m",
+                "lorasweep.reproduce",
+                str(config),
+                str(target),
+            ],
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)},
-            capture_output=True, text=True)
+            capture_output=True,
+            text=True,
+        )
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise RuntimeError(f"the {processes}-process rerun failed (exit {done.returncode}): {tail}")
@@ -160,13 +177,18 @@ def _train_in_processes(cfg: DictConfig, target: Path, processes: int) -> dict:
 
 
 def format_comparison(comparison: Comparison, target: Path) -> str:
-    rows = [{"metric": key, "original": repr(a), "reproduction": repr(b), "match": "yes" if ok else "NO"}
-            for key, a, b, ok in comparison.rows]  # repr: every digit, so "bitwise" can be read off the table
+    rows = [
+        {"metric": key, "original": repr(a), "reproduction": repr(b), "match": "yes" if ok else "NO"}
+        for key, a, b, ok in comparison.rows
+    ]  # repr: every digit, so "bitwise" can be read off the table
     lines = [f"reproduction in {target}", format_rows(rows, ["metric", "original", "reproduction", "match"])]
     lines += comparison.notes
     if comparison.matches:
-        lines.append("all metrics bitwise equal" if comparison.exact else
-                     f"all metrics within relative tolerance {comparison.tolerance:g}")
+        lines.append(
+            "all metrics bitwise equal"
+            if comparison.exact
+            else f"all metrics within relative tolerance {comparison.tolerance:g}"
+        )
     else:
         lines.append("metrics DIFFER")
     for key, a, b in comparison.drift:

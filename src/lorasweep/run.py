@@ -36,8 +36,14 @@ from .tracking import Tracker, make_tracker
 __all__ = ["Callbacks", "train"]
 
 
-def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks | None = None,
-          force: bool = False, resources: Resources | None = None, run_dir: Path | None = None) -> dict:
+def train(
+    cfg: DictConfig,
+    tracker: Tracker | None = None,
+    callbacks: Callbacks | None = None,
+    force: bool = False,
+    resources: Resources | None = None,
+    run_dir: Path | None = None,
+) -> dict:
     """Train (or resume, or reuse) the run for `cfg`; `resources` lets a sweep worker reuse loaded models/data.
     `run_dir` puts the run somewhere other than <run_root>/<hash> (reproductions)."""
     from accelerate import PartialState
@@ -49,16 +55,18 @@ def train(cfg: DictConfig, tracker: Tracker | None = None, callbacks: Callbacks 
     if state.num_processes == 1 and run.is_complete() and not force:  # ranks decide together, below
         return _reused(run, digest)
     callbacks = callbacks or Callbacks()
-    lock = RunLock(run.path, cfg.trainer.lock_timeout_s, should_stop=callbacks.should_stop) \
-        if state.is_main_process else None
+    lock = (
+        RunLock(run.path, cfg.trainer.lock_timeout_s, should_stop=callbacks.should_stop)
+        if state.is_main_process
+        else None
+    )
     # Only the main rank locks; the others learn its verdict once it holds the lock (or gave up on a signal).
     try:
         with lock if lock else nullcontext():
             verdict = broadcast_from_main(state, "reuse" if run.is_complete() and not force else "train")
             if verdict == "reuse":
                 if lock and lock.waited_for:
-                    print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result",
-                          flush=True)
+                    print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result", flush=True)
                 return _reused(run, digest)
             if verdict == "train":
                 return _train_locked(cfg, digest, run, tracker, callbacks, resources, fresh=force)
@@ -95,7 +103,9 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
             status = loop.run(position)
             final = _record(loop, parts.figures, memory, status, digest)
             if main:
-                _publish(cfg, run, loop, final, accelerator.unwrap_model(parts.model) if status == "completed" else None)
+                _publish(
+                    cfg, run, loop, final, accelerator.unwrap_model(parts.model) if status == "completed" else None
+                )
         except BaseException as exc:
             status = "failed"
             if main:  # a failed or killed run still leaves its record: how far it got and what it cost
@@ -129,8 +139,9 @@ def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str, fresh: b
         if accelerator.is_main_process:
             run.write_history([])
         return ckpt.Position()
-    position, loop_state = ckpt.load_checkpoint(latest, accelerator.unwrap_model(loop.model), loop.optimizer,
-                                                loop.scheduler, accelerator.process_index)
+    position, loop_state = ckpt.load_checkpoint(
+        latest, accelerator.unwrap_model(loop.model), loop.optimizer, loop.scheduler, accelerator.process_index
+    )
     loop.restore(loop_state)
     if accelerator.is_main_process:
         print(f"resuming {digest} from step {position.step}", flush=True)
@@ -139,11 +150,18 @@ def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str, fresh: b
     return position
 
 
-def _record(loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: str,
-            error: BaseException | None = None) -> dict:
+def _record(
+    loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: str, error: BaseException | None = None
+) -> dict:
     """What a run leaves in metrics.json however it ended; only status "completed" marks it complete."""
-    record = {**figures, **loop.final_metrics(), "memory/peak_bytes": memory.peak_bytes(), "status": status,
-              "step": loop.position.step, "config_hash": digest}
+    record = {
+        **figures,
+        **loop.final_metrics(),
+        "memory/peak_bytes": memory.peak_bytes(),
+        "status": status,
+        "step": loop.position.step,
+        "config_hash": digest,
+    }
     if error is not None:
         record["error"] = one_line(f"{type(error).__name__}: {error}", 500)
     return record

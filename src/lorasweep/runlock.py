@@ -25,7 +25,6 @@ from .errors import UserError
 from .fileio import atomic_write_json
 from .slurm.identity import job as slurm_job
 
-
 LOCK_DIR = ".locks"  # in the run root, beside the run directories
 
 
@@ -89,17 +88,20 @@ class RunLock:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             if self.should_stop is not None and self.should_stop():
-                raise RunLockStopped(f"stopped while waiting for run directory {self.path} "
-                                     f"(locked by {describe_holder(self.holder())})")
+                raise RunLockStopped(
+                    f"stopped while waiting for run directory {self.path} (locked by {describe_holder(self.holder())})"
+                )
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             try:
                 self._lock.acquire(timeout=max(left, 0))
                 return
             except Timeout:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise RunLockTimeout(f"run directory {self.path} is locked by "
-                                         f"{describe_holder(self.holder())}; gave up after {self.timeout:g} s "
-                                         "(trainer.lock_timeout_s)") from None
+                    raise RunLockTimeout(
+                        f"run directory {self.path} is locked by "
+                        f"{describe_holder(self.holder())}; gave up after {self.timeout:g} s "
+                        "(trainer.lock_timeout_s)"
+                    ) from None
 
     def __exit__(self, *exc) -> None:
         try:

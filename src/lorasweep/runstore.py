@@ -110,7 +110,6 @@ class RunStore:
     def run(self, config_hash: str) -> RunDir:
         return RunDir(self.root / config_hash)
 
-
     def find(self, prefix: str) -> RunDir:
         """The run whose hash starts with `prefix`; ValueError naming the candidates if none or several."""
         if not prefix or not all(c in "0123456789abcdef" for c in prefix.lower()):
@@ -153,9 +152,7 @@ def environment_record(seed: int, device: str, num_processes: int) -> dict:
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None

@@ -91,8 +91,11 @@ class WandbTracker:
         try:
             call()
         except Exception as exc:  # noqa: BLE001 - see above
-            print(f"W&B tracking stopped ({type(exc).__name__}: {exc}); training goes on, the run store keeps "
-                  "its history", flush=True)
+            print(
+                f"W&B tracking stopped ({type(exc).__name__}: {exc}); training goes on, the run store keeps "
+                "its history",
+                flush=True,
+            )
             self.run = None
 
 

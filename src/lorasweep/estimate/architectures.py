@@ -33,8 +33,9 @@ def architecture_config(model_cfg, missing_ok: bool = False):
 
     if model_cfg.source == "tiny":
         if model_cfg.arch not in TINY_CONFIGS:
-            raise UserError(f"no tiny config for model.arch={model_cfg.arch!r}: expected one of "
-                            f"{', '.join(TINY_CONFIGS)}")
+            raise UserError(
+                f"no tiny config for model.arch={model_cfg.arch!r}: expected one of {', '.join(TINY_CONFIGS)}"
+            )
         return AutoConfig.for_model(model_cfg.arch, **TINY_CONFIGS[model_cfg.arch])
     path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
     if path is None:
@@ -56,5 +57,7 @@ def architecture_config(model_cfg, missing_ok: bool = False):
         if missing_ok:
             return None
         known = ", ".join(f"model={p.stem}" for p in sorted(set(shipped_architectures().values())))
-        raise UserError(f"architecture of {path!r} not found offline: set model.name_or_path to a directory "
-                        f"holding its config.json (weights not needed), or a shipped architecture: {known}") from None
+        raise UserError(
+            f"architecture of {path!r} not found offline: set model.name_or_path to a directory "
+            f"holding its config.json (weights not needed), or a shipped architecture: {known}"
+        ) from None

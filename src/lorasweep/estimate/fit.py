@@ -57,8 +57,9 @@ def device_memory(device: str) -> int:
 _ESTIMATES: dict[tuple, dict] = {}  # a sweep worker estimates a trial for the cap, then its run: once
 
 
-def cached_estimate(cfg, device: str | None = None, micro_batch: int | None = None,
-                    num_processes: int | None = None) -> dict:
+def cached_estimate(
+    cfg, device: str | None = None, micro_batch: int | None = None, num_processes: int | None = None
+) -> dict:
     """estimate_config, remembered per (config hash, device, micro batch, processes) in this process: the hash
     covers every key that changes what a step holds (data, model, LoRA, optimizer, precision, batch sizes)."""
     from ..config import config_hash
@@ -82,8 +83,7 @@ def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
             figures["memory/predicted_peak_bytes"] = estimate["memory/predicted_peak_bytes"]
             figures["memory/predicted_eval_peak_bytes"] = estimate["memory/predicted_eval_peak_bytes"]
         except Exception as exc:  # noqa: BLE001 - the estimate is advice; the run itself decides
-            print(f"memory estimate unavailable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
-                  flush=True)
+            print(f"memory estimate unavailable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", flush=True)
     return micro, figures
 
 
@@ -112,12 +112,17 @@ def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
         else:
             low = middle + 1
     if fitting is None:
-        raise UserError(f"trainer.micro_batch=auto: nothing fits in {format_bytes(limit)}, not even micro batch "
-                        f"{candidates[-1]} ({over_cap(last, limit)}); lower data.max_length, set "
-                        f"trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap")
+        raise UserError(
+            f"trainer.micro_batch=auto: nothing fits in {format_bytes(limit)}, not even micro batch "
+            f"{candidates[-1]} ({over_cap(last, limit)}); lower data.max_length, set "
+            f"trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap"
+        )
     micro, estimate = fitting
-    return micro, {"trainer/micro_batch": micro, "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
-                   "memory/predicted_eval_peak_bytes": estimate["memory/predicted_eval_peak_bytes"]}
+    return micro, {
+        "trainer/micro_batch": micro,
+        "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
+        "memory/predicted_eval_peak_bytes": estimate["memory/predicted_eval_peak_bytes"],
+    }
 
 
 def _fixed_micro_batch(setting, batch: int) -> int:
@@ -126,8 +131,9 @@ def _fixed_micro_batch(setting, batch: int) -> int:
     except ValueError:
         micro = 0
     if micro <= 0 or batch % micro:
-        raise UserError(f"trainer.micro_batch must be auto, null or a divisor of trainer.batch_size ({batch}); "
-                        f"got {setting!r}")
+        raise UserError(
+            f"trainer.micro_batch must be auto, null or a divisor of trainer.batch_size ({batch}); got {setting!r}"
+        )
     return micro
 
 

@@ -38,11 +38,16 @@ def measure_config(cfg, micro: int, length: int, device: str = "cpu") -> dict:
     counter = LiveBytes()
     steps = measure_steps(model, optimizer, batches, cfg, counter, on_second_step=profile)
     del batches
-    evaluation = measure_eval(model, batch_of(cfg.trainer.eval_batch_size, length, cfg.data.task, device),
-                              cfg.data.task, counter)
-    return {"live_peak_bytes": steps.peak_bytes, "allocator_peak_bytes": profile.peak(steps.start_bytes),
-            "optimizer_state_bytes": steps.optimizer_state_bytes, "activation_bytes": steps.activation_bytes,
-            "eval_live_peak_bytes": evaluation}
+    evaluation = measure_eval(
+        model, batch_of(cfg.trainer.eval_batch_size, length, cfg.data.task, device), cfg.data.task, counter
+    )
+    return {
+        "live_peak_bytes": steps.peak_bytes,
+        "allocator_peak_bytes": profile.peak(steps.start_bytes),
+        "optimizer_state_bytes": steps.optimizer_state_bytes,
+        "activation_bytes": steps.activation_bytes,
+        "eval_live_peak_bytes": evaluation,
+    }
 
 
 class _AllocatorPeak:

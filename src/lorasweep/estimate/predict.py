@@ -36,8 +36,13 @@ def micro_batch_of(cfg) -> int:
     return cfg.trainer.batch_size // cfg.trainer.grad_accum
 
 
-def estimate_config(cfg, device: str | None = None, micro_batch: int | None = None,
-                    sequence: tuple[int, str] | None = None, num_processes: int | None = None) -> dict:
+def estimate_config(
+    cfg,
+    device: str | None = None,
+    micro_batch: int | None = None,
+    sequence: tuple[int, str] | None = None,
+    num_processes: int | None = None,
+) -> dict:
     """The predicted account (memory/* keys as the run records them, plus memory/activation_bytes and
     memory/predicted_peak_bytes), with config_hash, the device, the micro batch and the sequence length assumed.
 
@@ -64,8 +69,9 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
         counter = LiveBytes(CUDA_BLOCK if device == "cuda" else 1)
         steps = measure_steps(model, optimizer, batches, cfg, counter)
         del batches
-        eval_batch = batch_of(max(1, cfg.trainer.eval_batch_size // (num_processes or processes(cfg))), length,
-                              cfg.data.task, traced_on)
+        eval_batch = batch_of(
+            max(1, cfg.trainer.eval_batch_size // (num_processes or processes(cfg))), length, cfg.data.task, traced_on
+        )
         with int8_without_outliers(model):
             eval_peak = measure_eval(model, eval_batch, cfg.data.task, counter)
     return {
@@ -88,7 +94,9 @@ def estimate_config(cfg, device: str | None = None, micro_batch: int | None = No
 def _traced_with(device: str, traced_on: str) -> str:
     if traced_on == "cuda":
         return "CUDA kernels"
-    return "CPU kernels" + (" (no CUDA here; CUDA's 512-byte allocation granularity applied)" if device == "cuda" else "")
+    return "CPU kernels" + (
+        " (no CUDA here; CUDA's 512-byte allocation granularity applied)" if device == "cuda" else ""
+    )
 
 
 def sequence_length(cfg) -> tuple[int, str]:
@@ -126,13 +134,19 @@ def format_account(account: dict) -> str:
     """`lorasweep estimate` without --json: the account, one line each, then what it assumed."""
     from .size import format_bytes
 
-    rows = [("base weights", "memory/base_weights_bytes"), ("trainable (LoRA, head)", "memory/trainable_bytes"),
-            ("gradients", "memory/gradient_bytes"), ("optimizer state", "memory/optimizer_state_bytes"),
-            ("activations (held for backward)", "memory/activation_bytes"),
-            ("predicted peak of a step", "memory/predicted_peak_bytes"),
-            ("predicted peak of an eval batch", "memory/predicted_eval_peak_bytes")]
+    rows = [
+        ("base weights", "memory/base_weights_bytes"),
+        ("trainable (LoRA, head)", "memory/trainable_bytes"),
+        ("gradients", "memory/gradient_bytes"),
+        ("optimizer state", "memory/optimizer_state_bytes"),
+        ("activations (held for backward)", "memory/activation_bytes"),
+        ("predicted peak of a step", "memory/predicted_peak_bytes"),
+        ("predicted peak of an eval batch", "memory/predicted_eval_peak_bytes"),
+    ]
     lines = [f"{label:34} {format_bytes(account[key]):>10}" for label, key in rows]
-    lines += [f"config {account['config_hash']} on {account['device']} (traced with {account['traced_with']}); "
-              f"micro batch {account['micro_batch']} x {account['sequence_length']} tokens: "
-              f"{account['sequence_length_source']}"]
+    lines += [
+        f"config {account['config_hash']} on {account['device']} (traced with {account['traced_with']}); "
+        f"micro batch {account['micro_batch']} x {account['sequence_length']} tokens: "
+        f"{account['sequence_length_source']}"
+    ]
     return "\n".join(lines)

@@ -6,8 +6,22 @@ import re
 
 from ..errors import UserError
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
 
 
 def parse_memory_size(text, key: str = "memory cap") -> int:
@@ -18,8 +32,10 @@ def parse_memory_size(text, key: str = "memory cap") -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
-        raise UserError(f"{key}: cannot read {text!r} as a memory size; write a positive number and a unit, "
-                        f"e.g. 80GiB, 24GB or 512MiB")
+        raise UserError(
+            f"{key}: cannot read {text!r} as a memory size; write a positive number and a unit, "
+            f"e.g. 80GiB, 24GB or 512MiB"
+        )
     return int(float(match.group(1)) * _UNITS[unit])
 
 

@@ -73,8 +73,9 @@ def model_tensors(model: nn.Module) -> list[torch.Tensor]:
     return tensors
 
 
-def measure_steps(model, optimizer, batches: list[dict], cfg, counter: LiveBytes | None = None,
-                  on_second_step=None) -> StepMemory:
+def measure_steps(
+    model, optimizer, batches: list[dict], cfg, counter: LiveBytes | None = None, on_second_step=None
+) -> StepMemory:
     """Two optimizer steps over `batches` (the micro-batches of one step); `on_second_step(counter)` is a
     context for the second step (the benchmark's allocator profile)."""
     counter = counter or LiveBytes()
@@ -141,5 +142,8 @@ def weight_account(model: nn.Module) -> dict[str, int]:
     frozen = [p for p in model.parameters() if not p.requires_grad]
     base = _unique_bytes([*frozen, *(s for p in frozen for s in quantization_statistics(p)), *model.buffers()])
     trainable_bytes = _unique_bytes(trainable)
-    return {"memory/base_weights_bytes": base, "memory/trainable_bytes": trainable_bytes,
-            "memory/gradient_bytes": trainable_bytes}
+    return {
+        "memory/base_weights_bytes": base,
+        "memory/trainable_bytes": trainable_bytes,
+        "memory/gradient_bytes": trainable_bytes,
+    }

@@ -166,7 +166,9 @@ def save_adapter(model: nn.Module, path: str | Path, base_model_name_or_path: st
     }
     path = Path(path)
     # Weights first, config last: a directory with a config always has its weights.
-    atomic_write_bytes(path / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)}))
+    atomic_write_bytes(
+        path / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)})
+    )
     atomic_write_json(path / CONFIG_NAME, config)
     return path
 
@@ -198,8 +200,10 @@ def _settings_from_peft(config: dict, model: nn.Module) -> dict:
         raise UserError("adapters with rank_pattern/alpha_pattern are only loadable when lorasweep wrote them")
     init = config.get("init_lora_weights", True)
     if isinstance(init, str) and (init.startswith("pissa") or init.startswith("olora")):
-        raise UserError(f"adapter init_lora_weights={init!r} was saved without peft's conversion: its A, B apply to a "
-                        "residual base, not this one; save it with path_initial_model_for_weight_conversion")
+        raise UserError(
+            f"adapter init_lora_weights={init!r} was saved without peft's conversion: its A, B apply to a "
+            "residual base, not this one; save it with path_initial_model_for_weight_conversion"
+        )
     targets = config.get("target_modules")
     if not isinstance(targets, list):
         raise UserError(f"target_modules {targets!r}: only a list of module names is supported")
@@ -298,8 +302,10 @@ def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict
             )
         magnitude = tensors.get(f"{PREFIX}{name}.{MAGNITUDE}") if dora else None
         if dora and (magnitude is None or tuple(magnitude.shape) != (d_out,)):
-            raise UserError(f"adapter {path}: module {name} needs a DoRA {MAGNITUDE} of shape ({d_out},), got "
-                            f"{None if magnitude is None else tuple(magnitude.shape)}")
+            raise UserError(
+                f"adapter {path}: module {name} needs a DoRA {MAGNITUDE} of shape ({d_out},), got "
+                f"{None if magnitude is None else tuple(magnitude.shape)}"
+            )
         if target.slices is None:
             lora[name] = (a, [b], magnitude)
         else:
@@ -318,7 +324,8 @@ def _check_tensors(model, plan: dict[str, Target], tensors: dict, settings: dict
                 raise UserError(f"adapter {path} lacks {module_name}.{key} (listed in modules_to_save)")
             if stored.shape != value.shape:
                 raise UserError(
-                    f"adapter {path}: {module_name}.{key} has shape {tuple(stored.shape)}, model has {tuple(value.shape)}"
+                    f"adapter {path}: {module_name}.{key} has shape {tuple(stored.shape)}, "
+                    f"model has {tuple(value.shape)}"
                 )
             saved[f"{module_name}.{key}"] = stored
     return {"lora": lora, "saved": saved}

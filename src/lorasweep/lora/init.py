@@ -30,8 +30,9 @@ _PISSA_NITER = re.compile(r"pissa_niter_(\d+)$")
 def validate_init(init: str) -> None:
     if init in ("kaiming", "gaussian", "pissa", "olora") or (isinstance(init, str) and _PISSA_NITER.match(init)):
         return
-    raise UserError(f"lora.init must be one of {', '.join(INITS)} (N: svd_lowrank iterations, e.g. pissa_niter_4); "
-                    f"got {init!r}")
+    raise UserError(
+        f"lora.init must be one of {', '.join(INITS)} (N: svd_lowrank iterations, e.g. pissa_niter_4); got {init!r}"
+    )
 
 
 def changes_base(init: str) -> bool:
@@ -73,8 +74,12 @@ def validate_variant(lora_cfg, model_cfg) -> None:
     if quantization == "none":
         return
     if lora_cfg.get("dora", False):
-        raise UserError(f"lora.dora=true is not supported with model.quantization={quantization}: DoRA needs the "
-                        "float weight's row norms; use model.quantization=none or lora.dora=false")
+        raise UserError(
+            f"lora.dora=true is not supported with model.quantization={quantization}: DoRA needs the "
+            "float weight's row norms; use model.quantization=none or lora.dora=false"
+        )
     if changes_base(init):
-        raise UserError(f"lora.init={init} needs the float base weights (it subtracts B·A from them), not "
-                        f"model.quantization={quantization}; use model.quantization=none or lora.init=kaiming")
+        raise UserError(
+            f"lora.init={init} needs the float base weights (it subtracts B·A from them), not "
+            f"model.quantization={quantization}; use model.quantization=none or lora.init=kaiming"
+        )

@@ -105,8 +105,10 @@ def apply_lora(
     for name in to_save:
         for parameter in model.get_submodule(name).parameters():
             if not parameter.dtype.is_floating_point:
-                raise UserError(f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
-                                "trained; quantization keeps only the task head and lm_head in full precision")
+                raise UserError(
+                    f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
+                    "trained; quantization keeps only the task head and lm_head in full precision"
+                )
             parameter.requires_grad_(True)
     setattr(
         model,
@@ -127,8 +129,9 @@ def apply_lora(
     return LoraReport(
         adapted=[t.name for t in resolved],
         slices={t.name: t.slice_names for t in resolved if t.slice_names},
-        lora_parameters=sum(p.numel() for l in new_layers.values() for n, p in l.named_parameters()
-                            if n.startswith("lora_")),  # A, B and DoRA's magnitude
+        lora_parameters=sum(
+            p.numel() for l in new_layers.values() for n, p in l.named_parameters() if n.startswith("lora_")
+        ),  # A, B and DoRA's magnitude
         trainable=counts.trainable,
         total=counts.total,
     )
@@ -136,9 +139,17 @@ def apply_lora(
 
 def apply_lora_config(model: nn.Module, lora_cfg, modules_to_save: Sequence[str]) -> LoraReport:
     """apply_lora with every key of a run's `lora` config group (config.LoraConfig)."""
-    return apply_lora(model, as_targets(lora_cfg.targets), lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout,
-                      lora_cfg.scaling, modules_to_save, dora=bool(getattr(lora_cfg, "dora", False)),
-                      init=str(getattr(lora_cfg, "init", "kaiming")))
+    return apply_lora(
+        model,
+        as_targets(lora_cfg.targets),
+        lora_cfg.rank,
+        lora_cfg.alpha,
+        lora_cfg.dropout,
+        lora_cfg.scaling,
+        modules_to_save,
+        dora=bool(getattr(lora_cfg, "dora", False)),
+        init=str(getattr(lora_cfg, "init", "kaiming")),
+    )
 
 
 def _make_layer(model, target: Target, rank, alpha, dropout, scaling, dora, init) -> LoraLayer:

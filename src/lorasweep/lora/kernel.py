@@ -83,8 +83,17 @@ class LowRankLinear(torch.autograd.Function):
             y.mul_(gain)
             if bias is not None:
                 y.add_(bias)
-        ctx.save_for_backward(x2, None if x_lora is None else xl2, weight_t, lora_A, lora_B, xa, gain,
-                              None if gain is None else y, None if gain is None else bias)
+        ctx.save_for_backward(
+            x2,
+            None if x_lora is None else xl2,
+            weight_t,
+            lora_A,
+            lora_B,
+            xa,
+            gain,
+            None if gain is None else y,
+            None if gain is None else bias,
+        )
         ctx.scale, ctx.slices, ctx.rank, ctx.lead = scale, slices, rank, lead
         return y.view(*lead, y.shape[-1])
 
@@ -149,8 +158,17 @@ def low_rank_linear(
         dtype = torch.get_autocast_dtype(device_type)
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         with torch.autocast(device_type, enabled=False):
-            return LowRankLinear.apply(cast(x), cast(x_lora), cast(weight_t), cast(bias), cast(lora_A),
-                                       cast(lora_B), cast(gain), scale, tuple(slices))
+            return LowRankLinear.apply(
+                cast(x),
+                cast(x_lora),
+                cast(weight_t),
+                cast(bias),
+                cast(lora_A),
+                cast(lora_B),
+                cast(gain),
+                scale,
+                tuple(slices),
+            )
     return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, tuple(slices))
 
 

@@ -108,8 +108,9 @@ class LoraLayer(nn.Module):
             whole = len(self.slices) == 1 and self.slices[0].rows == d_out
             rows = None if whole else torch.cat([sl.row_index(d_out) for sl in self.slices]).to(weight.device)
             self.register_buffer("dora_rows", rows, persistent=False)  # adapted rows of a fused module
-            self.register_buffer("w0_row_sq", self._base_rows().float().pow(2).sum(1).to(self.lora_A.dtype),
-                                 persistent=False)
+            self.register_buffer(
+                "w0_row_sq", self._base_rows().float().pow(2).sum(1).to(self.lora_A.dtype), persistent=False
+            )
             self.lora_magnitude = nn.Parameter(self.row_norms())
 
     def _init_low_rank(self, init: str) -> None:
@@ -176,10 +177,20 @@ class LoraLayer(nn.Module):
         if self.quantized:
             # The base through bitsandbytes (its autograd gives the input gradient through the dequantized
             # weight); the low-rank term accumulated into its output in place by lorasweep's kernel.
-            return low_rank_add(self.base_layer(x), x if x_lora is None else x_lora, self.lora_A, self.lora_B,
-                                self.scale, self.slices)
-        return low_rank_linear(x, x_lora, self.weight_t(), self.base_layer.bias, self.lora_A, self.lora_B, self.scale,
-                               self.slices, self.dora_gain())
+            return low_rank_add(
+                self.base_layer(x), x if x_lora is None else x_lora, self.lora_A, self.lora_B, self.scale, self.slices
+            )
+        return low_rank_linear(
+            x,
+            x_lora,
+            self.weight_t(),
+            self.base_layer.bias,
+            self.lora_A,
+            self.lora_B,
+            self.scale,
+            self.slices,
+            self.dora_gain(),
+        )
 
     def delta_weight(self) -> torch.Tensor:
         """scale · B·A as a dense (d_out, d_in) matrix, zero outside the adapted slices."""
@@ -225,8 +236,12 @@ class LoraLayer(nn.Module):
 
     def extra_repr(self) -> str:
         names = ",".join(n for n in self.slice_names if n)
-        return (f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:g}" + (f", slices={names}" if names else "")
-                + (", dora" if self.dora else "") + (f", init={self.init}" if self.init != "kaiming" else ""))
+        return (
+            f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:g}"
+            + (f", slices={names}" if names else "")
+            + (", dora" if self.dora else "")
+            + (f", init={self.init}" if self.init != "kaiming" else "")
+        )
 
 
 def check_variant_on_base(base_layer: nn.Module, dora: bool, init: str, name: str = "") -> None:
@@ -235,8 +250,12 @@ def check_variant_on_base(base_layer: nn.Module, dora: bool, init: str, name: st
         return
     where = name or "module"
     if dora:
-        raise UserError(f"{where}: lora.dora=true is not supported on a quantized base (model.quantization): DoRA "
-                        "needs the float weight's row norms; use model.quantization=none or lora.dora=false")
+        raise UserError(
+            f"{where}: lora.dora=true is not supported on a quantized base (model.quantization): DoRA "
+            "needs the float weight's row norms; use model.quantization=none or lora.dora=false"
+        )
     if changes_base(init):
-        raise UserError(f"{where}: lora.init={init} needs the float base weights (it subtracts B·A from them); "
-                        "use model.quantization=none or lora.init=kaiming")
+        raise UserError(
+            f"{where}: lora.init={init} needs the float base weights (it subtracts B·A from them); "
+            "use model.quantization=none or lora.init=kaiming"
+        )

@@ -49,14 +49,25 @@ class _Selection:
         if self.ids is None:
             raise UserError("no adapter indices set: run the model inside `with adapters.use(ids):`")
         if x.dim() < 2 or x.shape[0] != self.ids.shape[0]:
-            raise UserError(f"batch has {x.shape[0] if x.dim() else 0} examples but {self.ids.shape[0]} adapter "
-                            "indices were given (one per example)")
+            raise UserError(
+                f"batch has {x.shape[0] if x.dim() else 0} examples but {self.ids.shape[0]} adapter "
+                "indices were given (one per example)"
+            )
         return self.ids, self.uniform
 
 
 class MultiLoraLayer(nn.Module):
-    def __init__(self, base_layer, lora_A, lora_Bt, scales: list[float], ranks: list[int], slot_of: list[int],
-                 selection: _Selection, gains: torch.Tensor | None = None):
+    def __init__(
+        self,
+        base_layer,
+        lora_A,
+        lora_Bt,
+        scales: list[float],
+        ranks: list[int],
+        slot_of: list[int],
+        selection: _Selection,
+        gains: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.base_layer, self.selection = base_layer, selection
         self.d_in, self.d_out = linear_dims(base_layer)
@@ -126,8 +137,14 @@ class MultiLoraLayer(nn.Module):
 class MultiHeadLinear(nn.Module):
     """A Linear in modules_to_save with its own weights per adapter (slot S: the base module's weights)."""
 
-    def __init__(self, base_layer: nn.Linear, weights: list[torch.Tensor], biases: list, slot_of: list[int],
-                 selection: _Selection):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        weights: list[torch.Tensor],
+        biases: list,
+        slot_of: list[int],
+        selection: _Selection,
+    ):
         super().__init__()
         self.base_layer, self.selection, self.slot_list = base_layer, selection, slot_of
         to = dict(dtype=base_layer.weight.dtype, device=base_layer.weight.device)
@@ -164,15 +181,18 @@ class AdapterSet:
         """(b,) int64 adapter indices from names ("base" → -1) or ints; ValueError for unknown/out of range."""
         if isinstance(adapters, torch.Tensor):
             if adapters.dim() != 1 or adapters.dtype.is_floating_point or adapters.dtype == torch.bool:
-                raise UserError(f"adapter indices must be a 1-D integer tensor, got {adapters.dtype} "
-                                f"{tuple(adapters.shape)}")
+                raise UserError(
+                    f"adapter indices must be a 1-D integer tensor, got {adapters.dtype} {tuple(adapters.shape)}"
+                )
             ids = adapters.long()
         else:
             ids = torch.tensor([self._one(a) for a in adapters], dtype=torch.long)
         bad = ids[(ids < -1) | (ids >= len(self))]
         if bad.numel():
-            raise UserError(f"adapter index {int(bad[0])} out of range: {len(self)} adapters loaded, valid "
-                            f"indices are 0..{len(self) - 1} and -1 for the base model")
+            raise UserError(
+                f"adapter index {int(bad[0])} out of range: {len(self)} adapters loaded, valid "
+                f"indices are 0..{len(self) - 1} and -1 for the base model"
+            )
         return ids
 
     def _one(self, a) -> int:
@@ -248,20 +268,24 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
             raise UserError(f"adapter {path}: unexpected tensor {key}")
-        key = key[len(PREFIX):]
+        key = key[len(PREFIX) :]
         if ".lora_" in key:
             name, _, part = key.partition(".lora_")
             if part not in ("A.weight", "B.weight", "magnitude_vector") or (part == "magnitude_vector" and not dora):
-                raise UserError(f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B, and "
-                                "lora_magnitude_vector of a use_dora adapter)")
+                raise UserError(
+                    f"adapter {path}: {key} is not supported for mixed batches (only lora_A/lora_B, and "
+                    "lora_magnitude_vector of a use_dora adapter)"
+                )
             lora.setdefault(name, {})[part[0]] = value
             continue
         name, _, param = key.rpartition(".")
         module = modules.get(name)
         if not isinstance(module, nn.Linear) or param not in ("weight", "bias"):
             kind = type(module).__name__ if module is not None else "nothing"
-            raise UserError(f"adapter {path}: saved module {name} is {kind} in this model; mixed batches support "
-                            "Linear modules_to_save only")
+            raise UserError(
+                f"adapter {path}: saved module {name} is {kind} in this model; mixed batches support "
+                "Linear modules_to_save only"
+            )
         heads.setdefault(name, {})[param] = value
     out = {}
     for name, ab in lora.items():
@@ -272,14 +296,18 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         wanted = {"A", "B", "m"} if dora else {"A", "B"}
         if set(ab) != wanted:
             missing = sorted(wanted - set(ab))
-            raise UserError(f"adapter {path}: module {name} lacks " + ", ".join(
-                "lora_magnitude_vector" if m == "m" else f"lora_{m}" for m in missing))
+            raise UserError(
+                f"adapter {path}: module {name} lacks "
+                + ", ".join("lora_magnitude_vector" if m == "m" else f"lora_{m}" for m in missing)
+            )
         d_in, d_out = linear_dims(module)
         a, b = ab["A"], ab["B"]
         r = a.shape[0] if a.dim() == 2 else -1
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != d_in or tuple(b.shape) != (d_out, r):
-            raise UserError(f"adapter {path}: module {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
-                            f"this model needs ({r}, {d_in}) and ({d_out}, {r})")
+            raise UserError(
+                f"adapter {path}: module {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
+                f"this model needs ({r}, {d_in}) and ({d_out}, {r})"
+            )
         if _pattern(config.get("rank_pattern"), name, config.get("r")) != r:
             raise UserError(f"adapter {path}: module {name} has lora_A of rank {r}, unlike its adapter_config.json")
         alpha = _pattern(config.get("alpha_pattern"), name, config.get("lora_alpha"))
@@ -294,8 +322,10 @@ def _parse(model: nn.Module, path: Path) -> tuple[dict, dict]:
         for p, ref in (("weight", module.weight), ("bias", module.bias)):
             got = params.get(p)
             if (ref is None) != (got is None) or (ref is not None and got.shape != ref.shape):
-                raise UserError(f"adapter {path}: saved {name}.{p} is {None if got is None else tuple(got.shape)}, "
-                                f"this model has {None if ref is None else tuple(ref.shape)}")
+                raise UserError(
+                    f"adapter {path}: saved {name}.{p} is {None if got is None else tuple(got.shape)}, "
+                    f"this model has {None if ref is None else tuple(ref.shape)}"
+                )
     return out, heads
 
 
@@ -304,11 +334,15 @@ def _dora_gain(module: nn.Module, a, b, scale: float, magnitude, path: Path, nam
     """m / ‖W0 + scale·B·A‖ per output row: DoRA's factor, constant at inference."""
     d_in, d_out = linear_dims(module)
     if is_quantized(module):
-        raise UserError(f"adapter {path}: DoRA on module {name} needs the float base weight, and this base is "
-                        "quantized; load the base without model.quantization for DoRA adapters")
+        raise UserError(
+            f"adapter {path}: DoRA on module {name} needs the float base weight, and this base is "
+            "quantized; load the base without model.quantization for DoRA adapters"
+        )
     if tuple(magnitude.shape) != (d_out,):
-        raise UserError(f"adapter {path}: module {name} has lora_magnitude_vector {tuple(magnitude.shape)}; this "
-                        f"model needs ({d_out},)")
+        raise UserError(
+            f"adapter {path}: module {name} has lora_magnitude_vector {tuple(magnitude.shape)}; this "
+            f"model needs ({d_out},)"
+        )
     weight = module.weight if isinstance(module, nn.Linear) else module.weight.t()
     w = weight.float() + scale * (b.float() @ a.float())
     return magnitude.float() / torch.linalg.norm(w, dim=1)
@@ -334,8 +368,9 @@ def _stack_head(base: nn.Linear, found: list[dict], slot_of: list[int], selectio
     return MultiHeadLinear(base, [f["weight"] for f in found], [f.get("bias") for f in found], slot_of, selection)
 
 
-def load_adapters(model: nn.Module, adapters: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]]
-                  ) -> AdapterSet:
+def load_adapters(
+    model: nn.Module, adapters: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]]
+) -> AdapterSet:
     """Load K peft-format adapters onto a bare base model for mixed batches. Everything is read and checked before
     the model changes: any error (other base model, shapes, duplicate names) leaves it untouched."""
     pairs = list(adapters.items()) if isinstance(adapters, Mapping) else [tuple(p) for p in adapters]

@@ -30,19 +30,29 @@ LAUNCH_MARKER = "# @launch"  # ends the template line that sources slurm/launch.
 def slurm_settings(cluster: DictConfig) -> dict:
     """The cluster config as plain values, checked: one clear message for the first problem."""
     if cluster.name == "local":
-        raise UserError("cluster=local has no SLURM settings: pass cluster=slurm cluster.partition=NAME "
-                        "(or your own conf/cluster/<site>.yaml)")
+        raise UserError(
+            "cluster=local has no SLURM settings: pass cluster=slurm cluster.partition=NAME "
+            "(or your own conf/cluster/<site>.yaml)"
+        )
     try:
         values = {key: cluster[key] for key in cluster}
     except MissingMandatoryValue as exc:
         key = exc.full_key.split(".")[-1]
-        raise UserError(f"cluster.{key} is required by conf/cluster/{cluster.name}.yaml: "
-                        f"pass cluster.{key}=VALUE") from None
+        raise UserError(
+            f"cluster.{key} is required by conf/cluster/{cluster.name}.yaml: pass cluster.{key}=VALUE"
+        ) from None
     if not values["time"] or not _TIME.match(str(values["time"])):
-        raise UserError(f"cluster.time must be SLURM time like '04:00:00' or '1-00:00:00' (quoted in YAML), "
-                        f"got {values['time']!r}")
-    for key, low in (("nodes", 1), ("processes_per_node", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
-                     ("array", 1), ("signal_seconds", 0)):
+        raise UserError(
+            f"cluster.time must be SLURM time like '04:00:00' or '1-00:00:00' (quoted in YAML), got {values['time']!r}"
+        )
+    for key, low in (
+        ("nodes", 1),
+        ("processes_per_node", 1),
+        ("cpus_per_task", 1),
+        ("gpus_per_node", 0),
+        ("array", 1),
+        ("signal_seconds", 0),
+    ):
         if values[key] < low:
             raise UserError(f"cluster.{key} must be >= {low}, got {values[key]}")
     return values
@@ -71,8 +81,14 @@ def sbatch_lines(settings: dict, kind: str, array: int | None, job_name: str) ->
     return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}" for k, v in options if v is not None]
 
 
-def render(kind: str, settings: dict, variables: dict[str, str], job_name: str, array: int | None = None,
-           args: list[str] | None = None) -> str:
+def render(
+    kind: str,
+    settings: dict,
+    variables: dict[str, str],
+    job_name: str,
+    array: int | None = None,
+    args: list[str] | None = None,
+) -> str:
     """The template `slurm/<kind>.sbatch` with this job's header, setup lines, variables and arguments."""
     template = (TEMPLATE_DIR / f"{kind}.sbatch").read_text()
     head, body = [], []
@@ -101,13 +117,10 @@ def render(kind: str, settings: dict, variables: dict[str, str], job_name: str, 
 def launcher_lines() -> list[str]:
     """slurm/launch.sh as it is written into a rendered script (in place of the line that sources it)."""
     text = (TEMPLATE_DIR / "launch.sh").read_text()
-    return ["# --- slurm/launch.sh ---", *text.splitlines(),
-            "# --- end of slurm/launch.sh ---"]
+    return ["# --- slurm/launch.sh ---", *text.splitlines(), "# --- end of slurm/launch.sh ---"]
 
 
 def save_script(job_text: str, directory: Path, name: str) -> Path:
     """Write the rendered script where its logs go (this also makes the folder sbatch will open the logs in)."""
     atomic_write_text(directory / name, job_text)
     return directory / name
-
-

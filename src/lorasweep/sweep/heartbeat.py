@@ -36,7 +36,6 @@ class Heartbeat:
             except Exception as exc:  # noqa: BLE001 - keep beating; say so once per run of failures
                 failures += 1
                 if failures == 1:
-                    print(f"heartbeat of trial id {self.trial_id} failed ({type(exc).__name__}); retrying",
-                          flush=True)
+                    print(f"heartbeat of trial id {self.trial_id} failed ({type(exc).__name__}); retrying", flush=True)
             if self._stop.wait(timeout=interval if not failures else min(interval, 5)):
                 return

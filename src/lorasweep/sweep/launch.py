@@ -15,8 +15,13 @@ from .storage import default_storage_url
 from .study import create_study
 
 
-def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, storage: str | None = None,
-            study: str | None = None) -> tuple[SweepSpec, str]:
+def prepare(
+    spec_path: str,
+    overrides: list[str],
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+) -> tuple[SweepSpec, str]:
     """The validated spec (with command-line choices applied) and the storage URL; nothing runs yet."""
     spec = load_spec(spec_path)
     spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study)
@@ -28,8 +33,15 @@ def prepare(spec_path: str, overrides: list[str], n_trials: int | None = None, s
     return spec, url
 
 
-def run_sweep(spec_path: str, overrides: list[str], workers: int = 1, n_trials: int | None = None,
-              storage: str | None = None, study: str | None = None, should_stop=None):
+def run_sweep(
+    spec_path: str,
+    overrides: list[str],
+    workers: int = 1,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    should_stop=None,
+):
     """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
     StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials."""
     if workers < 0:

@@ -28,15 +28,32 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
         cfg = compose(trial_overrides(spec, overrides, point))
         limit = memory_cap(cfg, cap)  # the spec's memory_cap is in its fixed overrides (cluster.memory_cap)
         estimate = estimate_config(cfg, device)
-        rows.append({"params": point, "config_hash": estimate["config_hash"],
-                     "memory/predicted_peak_bytes": run_peak(estimate)[0],
-                     "cap_bytes": limit, "over_cap": over_cap(estimate, limit) if limit else None})
+        rows.append(
+            {
+                "params": point,
+                "config_hash": estimate["config_hash"],
+                "memory/predicted_peak_bytes": run_peak(estimate)[0],
+                "cap_bytes": limit,
+                "over_cap": over_cap(estimate, limit) if limit else None,
+            }
+        )
     return rows
 
 
-MEMORY_NEUTRAL_KEYS = ("optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
-                       "optim.warmup_steps", "optim.schedule", "lora.alpha", "seed", "trainer.max_steps",
-                       "trainer.eval_every", "trainer.epochs")
+MEMORY_NEUTRAL_KEYS = (
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.beta1",
+    "optim.beta2",
+    "optim.eps",
+    "optim.warmup_steps",
+    "optim.schedule",
+    "lora.alpha",
+    "seed",
+    "trainer.max_steps",
+    "trainer.eval_every",
+    "trainer.epochs",
+)
 
 
 def _corner_values(param) -> list:
@@ -53,9 +70,14 @@ def format_sweep_estimate(rows: list[dict]) -> str:
     for row in rows:
         params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
         verdict = f"OVER: {row['over_cap']}" if row["over_cap"] else ("fits" if row["cap_bytes"] else "")
-        lines.append(f"{format_bytes(row['memory/predicted_peak_bytes']):>10}  {row['config_hash']}  {params}"
-                     + (f"  {verdict}" if verdict else ""))
+        lines.append(
+            f"{format_bytes(row['memory/predicted_peak_bytes']):>10}  {row['config_hash']}  {params}"
+            + (f"  {verdict}" if verdict else "")
+        )
     over = sum(1 for r in rows if r["over_cap"])
-    lines.append(f"{len(rows)} points, {over} over the cap" if any(r["cap_bytes"] for r in rows)
-                 else f"{len(rows)} points (no cap given)")
+    lines.append(
+        f"{len(rows)} points, {over} over the cap"
+        if any(r["cap_bytes"] for r in rows)
+        else f"{len(rows)} points (no cap given)"
+    )
     return "\n".join(lines)

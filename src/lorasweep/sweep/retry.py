@@ -18,16 +18,21 @@ def requeue_copy(study: optuna.Study, trial: FrozenTrial, stale: bool = False) -
     stale_retries = trial.system_attrs.get("stale_retries", 0) + int(stale)
     if stale and stale_retries > MAX_STALE_RETRIES:
         return False
-    study.add_trial(optuna.create_trial(
-        state=TrialState.WAITING,
-        params=trial.params,
-        distributions=trial.distributions,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS},
-        system_attrs={**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
-                      "retry_history": [*trial.system_attrs.get("retry_history", []), trial.number],
-                      "stale_retries": stale_retries},
-        intermediate_values=trial.intermediate_values,
-    ))
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS},
+            system_attrs={
+                **trial.system_attrs,
+                "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                "retry_history": [*trial.system_attrs.get("retry_history", []), trial.number],
+                "stale_retries": stale_retries,
+            },
+            intermediate_values=trial.intermediate_values,
+        )
+    )
     return True
 
 

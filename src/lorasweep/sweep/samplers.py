@@ -14,8 +14,9 @@ from ..estimate.fit import constraint  # trials predicted over the memory cap ar
 
 
 def _tpe(spec, **options):
-    return optuna.samplers.TPESampler(**{"n_startup_trials": 4, "constraints_func": constraint,
-                                         "multivariate": len(spec.params) > 1, **options})
+    return optuna.samplers.TPESampler(
+        **{"n_startup_trials": 4, "constraints_func": constraint, "multivariate": len(spec.params) > 1, **options}
+    )
 
 
 def _grid(spec, **options):
@@ -26,8 +27,7 @@ def _grid(spec, **options):
 SAMPLERS = {
     "tpe": _tpe,
     "random": lambda spec, **o: optuna.samplers.RandomSampler(**o),
-    "qmc": lambda spec, **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False,
-                                                           **o}),
+    "qmc": lambda spec, **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False, **o}),
     # multi-objective (a genetic algorithm; fine for one too)
     "nsga2": lambda spec, **o: optuna.samplers.NSGAIISampler(**{"constraints_func": constraint, **o}),
     "grid": _grid,

@@ -18,8 +18,15 @@ from .launch import prepare
 from .study import create_study
 
 
-def submit_sweep(spec_path: str, overrides: list[str], array: int | None = None, n_trials: int | None = None,
-                 storage: str | None = None, study: str | None = None, dry_run: bool = False) -> dict:
+def submit_sweep(
+    spec_path: str,
+    overrides: list[str],
+    array: int | None = None,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    dry_run: bool = False,
+) -> dict:
     spec, url = prepare(spec_path, overrides, n_trials, storage, study)
     settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
     array = settings["array"] if array is None else array
@@ -27,8 +34,9 @@ def submit_sweep(spec_path: str, overrides: list[str], array: int | None = None,
         raise UserError(f"--array must be > 0, got {array}")
     array = min(array, spec.n_trials)  # more workers than trials would only wait
     check_storage_for_array(url, settings)
-    text = render("sweep_array", settings, {"STUDY": spec.study, "STORAGE": url},
-                  job_name=f"lorasweep-{spec.study}", array=array)
+    text = render(
+        "sweep_array", settings, {"STUDY": spec.study, "STORAGE": url}, job_name=f"lorasweep-{spec.study}", array=array
+    )
     result = {"study": spec.study, "storage": url, "array": array, "script": text}
     if dry_run:
         return result
@@ -46,7 +54,12 @@ def check_storage_for_array(storage_url: str, settings: dict) -> None:
         return
     nodes = client.partition_nodes(settings["partition"])
     if settings["nodes"] > 1 or nodes is None or nodes > 1:
-        where = f"trials span {settings['nodes']} nodes" if settings["nodes"] > 1 else (
-            f"partition {settings['partition'] or '(default)'} has {nodes or 'an unknown number of'} nodes")
-        raise UserError(f"a SQLite study storage is not safe for a multi-node array ({where}): use "
-                        "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB")
+        where = (
+            f"trials span {settings['nodes']} nodes"
+            if settings["nodes"] > 1
+            else (f"partition {settings['partition'] or '(default)'} has {nodes or 'an unknown number of'} nodes")
+        )
+        raise UserError(
+            f"a SQLite study storage is not safe for a multi-node array ({where}): use "
+            "--storage journal:///shared/fs/study.log or --storage postgresql://USER@HOST/DB"
+        )

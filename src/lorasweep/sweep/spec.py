@@ -34,8 +34,18 @@ from .samplers import PRUNERS, SAMPLERS
 
 PARAM_TYPES = ("int", "float", "categorical")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "per_rank"}
-_SPEC_KEYS = {"study", "n_trials", "objectives", "sampler", "pruner", "fixed", "params", "storage", "description",
-              "memory_cap"}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py)
+_SPEC_KEYS = {
+    "study",
+    "n_trials",
+    "objectives",
+    "sampler",
+    "pruner",
+    "fixed",
+    "params",
+    "storage",
+    "description",
+    "memory_cap",
+}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py)
 
 
 @dataclass
@@ -86,8 +96,13 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SweepSpec":
-        return cls(**{**data, "objectives": [Objective(**o) for o in data["objectives"]],
-                      "params": [Param(**p) for p in data["params"]]})
+        return cls(
+            **{
+                **data,
+                "objectives": [Objective(**o) for o in data["objectives"]],
+                "params": [Param(**p) for p in data["params"]],
+            }
+        )
 
     def overrides(self, values: dict[str, Any]) -> list[str]:
         """Hydra overrides for one trial's sampled values (only those: the caller orders them after `fixed`
@@ -126,14 +141,19 @@ def load_spec(path: str | Path) -> SweepSpec:
 def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
     where = source or "sweep spec"
     if not isinstance(data, dict):
-        raise UserError(f"{where}: a sweep spec is a YAML mapping (study:, params:, ...), got a "
-                        f"{_yaml_kind(data)}; see sweeps/*.yaml for examples")
+        raise UserError(
+            f"{where}: a sweep spec is a YAML mapping (study:, params:, ...), got a "
+            f"{_yaml_kind(data)}; see sweeps/*.yaml for examples"
+        )
     if not isinstance(data.get("params") or {}, dict):
-        raise UserError(f"{where}: params is a mapping of config key -> {{type: ..., ...}}, got a "
-                        f"{_yaml_kind(data['params'])}")
+        raise UserError(
+            f"{where}: params is a mapping of config key -> {{type: ..., ...}}, got a {_yaml_kind(data['params'])}"
+        )
     unknown = set(data) - _SPEC_KEYS
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}")
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SPEC_KEYS))}"
+        )
     params = []
     for key, body in (data.get("params") or {}).items():
         params.append(_parse_param(key, body or {}, where))
@@ -170,7 +190,8 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
 
 def _yaml_kind(value) -> str:
     return {list: "list", str: "plain string", int: "number", float: "number", bool: "boolean"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def _memory_cap_override(cap, where: str) -> list[str]:
@@ -190,8 +211,10 @@ def grid_points(params: list[Param], where: str = "sweep spec") -> list[dict]:
 
     for param in params:
         if param.type != "categorical":
-            raise UserError(f"{where}: sampler grid needs categorical params; {param.key} is a {param.type} range "
-                            f"(list its values: {{type: categorical, choices: [...]}})")
+            raise UserError(
+                f"{where}: sampler grid needs categorical params; {param.key} is a {param.type} range "
+                f"(list its values: {{type: categorical, choices: [...]}})"
+            )
     return [dict(zip([p.key for p in params], values)) for values in itertools.product(*(p.choices for p in params))]
 
 
@@ -201,8 +224,10 @@ def check_grid_budget(spec: SweepSpec, where: str = "sweep spec") -> None:
         return
     size = len(grid_points(spec.params, where))
     if spec.n_trials != size:
-        raise UserError(f"{where}: sampler grid runs each of its {size} points once; n_trials {spec.n_trials} "
-                        f"differs (leave n_trials out)")
+        raise UserError(
+            f"{where}: sampler grid runs each of its {size} points once; n_trials {spec.n_trials} "
+            f"differs (leave n_trials out)"
+        )
 
 
 def _parse_param(key: str, body: dict, where: str) -> Param:
@@ -253,8 +278,10 @@ def validate_against_config(spec: SweepSpec, overrides: list[str]) -> DictConfig
     known = objective_names(cfg.data.task)
     for o in spec.objectives:
         if o.metric not in known:
-            raise UserError(f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "
-                            f"choose from {', '.join(sorted(known))}")
+            raise UserError(
+                f"objective metric {o.metric!r} is never reported for task {cfg.data.task}; "
+                f"choose from {', '.join(sorted(known))}"
+            )
     if spec.pruner["name"] != "none" and not spec.objectives[0].metric.startswith("eval/"):
         raise UserError(f"pruning reports eval metrics during training; {spec.objectives[0].metric} is not one")
     return cfg

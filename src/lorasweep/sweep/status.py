@@ -24,7 +24,12 @@ def study_status(study: optuna.Study, spec: SweepSpec) -> str:
     jobs = queue.study_jobs(study)
     if jobs:
         queued = queue.job_states(jobs)
-        lines.append(f"SLURM jobs {', '.join(jobs)}: "
-                     + ("; ".join(f"{job} {state} ({where})" for job, state, where in queued)
-                        if queued else "none left in squeue (finished or cancelled)"))
+        lines.append(
+            f"SLURM jobs {', '.join(jobs)}: "
+            + (
+                "; ".join(f"{job} {state} ({where})" for job, state, where in queued)
+                if queued
+                else "none left in squeue (finished or cancelled)"
+            )
+        )
     return "\n".join(lines)

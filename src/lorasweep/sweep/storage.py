@@ -27,8 +27,9 @@ def default_storage_url(run_root: str | Path) -> str:
     return f"sqlite:///{Path(run_root).resolve() / 'optuna.db'}"
 
 
-def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S,
-                 create: bool = True):
+def open_storage(
+    url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S, create: bool = True
+):
     """An Optuna storage for `url`; ValueError (one line) when it cannot be reached or parsed. `create=False`
     (status, report: reading an existing study) refuses a file storage that does not exist rather than create it."""
     import warnings
@@ -41,20 +42,25 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats and retries are "experimental"
 
-    file = url[len("journal://"):] if url.startswith("journal://") else \
-        url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+    file = (
+        url[len("journal://") :]
+        if url.startswith("journal://")
+        else url[len("sqlite:///") :]
+        if url.startswith("sqlite:///")
+        else None
+    )
     if not create and file is not None and not Path(file).is_file():
         raise UserError(f"no study storage at {file} (give --storage URL or the --run-root the sweep used)")
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-        path = url[len("journal://"):]
+        path = url[len("journal://") :]
         if not Path(path).parent.is_dir():
             raise UserError(f"journal storage folder does not exist: {Path(path).parent}")
         backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise UserError(f"unsupported storage URL {url!r}: use sqlite:///FILE, journal:///FILE or postgresql://...")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}

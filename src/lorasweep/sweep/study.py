@@ -75,13 +75,16 @@ def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[
         summary = optuna.study.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise UserError(f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}") from None
+        raise UserError(
+            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}"
+        ) from None
     attrs = summary.user_attrs
     if SPEC_ATTR not in attrs:
         raise UserError(f"study {study_name!r} was not created by lorasweep (no spec stored on it)")
     spec = SweepSpec.from_dict(attrs[SPEC_ATTR])
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec),
-                              pruner=make_pruner(spec))
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
+    )
     return study, spec, list(attrs.get(OVERRIDES_ATTR, []))
 
 

@@ -23,8 +23,8 @@ from .. import internals
 from ..config import compose, config_hash
 from ..errors import one_line
 from ..estimate.fit import check_trial_memory
-from ..resources import Resources
 from ..ranks import broadcast_from_main
+from ..resources import Resources
 from ..run import Callbacks, train
 from ..runrow import settings
 from ..slurm import identity
@@ -57,8 +57,9 @@ def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> 
     return [*spec.fixed, *cli_overrides, *spec.overrides(values), f"sweep={spec.study}"]
 
 
-def run_worker(study_name: str, storage_url: str, resources: Resources | None = None,
-               should_stop=None, memory_cap=None) -> int:
+def run_worker(
+    study_name: str, storage_url: str, resources: Resources | None = None, should_stop=None, memory_cap=None
+) -> int:
     """Run queued trials until none is left; returns how many this worker ran (on rank 0)."""
     import torch
     from accelerate import PartialState
@@ -96,8 +97,9 @@ def run_worker(study_name: str, storage_url: str, resources: Resources | None = 
             state_, values = outcome
             study.tell(trial, values=values, state=state_)
         except UpdateFinishedTrialError:
-            print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued",
-                  flush=True)
+            print(
+                f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued", flush=True
+            )
             continue
         done += 1
 
@@ -144,8 +146,9 @@ def _dead_local_worker(label: str, host: str) -> bool:
 def _reseeded(sampler, spec: SweepSpec, index: int):
     from .samplers import make_sampler
 
-    shifted = SweepSpec.from_dict({**spec.to_dict(), "sampler": {**spec.sampler,
-                                   "seed": (spec.sampler.get("seed") or 0) + 1000 * index}})
+    shifted = SweepSpec.from_dict(
+        {**spec.to_dict(), "sampler": {**spec.sampler, "seed": (spec.sampler.get("seed") or 0) + 1000 * index}}
+    )
     return make_sampler(shifted)
 
 
@@ -169,8 +172,11 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
             trial.report(metrics[objective], step)
             return trial.should_prune()
 
-        metrics = train(cfg, callbacks=Callbacks(on_eval=on_eval if len(spec.objectives) == 1 else None,
-                                                 should_stop=should_stop), resources=resources)
+        metrics = train(
+            cfg,
+            callbacks=Callbacks(on_eval=on_eval if len(spec.objectives) == 1 else None, should_stop=should_stop),
+            resources=resources,
+        )
     except UpdateFinishedTrialError:
         raise  # not this trial's failure: another worker already failed it as stale (run_worker)
     except Exception as exc:  # noqa: BLE001 - any failure ends this trial, never the sweep
@@ -181,8 +187,9 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         return TrialState.FAIL, None
     trial.set_user_attr("status", metrics["status"])
     # The run's figures whatever its ending (a pruned trial's parameters and memory are known too).
-    trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))
-                                    and math.isfinite(v)})
+    trial.set_user_attr(
+        "metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    )
     if metrics["status"] == "interrupted":
         return None
     if metrics["status"] == "pruned":

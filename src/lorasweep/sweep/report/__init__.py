@@ -14,12 +14,27 @@ from .leaderboard import format_table, leaderboard
 from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
 from .wandb_summary import log_summary_to_wandb
 
-__all__ = ["ReportData", "TrialRow", "Pivot", "collect", "format_table", "leaderboard", "check_table_keys",
-           "format_pivot", "make_pivot", "log_summary_to_wandb", "make_report", "prepare_report", "summary_mode", "write_html_report"]
+__all__ = [
+    "ReportData",
+    "TrialRow",
+    "Pivot",
+    "collect",
+    "format_table",
+    "leaderboard",
+    "check_table_keys",
+    "format_pivot",
+    "make_pivot",
+    "log_summary_to_wandb",
+    "make_report",
+    "prepare_report",
+    "summary_mode",
+    "write_html_report",
+]
 
 
-def prepare_report(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs",
-                   table: list[str] | None = None) -> tuple[ReportData, Pivot | None]:
+def prepare_report(
+    study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs", table: list[str] | None = None
+) -> tuple[ReportData, Pivot | None]:
     """Everything the report shows; ValueError (one line) for a bad --table or a study with nothing finished.
     Nothing is written yet."""
     if table:
@@ -43,8 +58,14 @@ def summary_mode(spec: SweepSpec, overrides: list[str], asked: str = "auto") -> 
     return tracking.mode if tracking.backend == "wandb" and tracking.mode != "disabled" else None
 
 
-def make_report(study_name: str, storage: str | None, run_root: str, out: str | None = None,
-                wandb_mode: str = "auto", table: list[str] | None = None) -> list[str]:
+def make_report(
+    study_name: str,
+    storage: str | None,
+    run_root: str,
+    out: str | None = None,
+    wandb_mode: str = "auto",
+    table: list[str] | None = None,
+) -> list[str]:
     """`lorasweep report`: the leaderboard, the pivot, the HTML page and (where the trials were tracked, or when
     asked) the W&B summary run; returns the lines to print. Bad --table or nothing finished: UserError first."""
     from ..study import open_study
@@ -63,8 +84,14 @@ def make_report(study_name: str, storage: str | None, run_root: str, out: str | 
     return lines
 
 
-def write_html_report(study: optuna.Study, spec: SweepSpec, out_dir: str | Path, run_root: str | Path = "runs",
-                      table: list[str] | None = None, prepared: tuple | None = None) -> Path:
+def write_html_report(
+    study: optuna.Study,
+    spec: SweepSpec,
+    out_dir: str | Path,
+    run_root: str | Path = "runs",
+    table: list[str] | None = None,
+    prepared: tuple | None = None,
+) -> Path:
     """out_dir/index.html (+ plotly.min.js), replaced whole; returns the index path."""
     from .figures import build_figures
     from .page import render_page, write_folder

@@ -20,9 +20,16 @@ from ...runstore import RunDir
 from ..spec import SweepSpec
 
 # What each trial cost, as columns: metric -> title (the registry's label).
-COSTS = {m: label(m) for m in (
-    "params/trainable_fraction", "memory/optimizer_state_bytes", "memory/peak_bytes", "memory/predicted_peak_bytes",
-    "perf/loop_time_s")}
+COSTS = {
+    m: label(m)
+    for m in (
+        "params/trainable_fraction",
+        "memory/optimizer_state_bytes",
+        "memory/peak_bytes",
+        "memory/predicted_peak_bytes",
+        "perf/loop_time_s",
+    )
+}
 
 
 @dataclass
@@ -108,9 +115,17 @@ def _row(t: FrozenTrial, spec: SweepSpec, default_root: Path) -> TrialRow:
         if param.per_rank and param.key in params and params.get("lora.rank") is not None:
             alpha = param.config_value(params[param.key], params)
     return TrialRow(
-        number=t.number, state=t.state.name, status=_status(t, curve, stored), params=params,
-        objectives=objectives, metrics=metrics, config_hash=digest,
-        run_dir=str(run.path) if run is not None and run.path.is_dir() else None, curve=curve, alpha=alpha)
+        number=t.number,
+        state=t.state.name,
+        status=_status(t, curve, stored),
+        params=params,
+        objectives=objectives,
+        metrics=metrics,
+        config_hash=digest,
+        run_dir=str(run.path) if run is not None and run.path.is_dir() else None,
+        curve=curve,
+        alpha=alpha,
+    )
 
 
 def _status(t: FrozenTrial, curve: list, stored: dict) -> str:
@@ -152,7 +167,7 @@ def best_first(rows: list, value, direction: str, number) -> list:
 
 
 def state_summary(states) -> str:
-    """"2 complete, 1 pruned" from Optuna state names (any case), alphabetical; "" when there are none."""
+    """ "2 complete, 1 pruned" from Optuna state names (any case), alphabetical; "" when there are none."""
     counts = Counter(state.lower() for state in states)
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 

@@ -16,8 +16,12 @@ def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         metrics = t.user_attrs.get("metrics", {})
-        row = {"trial": t.number, "state": t.state.name, "hash": t.user_attrs.get("config_hash", ""),
-               **trial_settings(t, spec)}
+        row = {
+            "trial": t.number,
+            "state": t.state.name,
+            "hash": t.user_attrs.get("config_hash", ""),
+            **trial_settings(t, spec),
+        }
         for objective in spec.objectives:
             row[objective.metric] = metrics.get(objective.metric)
         if t.state == TrialState.FAIL:

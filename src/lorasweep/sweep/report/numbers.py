@@ -32,12 +32,13 @@ def log_ticks(low: float, high: float, most: int = 8, ends: tuple | None = None)
         return []
     found: list[float] = []
     for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
-        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-                 for m in mantissas]
+        ticks = [
+            m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1) for m in mantissas
+        ]
         ticks = [float(f"{t:.12g}") for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
         if len(ticks) > most:
             if mantissas == (1,):  # many decades: every k-th one
-                found = ticks[::math.ceil(len(ticks) / most)]
+                found = ticks[:: math.ceil(len(ticks) / most)]
             break
         found = ticks
         if len(ticks) >= 3:
@@ -55,8 +56,7 @@ def log_axis(values: list[float], pad: float = 0.08) -> dict:
     low, high = min(values), max(values)
     span = [math.log10(low) - pad, math.log10(high) + pad]
     ticks = log_ticks(10 ** span[0], 10 ** span[1], ends=(low, high))  # the data's own values when narrow
-    return {"type": "log", "range": span, "tickmode": "array", "tickvals": ticks,
-            "ticktext": [short(t) for t in ticks]}
+    return {"type": "log", "range": span, "tickmode": "array", "tickvals": ticks, "ticktext": [short(t) for t in ticks]}
 
 
 def integer_axis(largest: float, most: int = 10) -> dict:

@@ -51,18 +51,28 @@ def render_page(data: ReportData, figures: list[Figure], pivot: Pivot | None) ->
         f"<p class='note'>{len(data.rows)} trials ({summary}); objective {html.escape(objectives)}; sampler "
         f"{html.escape(str(spec.sampler.get('name')))}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
         contents_html(data, figures, pivot),
-        "<h2 id='summary'>Summary</h2>", summary_html(data),
+        "<h2 id='summary'>Summary</h2>",
+        summary_html(data),
     ]
     if pivot is not None:
         parts += ["<h2 id='pivot-title'>Table</h2>", pivot_html(pivot)]
     for figure in figures:
-        div = figure.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{figure.key}",
-                                    config={"displaylogo": False, "responsive": True})
+        div = figure.figure.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"plot-{figure.key}",
+            config={"displaylogo": False, "responsive": True},
+        )
         note = f"<p class='note'>{html.escape(figure.note)}</p>" if figure.note else ""
         heading = f"<h2 id='figure-{figure.key}'>{html.escape(figure.title)}</h2>"
         parts.append(f"{heading}{note}<div class='plot'>{div}</div>")
-    parts += ["<h2 id='trials-title'>Trials</h2>", "<div class='scroll'>", trial_table_html(data), "</div>",
-              "</body></html>"]
+    parts += [
+        "<h2 id='trials-title'>Trials</h2>",
+        "<div class='scroll'>",
+        trial_table_html(data),
+        "</div>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 
@@ -73,8 +83,11 @@ def contents_html(data: ReportData, figures: list[Figure], pivot: Pivot | None) 
     if pivot is not None:
         links.append(("pivot-title", "Table"))
     links += [(f"figure-{f.key}", f.title.split(" (")[0]) for f in figures]
-    return "<nav id='contents'>" + "".join(f"<a href='#{target}'>{html.escape(text)}</a>" for target, text in links) \
+    return (
+        "<nav id='contents'>"
+        + "".join(f"<a href='#{target}'>{html.escape(text)}</a>" for target, text in links)
         + "</nav>"
+    )
 
 
 def summary_html(data: ReportData) -> str:

@@ -56,11 +56,14 @@ def check_table_keys(spec: SweepSpec, keys) -> None:
     names = [p.key for p in spec.params]
     for key in keys:
         if key not in names:
-            raise UserError(f"--table: {key!r} is not a parameter study {spec.study!r} searched; "
-                            f"searched: {', '.join(names)}")
+            raise UserError(
+                f"--table: {key!r} is not a parameter study {spec.study!r} searched; searched: {', '.join(names)}"
+            )
     if len(keys) not in (2, 3) or len(set(keys)) != len(keys):
-        raise UserError(f"--table needs two different searched parameters (rows, columns) and optionally a third "
-                        f"that splits the columns, got {' '.join(keys)}")
+        raise UserError(
+            f"--table needs two different searched parameters (rows, columns) and optionally a third "
+            f"that splits the columns, got {' '.join(keys)}"
+        )
 
 
 def make_pivot(data: ReportData, row_key: str, col_key: str, split_key: str | None = None) -> Pivot:
@@ -82,8 +85,16 @@ def make_pivot(data: ReportData, row_key: str, col_key: str, split_key: str | No
     if split_key is not None:
         splits = _values(data.spec, split_key, [k[1][1] for k in cells])
         columns = [(c, v) for c in columns for v in splits]
-    return Pivot(row_key, col_key, objective.metric, objective.direction,
-                 _values(data.spec, row_key, [k[0] for k in cells]), columns, cells, split_key)
+    return Pivot(
+        row_key,
+        col_key,
+        objective.metric,
+        objective.direction,
+        _values(data.spec, row_key, [k[0] for k in cells]),
+        columns,
+        cells,
+        split_key,
+    )
 
 
 def _values(spec: SweepSpec, key: str, seen: list) -> list:
@@ -100,8 +111,10 @@ def format_pivot(pivot: Pivot) -> str:
     body = [[str(r), *[_cell(pivot, r, c) for c in pivot.col_values]] for r in pivot.row_values]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [f"best {pivot.metric} ({pivot.direction}) per {pivot.row_key} x {pivot.col_title}"]
-    lines += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths)))
-              for line in [header, *body]]
+    lines += [
+        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths)))
+        for line in [header, *body]
+    ]
     return "\n".join(lines)
 
 
@@ -122,7 +135,11 @@ def pivot_html(pivot: Pivot) -> str:
             title = f" title='trial {trial}'" if trial is not None else ""
             cells.append(f"<td class='num{' best' if (r, c) == best else ''}'{title}>{text}</td>")
         body.append(f"<tr><th>{html.escape(cell(r))}</th>{''.join(cells)}</tr>")
-    caption = (f"best {html.escape(pivot.metric)} ({pivot.direction}); rows {html.escape(pivot.row_key)}, "
-               f"columns {html.escape(pivot.col_title)}; the best cell in bold")
-    return (f"<table class='pivot' id='pivot'><caption>{caption}</caption><tr><th>{html.escape(pivot.row_key)} \\ "
-            f"{html.escape(pivot.col_title)}</th>{head}</tr>{''.join(body)}</table>")
+    caption = (
+        f"best {html.escape(pivot.metric)} ({pivot.direction}); rows {html.escape(pivot.row_key)}, "
+        f"columns {html.escape(pivot.col_title)}; the best cell in bold"
+    )
+    return (
+        f"<table class='pivot' id='pivot'><caption>{caption}</caption><tr><th>{html.escape(pivot.row_key)} \\ "
+        f"{html.escape(pivot.col_title)}</th>{head}</tr>{''.join(body)}</table>"
+    )

@@ -15,14 +15,29 @@ from .data import ReportData
 from .pivot import Pivot
 
 
-def log_summary_to_wandb(study: optuna.Study, spec: SweepSpec, data: ReportData, root: Path,
-                         pivot: Pivot | None = None, mode: str = "offline", project: str = "lorasweep") -> None:
+def log_summary_to_wandb(
+    study: optuna.Study,
+    spec: SweepSpec,
+    data: ReportData,
+    root: Path,
+    pivot: Pivot | None = None,
+    mode: str = "offline",
+    project: str = "lorasweep",
+) -> None:
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(project=project, mode=mode, dir=str(root), group=study.study_name, job_type="sweep-summary",
-                     name=f"{study.study_name}-summary", id=f"{study.study_name}-summary",
-                     reinit="finish_previous", settings=wandb.Settings(console="off", x_disable_stats=True))
+    run = wandb.init(
+        project=project,
+        mode=mode,
+        dir=str(root),
+        group=study.study_name,
+        job_type="sweep-summary",
+        name=f"{study.study_name}-summary",
+        id=f"{study.study_name}-summary",
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
     try:
         best = data.finished[0] if data.finished else None
         if best is not None:
