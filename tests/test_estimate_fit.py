@@ -169,3 +169,22 @@ def test_spec_memory_cap_is_checked_and_the_command_line_wins():
     assert spec.fixed[0] == "cluster.memory_cap=80GiB"  # first: --memory-cap (cluster.memory_cap=...) comes later
     with pytest.raises(UserError, match="memory_cap: cannot read"):
         parse_spec({"memory_cap": "big", "params": {"lora.rank": {"type": "int", "low": 1, "high": 8}}}, "s")
+
+
+def test_predict_memory_false_skips_the_per_run_prediction_and_keeps_the_hash(tmp_path):
+    """The per-run prediction is advice: trainer.predict_memory=false leaves it out (and is not hashed)."""
+    from lorasweep.run import train
+
+    small = [
+        "trainer=smoke",
+        "trainer.max_steps=1",
+        "tracking=none",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=8",
+        f"run_root={tmp_path}",
+    ]
+    with_prediction = train(compose(small))
+    without = compose([*small, "trainer.predict_memory=false"])
+    assert config_hash(without) == with_prediction["config_hash"]
+    assert with_prediction["memory/predicted_peak_bytes"] > 0
+    assert "memory/predicted_peak_bytes" not in train(without, force=True)

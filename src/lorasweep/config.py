@@ -105,6 +105,10 @@ class TrainerConfig:
     # largest divisor whose predicted peak fits the memory cap or the device (lorasweep/estimate/fit.py). The
     # global batch is unchanged, so it is not hashed.
     micro_batch: Optional[str] = None
+    # Record memory/predicted_peak_bytes beside the measured peak (a fake-tensor trace of one step: about 1 s on
+    # 2 cores for the default). false skips it where trials last seconds; a memory cap or micro_batch=auto still
+    # predicts, since they need it.
+    predict_memory: bool = True
 
 
 @dataclass
@@ -235,6 +239,7 @@ NON_SEMANTIC_KEYS = (
     "trainer.lock_timeout_s",
     "trainer.progress",
     "trainer.micro_batch",
+    "trainer.predict_memory",
 )
 # Keys of earlier versions, no longer in the schema, that old run files may still carry: not hashed either.
 RETIRED_KEYS = ("trainer.num_workers",)

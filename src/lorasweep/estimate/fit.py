@@ -77,7 +77,7 @@ def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
     (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not stop the
     run (it is said, one line); a micro batch that cannot be chosen does (UserError)."""
     micro, figures = plan_micro_batch(cfg, device)
-    if "memory/predicted_peak_bytes" not in figures:
+    if "memory/predicted_peak_bytes" not in figures and cfg.trainer.get("predict_memory", True):
         try:
             estimate = cached_estimate(cfg, device, micro_batch=micro, num_processes=num_processes)
             figures["memory/predicted_peak_bytes"] = estimate["memory/predicted_peak_bytes"]

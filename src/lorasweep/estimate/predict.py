@@ -9,9 +9,11 @@ through two steps; the second step's peak is the prediction (see step.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from ..config import config_hash
 from ..errors import UserError
@@ -99,12 +101,19 @@ def _traced_with(device: str, traced_on: str) -> str:
     )
 
 
+_LONGEST: dict[str, int | None] = {}
+
+
 def sequence_length(cfg) -> tuple[int, str]:
     """(length, why): the collator pads each batch to its longest example, so the peak comes with the longest
     training example: read from the tokenised data when it is on disk and the tokenizer loads offline, else
     data.max_length (an upper bound)."""
     bound = int(cfg.data.max_length)
-    longest = _longest_training_example(cfg)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    key = json.dumps([data, cfg.model.source, cfg.model.get("name_or_path")], sort_keys=True)
+    if key not in _LONGEST:  # read once per data and tokenizer in a process (a sweep estimates every trial)
+        _LONGEST[key] = _longest_training_example(cfg)
+    longest = _LONGEST[key]
     if longest is None:
         return bound, "data.max_length (the data or tokenizer is not available offline)"
     return min(bound, longest), f"the longest training example ({longest} tokens, data.max_length {bound})"
