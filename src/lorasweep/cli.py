@@ -2,7 +2,7 @@
 and exit code 2; a bug keeps its traceback.
 
 Hydra overrides (key=value) go anywhere after the command, before or after options. Options shared by several
-commands are declared once below (RUN_ROOT, STUDY, STORAGE, CONFIG_DIR).
+commands are declared once in cli_options.py; the sweep commands live in cli_sweep.py.
 """
 
 from __future__ import annotations
@@ -12,65 +12,24 @@ import sys
 import click
 
 from . import __version__
-
-OVERRIDES = click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-CONFIG_DIR = click.option(
-    "--config-dir",
-    default=None,
-    metavar="DIR",
-    help="config groups searched before ./conf and the packaged ones (model/my_llama.yaml ...)",
+from .cli_options import (
+    CONFIG_DIR,
+    DRY_RUN,
+    FORCE,
+    NO_OVERRIDES,
+    OPTIONS,
+    OVERRIDES,
+    RUN_ROOT,
+    STUDY,
+    overrides_of,
 )
-STORAGE = click.option(
-    "--storage", default=None, help="sqlite:///F, journal:///F or postgresql://... (default: sqlite under the run root)"
-)
-FORCE = click.option("--force", is_flag=True, help="rerun even if this config hash has a complete run")
-DRY_RUN = click.option("--dry-run", is_flag=True, help="with --slurm: print the script, submit nothing")
-MEMORY_CAP = click.option(
-    "--memory-cap",
-    default=None,
-    metavar="SIZE",
-    help="skip trials predicted above this peak (e.g. 80GiB); default: the spec's or cluster.memory_cap",
-)
-
-
-def RUN_ROOT(default: str | None = "runs"):
-    return click.option(
-        "--run-root",
-        default=default,
-        metavar="DIR",
-        help="the run store (the same as run_root=DIR)" + (f"; default {default}" if default else ""),
-    )
-
-
-def STUDY(required: bool):
-    return click.option(
-        "--study",
-        required=required,
-        default=None,
-        help="the study name" + ("" if required else " (default: the spec's)"),
-    )
-
-
-# Commands whose run root is an option only: `run_root=DIR` is accepted there as a synonym (main() rewrites it).
-NO_OVERRIDES = ("worker", "status", "report", "dashboard", "reproduce", "runs", "compare", "predict")
-OPTIONS = dict(context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]})
+from .cli_sweep import SWEEP_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorasweep")
 def cli() -> None:
     """Run, track and compare LoRA sweeps."""
-
-
-def _overrides(overrides, run_root: str | None = None, config_dir: str | None = None) -> list[str]:
-    """The command's Hydra overrides: a stray option (an unknown --flag) is a usage error, not an override."""
-    from .sources import use_config_dir
-
-    strays = [o for o in overrides if o.startswith("-") or "=" not in o]
-    if strays:
-        raise click.UsageError(f"unrecognized arguments: {' '.join(strays)} (overrides are key=value)")
-    use_config_dir(config_dir)
-    return [*overrides, *([f"run_root={run_root}"] if run_root else [])]
 
 
 @cli.command(**OPTIONS)
@@ -87,7 +46,7 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
     from .config import compose
     from .preflight import check_config
 
-    overrides = _overrides(overrides, run_root, config_dir)
+    overrides = overrides_of(overrides, run_root, config_dir)
     if slurm:
         from .slurm.submit import submit_train
 
@@ -117,119 +76,6 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
 
 
 @cli.command(**OPTIONS)
-@click.argument("spec")
-@OVERRIDES
-@click.option(
-    "--workers", type=int, default=1, show_default=True, help="local worker processes; 0: create and queue only"
-)
-@click.option("--n-trials", type=int, default=None, help="trial budget (default: the spec's)")
-@STORAGE
-@STUDY(required=False)
-@click.option("--slurm", is_flag=True, help="queue the trials, submit slurm/sweep_array.sbatch and return")
-@click.option("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
-@DRY_RUN
-@MEMORY_CAP
-@click.option(
-    "--estimate",
-    "estimate_only",
-    is_flag=True,
-    help="print the predicted peak of every grid point (or the search space's corners); queue nothing",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default=None,
-    help="with --estimate: the device assumed (default: the config's)",
-)
-@RUN_ROOT(None)
-@CONFIG_DIR
-def sweep(
-    spec,
-    overrides,
-    workers,
-    n_trials,
-    storage,
-    study,
-    slurm,
-    array,
-    dry_run,
-    memory_cap,
-    estimate_only,
-    device,
-    run_root,
-    config_dir,
-):
-    """An Optuna sweep from sweeps/SPEC.yaml with K local workers."""
-    from . import console
-    from .sources import find_spec
-
-    overrides = _overrides(overrides, run_root, config_dir)
-    if memory_cap is not None:  # stored with the study's overrides, so every worker (and SLURM task) applies it
-        from .estimate import parse_memory_size
-
-        overrides.append(f"cluster.memory_cap={parse_memory_size(memory_cap, '--memory-cap')}")
-    spec = str(find_spec(spec))
-    if estimate_only:
-        from .sweep.launch import prepare
-        from .sweep.memory_estimate import estimate_sweep, format_sweep_estimate
-
-        sweep_spec, _ = prepare(spec, overrides, n_trials, storage, study)
-        click.echo(format_sweep_estimate(estimate_sweep(sweep_spec, overrides, device=device)))
-        return 0
-    if slurm or dry_run or array is not None:
-        if not slurm:
-            raise click.UsageError("--array and --dry-run go with --slurm")
-        from .sweep.slurm_array import submit_sweep
-
-        console.print_submission(
-            submit_sweep(
-                spec, overrides, array=array, n_trials=n_trials, storage=storage, study=study, dry_run=dry_run
-            ),
-            dry_run,
-        )
-        return 0
-    from .signals import StopOnSignal
-    from .sweep.launch import run_sweep
-    from .sweep.report import format_table, leaderboard
-
-    stop = StopOnSignal().install()
-    optuna_study, sweep_spec = run_sweep(
-        spec, overrides, workers=workers, n_trials=n_trials, storage=storage, study=study, should_stop=stop
-    )
-    if stop.received:
-        click.echo(
-            f"lorasweep: sweep stopped by {stop.received}: running trials were checkpointed and "
-            "re-queued; the same command continues the study",
-            err=True,
-        )
-        return stop.exit_code
-    click.echo(format_table(leaderboard(optuna_study, sweep_spec)))
-    return 0
-
-
-@cli.command()
-@STUDY(required=True)
-@click.option("--storage", required=True, help="the study's storage URL")
-@MEMORY_CAP
-@CONFIG_DIR
-def worker(study, storage, memory_cap, config_dir):
-    """One sweep worker on an existing study (for SLURM or any launcher)."""
-    from .signals import StopOnSignal
-    from .sources import use_config_dir
-    from .sweep.worker import run_worker
-
-    use_config_dir(config_dir)
-    if memory_cap is not None:  # a bad cap is bad input here, not a failure of every trial
-        from .estimate import parse_memory_size
-
-        memory_cap = parse_memory_size(memory_cap, "--memory-cap")
-    stop = StopOnSignal().install()
-    done = run_worker(study, storage, should_stop=stop, memory_cap=memory_cap)
-    click.echo(f"worker {'stopped by ' + stop.received if stop.received else 'finished'}: {done} trials")
-    return stop.exit_code
-
-
-@cli.command(**OPTIONS)
 @OVERRIDES
 @click.option("--json", "as_json", is_flag=True, help="the account as JSON (bytes)")
 @click.option(
@@ -246,7 +92,7 @@ def estimate(overrides, as_json, device, run_root, config_dir):
     from .estimate import estimate_config, format_account
     from .preflight import check_config
 
-    config = compose(_overrides(overrides, run_root, config_dir))
+    config = compose(overrides_of(overrides, run_root, config_dir))
     check_config(config)  # the checks train makes first
     account = estimate_config(config, device)
     if as_json:
@@ -255,66 +101,6 @@ def estimate(overrides, as_json, device, run_root, config_dir):
         click.echo(json.dumps(account, indent=2, sort_keys=True))
     else:
         click.echo(format_account(account))
-    return 0
-
-
-@cli.command()
-@STUDY(required=True)
-@STORAGE
-@RUN_ROOT()
-def status(study, storage, run_root):
-    """Trial states of a study next to its SLURM jobs' queue state."""
-    from .sweep.status import study_status
-    from .sweep.study import open_study
-
-    click.echo(study_status(*open_study(study, storage, run_root)[:2]))
-    return 0
-
-
-@cli.command()
-@STUDY(required=True)
-@STORAGE
-@RUN_ROOT()
-@click.option("--out", default=None, help="report folder (default: RUN_ROOT/reports/STUDY)")
-@click.option(
-    "--wandb",
-    "wandb_mode",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "offline", "online", "none"]),
-    help="the W&B summary run; auto: in the trials' own W&B mode, none where they were not tracked",
-)
-@click.option(
-    "--table",
-    nargs=2,
-    default=None,
-    metavar="ROW COL",
-    help="paper-style pivot: rows one searched param, columns another, cells the best objective",
-)
-@click.option("--split", default=None, metavar="KEY", help="with --table: a third searched param splitting the columns")
-def report(study, storage, run_root, out, wandb_mode, table, split):
-    """Leaderboard, HTML report with plots, W&B summary run."""
-    from .sweep.report import make_report
-
-    if split and not table:
-        raise click.UsageError("--split goes with --table ROW COL")
-    keys = [*table, *([split] if split else [])] if table else None
-    for line in make_report(study, storage, run_root, out, wandb_mode, keys):
-        click.echo(line)
-    return 0
-
-
-@cli.command()
-@STUDY(required=True)
-@STORAGE
-@RUN_ROOT()
-@click.option("--port", type=int, default=8080, show_default=True)
-def dashboard(study, storage, run_root, port):
-    """optuna-dashboard on 127.0.0.1, live on the study's storage."""
-    from .sweep.dashboard import serve
-    from .sweep.storage import default_storage_url
-
-    serve(study, storage or default_storage_url(run_root), port=port)
     return 0
 
 
@@ -421,6 +207,10 @@ def demo(rank, alpha):
 
     print_demo(run_demo(rank=rank, alpha=alpha))
     return 0
+
+
+for _command in SWEEP_COMMANDS:
+    cli.add_command(_command)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -133,28 +133,37 @@ def quantize_model(
     return chosen
 
 
+def empty_quantized_layer(linear: nn.Linear, quantization: str, double_quant: bool, compute_dtype: str | None):
+    """The bitsandbytes layer that replaces `linear`, on the meta device, its weight not yet set (the real
+    quantization below and the memory estimate's fake one fill it)."""
+    import bitsandbytes as bnb
+
+    has_bias = linear.bias is not None
+    if quantization == "int8":
+        return bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta"
+        )
+    return bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=has_bias,
+        compute_dtype=COMPUTE_DTYPES[compute_dtype] if compute_dtype else None,
+        compress_statistics=double_quant,
+        quant_type=quantization,
+        device="meta",
+    )
+
+
 def _quantized(linear: nn.Linear, quantization: str, double_quant: bool, compute_dtype: str | None) -> nn.Module:
     import bitsandbytes as bnb
 
     device = linear.weight.device
     weight = linear.weight.detach()
     has_bias = linear.bias is not None
+    layer = empty_quantized_layer(linear, quantization, double_quant, compute_dtype)
     if quantization == "int8":
-        layer = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta"
-        )
         layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
     else:
-        dtype = COMPUTE_DTYPES[compute_dtype] if compute_dtype else None
-        layer = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
-            bias=has_bias,
-            compute_dtype=dtype,
-            compress_statistics=double_quant,
-            quant_type=quantization,
-            device="meta",
-        )
         layer.weight = bnb.nn.Params4bit(
             weight.clone(), requires_grad=False, compress_statistics=double_quant, quant_type=quantization, module=layer
         )

@@ -123,31 +123,13 @@ def _fake_quantized(linear: nn.Linear, quantization: str, double_quant: bool, co
 
     weight = linear.weight.detach()
     has_bias = linear.bias is not None
+    with unset_fake_temporarily():  # its own empty Params on the meta device (replaced below)
+        layer = quantize.empty_quantized_layer(linear, quantization, double_quant, compute_dtype)
     if quantization == "int8":
-        with unset_fake_temporarily():  # its own empty Params on the meta device (replaced below)
-            layer = bnb.nn.Linear8bitLt(
-                linear.in_features,
-                linear.out_features,
-                bias=has_bias,
-                has_fp16_weights=False,
-                threshold=6.0,
-                device="meta",
-            )
         rows, scales, _ = bnb.functional.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
         packed = nn.Parameter(rows, requires_grad=False)
         packed.CB, packed.SCB, packed.has_fp16_weights = rows, scales, False
     else:
-        dtype = quantize.COMPUTE_DTYPES[compute_dtype] if compute_dtype else None
-        with unset_fake_temporarily():
-            layer = bnb.nn.Linear4bit(
-                linear.in_features,
-                linear.out_features,
-                bias=has_bias,
-                compute_dtype=dtype,
-                compress_statistics=double_quant,
-                quant_type=quantization,
-                device="meta",
-            )
         rows, state = bnb.functional.quantize_4bit(
             weight.contiguous(),
             blocksize=64,
