@@ -52,21 +52,13 @@ def test_split_key_must_be_a_third_searched_parameter():
 def test_split_through_the_cli(tmp_path, capsys):
     """`report --table ROW COL --split KEY`, as docs/variants.md runs it."""
     import optuna
+    from test_report import SPEC as REPORT_SPEC
     from test_report import recorded_study
 
     from lorasweep.cli import main
 
-    spec = {
-        "study": "rt",
-        "n_trials": 3,
-        "objectives": [{"metric": "eval/loss", "direction": "minimize"}],
-        "pruner": {"name": "none"},
-        "params": {
-            "lora.rank": {"type": "categorical", "choices": [2, 8]},
-            "lora.targets": {"type": "categorical", "choices": ["qv", "all"]},
-            "optim.lora_plus_ratio": {"type": "categorical", "choices": [1.0, 16.0]},
-        },
-    }
+    ratio = {"optim.lora_plus_ratio": {"type": "categorical", "choices": [1.0, 16.0]}}
+    spec = {**REPORT_SPEC, "n_trials": 3, "params": {**REPORT_SPEC["params"], **ratio}}  # rank x targets x ratio
     done = optuna.trial.TrialState.COMPLETE
     trials = [
         (done, {"lora.rank": 2, "lora.targets": "qv", "optim.lora_plus_ratio": 1.0}, 0.5, {}, {}),

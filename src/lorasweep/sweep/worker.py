@@ -160,12 +160,12 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("overrides", overrides)
         cfg = compose(overrides)
         trial.set_user_attr("config_hash", config_hash(cfg))
+        trial.set_user_attr("settings", settings(cfg))  # what the leaderboard shows (runrow.py)
         # Predicted over the memory cap (this worker's --memory-cap, else the config's): not trained (estimate/fit.py)
         skip = check_trial_memory(trial, cfg, memory_cap)
         if skip:
             print(f"trial {trial.number} not trained: {skip}", flush=True)
             return TrialState.PRUNED, None
-        trial.set_user_attr("settings", settings(cfg))  # what the leaderboard shows (runrow.py)
         broadcast_from_main(state, overrides)
 
         def on_eval(step: int, metrics: dict) -> bool:
