@@ -7,7 +7,9 @@ run.py (the lifecycle) and the Loop use these; the memory estimate (estimate/) a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from torch import nn
@@ -29,6 +31,7 @@ class Components:
     total_steps: int
     loop_cfg: object  # cfg with trainer.grad_accum matching `micro` (the global batch, and the hash, unchanged)
     figures: dict = field(default_factory=dict)  # params/* and memory/* known before the first step
+    backward: Callable | None = None  # loss -> None: the accelerator's, or the pack's (batched with other trials)
 
 
 def build_components(cfg, accelerator, resources) -> Components:
@@ -55,6 +58,12 @@ def build_components(cfg, accelerator, resources) -> Components:
     optimizer = build_optimizer(cfg.optim, model)  # its trainable parameters, LoRA+ groups
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    backward = accelerator.backward
+    if resources.pack is not None:  # a packed trial: its frozen layers and its backward go through the pack
+        from .pack.share import join
+
+        join(resources.pack, accelerator.unwrap_model(model))
+        backward = functools.partial(_packed_backward, resources.pack, accelerator)
     counts = count_parameters(accelerator.unwrap_model(model))
     figures = {
         "params/trainable": counts.trainable,
@@ -75,7 +84,15 @@ def build_components(cfg, accelerator, resources) -> Components:
         total_steps,
         loop_cfg,
         figures,
+        backward,
     )
+
+
+def _packed_backward(pack, accelerator, loss) -> None:
+    """accelerator.backward's arithmetic (fp16's loss scale), the backward itself batched by the pack."""
+    if accelerator.scaler is not None:
+        loss = accelerator.scaler.scale(loss)
+    pack.backward(loss)
 
 
 def total_optimizer_steps(cfg, n_examples: int, micro: int) -> int:

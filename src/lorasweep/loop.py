@@ -43,6 +43,7 @@ class Loop:
         self.model, self.optimizer, self.scheduler = components.model, components.optimizer, components.scheduler
         self.train_set, self.eval_set, self.collate = components.train_set, components.eval_set, components.collate
         self.micro, self.total_steps = components.micro, components.total_steps
+        self.backward = components.backward or accelerator.backward
         self.callbacks, self.tracker = callbacks or Callbacks(), tracker
         self.history: list = []
         self.position = ckpt.Position()
@@ -104,7 +105,7 @@ class Loop:
             last = k == len(micro_batches) - 1
             with self.acc.no_sync(self.model) if not last else nullcontext():
                 loss, *_ = forward_loss(self.model, batch, self.cfg.data.task)
-                self.acc.backward(loss / len(micro_batches))
+                self.backward(loss / len(micro_batches))
             loss_sum += loss.item() / len(micro_batches)
         step = self.position.step + 1
         if any_rank(self.acc, not math.isfinite(loss_sum)):  # every rank raises, none waits in a collective

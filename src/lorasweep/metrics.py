@@ -63,6 +63,14 @@ METRICS: tuple[Metric, ...] = (
         deterministic=False,
     ),
     Metric(
+        "memory/pack_peak_bytes",
+        "a packed run's pack peak since the pack started (every trial in it, the frozen base once; "
+        "lorasweep/pack/): in place of memory/peak_bytes, which a pack cannot split per run",
+        "minimize",
+        "bytes",
+        deterministic=False,
+    ),
+    Metric(
         "memory/predicted_peak_bytes",
         "the peak of one training step predicted before the run (lorasweep "
         "estimate: live tensors; CUDA: what max allocated reports; docs/memory.md)",

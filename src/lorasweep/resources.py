@@ -3,6 +3,9 @@
 Each run gets a fresh deep copy of the base model exactly as a new process would have built it: the model is
 built right after seeding, and the RNG state after the build is stored with it and restored on every reuse, so
 the LoRA init and data order that follow are bitwise the same as in a fresh process.
+
+In a pack (`pack` set: lorasweep/pack/), the copies share the frozen tensors with the kept base instead: K trials
+hold one base; the same pretrained weights kept for two seeds are held once too.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import capture_rng, restore_rng
 from .data import tokenized_splits
 from .models import build_model
+from .pack.share import adopt_equal_tensors, private_modules, shared_copy, shares_base
 
 
 class Resources:
-    def __init__(self, keep: bool = True):
+    def __init__(self, keep: bool = True, pack=None):
         self.keep = keep  # False: build everything anew (what a one-off `lorasweep train` does)
+        self.pack = pack  # a pack.Pack: this worker trains several trials at once on shared frozen tensors
         self._models: dict[str, tuple] = {}
         self._data: dict[str, tuple] = {}
 
@@ -32,13 +37,25 @@ class Resources:
         if key in self._models:
             model, tokenizer, rng = self._models[key]
             restore_rng(rng)
-            return copy.deepcopy(model), tokenizer
+            return self._copy(cfg, model), tokenizer
         set_seed(cfg.seed)  # before the head (and later the LoRA A matrices) are drawn
         model, tokenizer = build_model(cfg.model, cfg.data.task, cfg.data.num_labels)
-        if self.keep:
+        if self.keep or self.pack is not None:
             rng = capture_rng()
-            self._models[key] = (copy.deepcopy(model), tokenizer, rng)
+            if self.pack is not None:  # the same base kept for another seed: its equal tensors are held once
+                for other_key, (other, *_) in self._models.items():
+                    if json.loads(other_key)[:3] == json.loads(key)[:3]:
+                        adopt_equal_tensors(model, other)
+                        break
+            self._models[key] = (model, tokenizer, rng)
+            return self._copy(cfg, model), tokenizer
         return model, tokenizer
+
+    def _copy(self, cfg: DictConfig, model):
+        """A private copy; in a pack, one that shares the frozen tensors (unless the trial changes its base)."""
+        if self.pack is not None and shares_base(cfg):
+            return shared_copy(model, private_modules(cfg, model))
+        return copy.deepcopy(model)
 
     def datasets(self, cfg: DictConfig, tokenizer, cache_dir: Path):
         """Tokenised (train, eval) examples as lists of dicts (row access from Arrow is slow)."""

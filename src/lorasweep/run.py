@@ -86,8 +86,10 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     reset_accelerator_settings()  # a worker's earlier trial may have had other settings
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    memory = PeakMemory(accelerator.device).start()
-    parts = build_components(cfg, accelerator, resources or Resources(keep=False))
+    resources = resources or Resources(keep=False)
+    pack = resources.pack  # packed with other trials (lorasweep/pack/): the process's memory is the pack's
+    memory = pack.memory if pack is not None else PeakMemory(accelerator.device).start()
+    parts = build_components(cfg, accelerator, resources)
     if main:
         run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
     accelerator.wait_for_everyone()
@@ -95,13 +97,13 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     position = _resume_or_start(run, loop, accelerator, digest, fresh)
     own_tracker = tracker is None and main
     if own_tracker:
-        tracker = make_tracker(cfg, digest, run_id=digest, root=Path(cfg.run_root))
+        tracker = make_tracker(cfg, digest, run_id=digest, root=Path(cfg.run_root), concurrent=pack is not None)
     loop.tracker = tracker if main else None
     status = "failed"
     try:
         try:
             status = loop.run(position)
-            final = _record(loop, parts.figures, memory, status, digest)
+            final = _record(loop, parts.figures, memory, status, digest, pack=pack)
             if main:
                 _publish(
                     cfg, run, loop, final, accelerator.unwrap_model(parts.model) if status == "completed" else None
@@ -110,7 +112,7 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
             status = "failed"
             if main:  # a failed or killed run still leaves its record: how far it got and what it cost
                 ending = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-                run.write_metrics(_record(loop, parts.figures, memory, ending, digest, exc))
+                run.write_metrics(_record(loop, parts.figures, memory, ending, digest, exc, pack))
             raise
         accelerator.wait_for_everyone()
         return final
@@ -151,17 +153,28 @@ def _resume_or_start(run: RunDir, loop: Loop, accelerator, digest: str, fresh: b
 
 
 def _record(
-    loop: Loop, figures: dict, memory: PeakMemory, status: str, digest: str, error: BaseException | None = None
+    loop: Loop,
+    figures: dict,
+    memory: PeakMemory,
+    status: str,
+    digest: str,
+    error: BaseException | None = None,
+    pack=None,
 ) -> dict:
-    """What a run leaves in metrics.json however it ended; only status "completed" marks it complete."""
+    """What a run leaves in metrics.json however it ended; only status "completed" marks it complete. A packed
+    run's process held other trials too: its peak is the pack's (memory/pack_peak_bytes), and `packed_with` names
+    the runs it shared base matmuls with."""
     record = {
         **figures,
         **loop.final_metrics(),
-        "memory/peak_bytes": memory.peak_bytes(),
+        ("memory/peak_bytes" if pack is None else "memory/pack_peak_bytes"): memory.peak_bytes(),
         "status": status,
         "step": loop.position.step,
         "config_hash": digest,
     }
+    slot = pack.current() if pack is not None else None
+    if slot is not None:
+        record["packed_with"] = sorted(slot.partners)
     if error is not None:
         record["error"] = one_line(f"{type(error).__name__}: {error}", 500)
     return record

@@ -47,7 +47,7 @@ def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
 
 
 class WandbTracker:
-    def __init__(self, cfg: DictConfig, config_hash: str, run_id: str, root: Path):
+    def __init__(self, cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False):
         import wandb
 
         tracking = cfg.tracking
@@ -66,7 +66,7 @@ class WandbTracker:
             job_type="sweep-trial" if cfg.sweep else "train",
             tags=[*tracking.tags, cfg.model.name, cfg.data.name, f"targets={targets_label(cfg.lora.targets)}"],
             config=flat_config(cfg, config_hash),
-            reinit="finish_previous",
+            reinit="create_new" if concurrent else "finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
@@ -99,7 +99,8 @@ class WandbTracker:
             self.run = None
 
 
-def make_tracker(cfg: DictConfig, config_hash: str, run_id: str, root: Path) -> Tracker:
+def make_tracker(cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False) -> Tracker:
+    """concurrent: other runs of this process stay open meanwhile (a pack's trials), each its own W&B run."""
     if cfg.tracking.backend == "none" or cfg.tracking.mode == "disabled":
         return NullTracker()
-    return WandbTracker(cfg, config_hash, run_id, root)
+    return WandbTracker(cfg, config_hash, run_id, root, concurrent)

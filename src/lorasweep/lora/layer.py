@@ -93,6 +93,7 @@ class LoraLayer(nn.Module):
         self.initialise(init)
         self.merged = False
         self._merged_gain = None
+        self.shared_base = False  # a packed trial's base is batched with other trials' (pack/share.py)
         self.train(base_layer.training)  # a wrapper made for an eval-mode model must not drop out
 
     @torch.no_grad()
@@ -174,9 +175,10 @@ class LoraLayer(nn.Module):
         x_lora = None
         if self.dropout_p > 0 and self.training:
             x_lora = nn.functional.dropout(x, self.dropout_p, training=True)
-        if self.quantized:
-            # The base through bitsandbytes (its autograd gives the input gradient through the dequantized
-            # weight); the low-rank term accumulated into its output in place by lorasweep's kernel.
+        if self.quantized or self.shared_base:
+            # The base through its own forward (bitsandbytes' autograd gives the input gradient through the
+            # dequantized weight; a packed trial's base matmul is batched with other trials'); the low-rank term
+            # accumulated into its output in place by lorasweep's kernel.
             return low_rank_add(
                 self.base_layer(x), x if x_lora is None else x_lora, self.lora_A, self.lora_B, self.scale, self.slices
             )
