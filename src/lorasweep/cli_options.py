@@ -23,6 +23,13 @@ MEMORY_CAP = click.option(
     help="skip trials predicted above this peak (e.g. 80GiB); default: the spec's or cluster.memory_cap",
 )
 
+PACK = click.option(
+    "--pack",
+    default=None,
+    metavar="K|auto",
+    help="train up to K trials at once on one frozen base (auto: as many as fit); default: the spec's pack, else 1",
+)
+
 
 def RUN_ROOT(default: str | None = "runs"):
     return click.option(

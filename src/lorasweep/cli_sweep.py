@@ -11,6 +11,7 @@ from .cli_options import (
     MEMORY_CAP,
     OPTIONS,
     OVERRIDES,
+    PACK,
     RUN_ROOT,
     STORAGE,
     STUDY,
@@ -31,6 +32,7 @@ from .cli_options import (
 @click.option("--array", type=int, default=None, help="with --slurm: array tasks (default cluster.array)")
 @DRY_RUN
 @MEMORY_CAP
+@PACK
 @click.option(
     "--estimate",
     "estimate_only",
@@ -56,6 +58,7 @@ def sweep(
     array,
     dry_run,
     memory_cap,
+    pack,
     estimate_only,
     device,
     run_root,
@@ -85,7 +88,14 @@ def sweep(
 
         console.print_submission(
             submit_sweep(
-                spec, overrides, array=array, n_trials=n_trials, storage=storage, study=study, dry_run=dry_run
+                spec,
+                overrides,
+                array=array,
+                n_trials=n_trials,
+                storage=storage,
+                study=study,
+                dry_run=dry_run,
+                pack=pack,
             ),
             dry_run,
         )
@@ -96,7 +106,7 @@ def sweep(
 
     stop = StopOnSignal().install()
     optuna_study, sweep_spec = run_sweep(
-        spec, overrides, workers=workers, n_trials=n_trials, storage=storage, study=study, should_stop=stop
+        spec, overrides, workers=workers, n_trials=n_trials, storage=storage, study=study, should_stop=stop, pack=pack
     )
     if stop.received:
         click.echo(
@@ -113,8 +123,9 @@ def sweep(
 @STUDY(required=True)
 @click.option("--storage", required=True, help="the study's storage URL")
 @MEMORY_CAP
+@PACK
 @CONFIG_DIR
-def worker(study, storage, memory_cap, config_dir):
+def worker(study, storage, memory_cap, pack, config_dir):
     """One sweep worker on an existing study (for SLURM or any launcher)."""
     from .signals import StopOnSignal
     from .sources import use_config_dir
@@ -125,8 +136,12 @@ def worker(study, storage, memory_cap, config_dir):
         from .estimate import parse_memory_size
 
         memory_cap = parse_memory_size(memory_cap, "--memory-cap")
+    if pack is not None:
+        from .pack.size import parse_pack
+
+        pack = parse_pack(pack)
     stop = StopOnSignal().install()
-    done = run_worker(study, storage, should_stop=stop, memory_cap=memory_cap)
+    done = run_worker(study, storage, should_stop=stop, memory_cap=memory_cap, pack=pack)
     click.echo(f"worker {'stopped by ' + stop.received if stop.received else 'finished'}: {done} trials")
     return stop.exit_code
 

@@ -50,6 +50,8 @@ def train(
 
     check_config(cfg, run_root=run_dir is None)  # before any lock or file (preflight.py)
     digest = config_hash(cfg)
+    if resources is not None and resources.pack is not None:
+        resources.pack.claim(digest)  # this trial's name in the pack (and one run of a config at a time)
     run = RunDir(run_dir) if run_dir else RunStore(cfg.run_root).run(digest)
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes == 1 and run.is_complete() and not force:  # ranks decide together, below
@@ -174,7 +176,7 @@ def _record(
     }
     slot = pack.current() if pack is not None else None
     if slot is not None:
-        record["packed_with"] = sorted(slot.partners)
+        record["packed_with"] = sorted({p.label for p in slot.partners})
     if error is not None:
         record["error"] = one_line(f"{type(error).__name__}: {error}", 500)
     return record

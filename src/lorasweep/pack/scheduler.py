@@ -56,7 +56,7 @@ def _devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
-@dataclass
+@dataclass(eq=False)  # a slot is itself: kept in sets (partners)
 class Slot:
     """One trial in the pack: its greenlet, what it waits on, and, once ended, its result or error."""
 
@@ -69,13 +69,13 @@ class Slot:
     done: bool = False
     result: Any = None
     error: BaseException | None = None
-    partners: set = field(default_factory=set)  # labels of the trials it shared a base matmul with
+    partners: set = field(default_factory=set)  # the slots of the trials it shared a base matmul with
 
 
 class Pack:
     """The hub: `start` trials, then `run(on_done)` until none is left; `on_done(slot)` may start more (refill)."""
 
-    def __init__(self, memory=None):
+    def __init__(self, memory=None) -> None:
         self.slots: dict[Any, Slot] = {}
         self.memory = memory  # a started memory.PeakMemory: the pack's peak, which its trials record
         self.batched_calls = 0  # base matmuls that served more than one trial (for the benchmark's record)
@@ -88,6 +88,18 @@ class Pack:
         slot = Slot(label, glet)
         self.slots[glet] = slot
         return slot
+
+    def claim(self, label: str) -> None:
+        """Name the running trial (its config hash). Two trials of one run cannot share a pack: the second
+        would wait forever on the first's run lock in the same thread."""
+        slot = self.current()
+        if slot is None:
+            return
+        if any(s.label == label for s in self.slots.values() if s is not slot):
+            from ..errors import UserError
+
+            raise UserError(f"run {label} is already training in this pack (the same config twice)")
+        slot.label = label
 
     def current(self) -> Slot | None:
         """The slot whose code is running now, or None (the hub, or no pack at all)."""
@@ -167,9 +179,8 @@ class Pack:
                 rows = y.split([f.shape[0] for f in flat])
                 outs = [r.view(*x.shape[:-1], r.shape[-1]) for r, x in zip(rows, xs)]
                 self.batched_calls += 1
-                labels = {s.label for s in group}
                 for s in group:
-                    s.partners |= labels - {s.label}
+                    s.partners.update(other for other in group if other is not s)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: every trial of the group sees it
             outs = [_Failure(exc)] * len(group)
         finally:

@@ -15,8 +15,8 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ..lora.inject import lora_layers
 from ..lora.init import changes_base
+from ..lora.inject import lora_layers
 from ..lora.layer import is_adaptable
 
 

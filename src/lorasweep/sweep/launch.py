@@ -9,6 +9,8 @@ import sys
 from dataclasses import replace
 
 from ..errors import UserError
+from ..pack.size import parse_pack
+from .pack_plan import plan_pack
 from .samplers import make_pruner
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
@@ -21,14 +23,19 @@ def prepare(
     n_trials: int | None = None,
     storage: str | None = None,
     study: str | None = None,
+    pack=None,
 ) -> tuple[SweepSpec, str]:
-    """The validated spec (with command-line choices applied) and the storage URL; nothing runs yet."""
+    """The validated spec (with command-line choices applied) and the storage URL; nothing runs yet. A pack
+    (--pack, else the spec's) is stored with the spec, so every worker of the study packs alike."""
     spec = load_spec(spec_path)
-    spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study)
+    pack = spec.pack if pack is None else parse_pack(pack)
+    spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study, pack=pack)
     if spec.n_trials <= 0:
         raise UserError(f"--n-trials must be > 0, got {spec.n_trials}")
     cfg = validate_against_config(spec, overrides)
     make_pruner(spec)  # a pruner option Optuna does not take fails here, not in the first worker
+    if spec.pack not in (None, 1):  # a pack that cannot fit the cap fails here, before anything is queued
+        plan_pack(spec, overrides, spec.pack)
     url = storage or spec.storage or default_storage_url(cfg.run_root)
     return spec, url
 
@@ -41,12 +48,13 @@ def run_sweep(
     storage: str | None = None,
     study: str | None = None,
     should_stop=None,
+    pack=None,
 ):
     """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
     StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials."""
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
-    spec, url = prepare(spec_path, overrides, n_trials, storage, study)
+    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)
     optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before training
     if workers == 0:  # queue only: workers are started elsewhere (`lorasweep worker`, a SLURM array)
         return optuna_study, spec

@@ -7,8 +7,7 @@ from ..config import compose
 from ..estimate.fit import memory_cap, over_cap, run_peak
 from ..estimate.predict import estimate_config
 from ..estimate.size import format_bytes
-from .spec import grid_points
-from .worker import trial_overrides
+from .spec import grid_points, trial_overrides
 
 
 def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = None) -> list[dict]:
@@ -16,15 +15,8 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
     space (each numeric range at its low and high, every categorical choice), and which exceed the cap.
     Params that cannot change memory (learning rate, alpha, ...) are held at one value, so each memory-relevant
     point is traced once."""
-    import itertools
-
-    if spec.sampler["name"] == "grid":
-        points = grid_points(spec.params)
-    else:
-        axes = [_corner_values(p) for p in spec.params]
-        points = [dict(zip([p.key for p in spec.params], values)) for values in itertools.product(*axes)]
     rows = []
-    for point in points:
+    for point in sweep_points(spec):
         cfg = compose(trial_overrides(spec, overrides, point))
         limit = memory_cap(cfg, cap)  # the spec's memory_cap is in its fixed overrides (cluster.memory_cap)
         estimate = estimate_config(cfg, device)
@@ -38,6 +30,16 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
             }
         )
     return rows
+
+
+def sweep_points(spec) -> list[dict]:
+    """Every grid point, or the search space's memory-relevant corners (one value of each neutral param)."""
+    import itertools
+
+    if spec.sampler["name"] == "grid":
+        return grid_points(spec.params)
+    axes = [_corner_values(p) for p in spec.params]
+    return [dict(zip([p.key for p in spec.params], values)) for values in itertools.product(*axes)]
 
 
 MEMORY_NEUTRAL_KEYS = (

@@ -26,13 +26,15 @@ def submit_sweep(
     storage: str | None = None,
     study: str | None = None,
     dry_run: bool = False,
+    pack=None,
 ) -> dict:
-    spec, url = prepare(spec_path, overrides, n_trials, storage, study)
+    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)  # workers read the pack from the study
     settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
     array = settings["array"] if array is None else array
     if array <= 0:
         raise UserError(f"--array must be > 0, got {array}")
-    array = min(array, spec.n_trials)  # more workers than trials would only wait
+    # more workers than trials (or than packs of trials) would only wait
+    array = min(array, -(-spec.n_trials // spec.pack) if isinstance(spec.pack, int) else spec.n_trials)
     check_storage_for_array(url, settings)
     text = render(
         "sweep_array", settings, {"STUDY": spec.study, "STORAGE": url}, job_name=f"lorasweep-{spec.study}", array=array

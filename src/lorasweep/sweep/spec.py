@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError, one_line
 from ..metrics import objective_names
+from ..pack.size import parse_pack
 from .samplers import PRUNERS, SAMPLERS
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -45,7 +46,8 @@ _SPEC_KEYS = {
     "storage",
     "description",
     "memory_cap",
-}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py)
+    "pack",
+}  # memory_cap: 80GiB: trials predicted over it are not trained (estimate/fit.py); pack: K | auto (pack/)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class SweepSpec:
     pruner: dict = field(default_factory=lambda: {"name": "median"})
     storage: str | None = None
     source: str = ""
+    pack: int | str | None = None  # trials a worker trains at once on one frozen base: K | auto; None: 1
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -108,6 +111,12 @@ class SweepSpec:
         """Hydra overrides for one trial's sampled values (only those: the caller orders them after `fixed`
         and the command line, see sweep.worker.trial_overrides)."""
         return [f"{p.key}={_override_value(p.config_value(values[p.key], values))}" for p in self.params]
+
+
+def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> list[str]:
+    """Precedence, lowest first: schema defaults < config groups < the spec's `fixed` < the command line <
+    the trial's sampled values (Hydra applies overrides in order, so a later one wins)."""
+    return [*spec.fixed, *cli_overrides, *spec.overrides(values), f"sweep={spec.study}"]
 
 
 def _values_to_check(param: Param, params: list[Param]) -> list:
@@ -174,6 +183,7 @@ def parse_spec(data: dict, default_study: str, source: str = "") -> SweepSpec:
         pruner={"name": "median", **(data.get("pruner") or {})},
         storage=data.get("storage"),
         source=source,
+        pack=None if data.get("pack") is None else parse_pack(data["pack"], f"{where}: pack"),
     )
     if spec.n_trials <= 0:
         raise UserError(f"{where}: n_trials must be > 0, got {spec.n_trials}")

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..config import compose, config_hash
-from ..errors import one_line
+from ..errors import UserError, one_line
 from ..estimate.fit import check_trial_memory
 from ..ranks import broadcast_from_main
 from ..resources import Resources
@@ -29,8 +29,9 @@ from ..run import Callbacks, train
 from ..runrow import settings
 from ..slurm import identity
 from .heartbeat import Heartbeat
+from .packed import run_packed
 from .retry import requeue_copy
-from .spec import SweepSpec
+from .spec import SweepSpec, trial_overrides
 from .study import load_study
 
 STOP = None  # broadcast to the other ranks: no trial left
@@ -51,16 +52,16 @@ def worker_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def trial_overrides(spec: SweepSpec, cli_overrides: list[str], values: dict) -> list[str]:
-    """Precedence, lowest first: schema defaults < config groups < the spec's `fixed` < the command line <
-    the trial's sampled values (Hydra applies overrides in order, so a later one wins)."""
-    return [*spec.fixed, *cli_overrides, *spec.overrides(values), f"sweep={spec.study}"]
-
-
 def run_worker(
-    study_name: str, storage_url: str, resources: Resources | None = None, should_stop=None, memory_cap=None
+    study_name: str,
+    storage_url: str,
+    resources: Resources | None = None,
+    should_stop=None,
+    memory_cap=None,
+    pack=None,
 ) -> int:
-    """Run queued trials until none is left; returns how many this worker ran (on rank 0)."""
+    """Run queued trials until none is left; returns how many this worker ran (on rank 0). `pack`: train up to
+    that many at once on one frozen base (an int or auto; default: the spec's `pack`, else 1; sweep/packed.py)."""
     import torch
     from accelerate import PartialState
 
@@ -75,6 +76,18 @@ def run_worker(
     if offset:
         study.sampler = _reseeded(study.sampler, spec, offset)
     _reclaim_orphans(study)
+    from .pack_plan import plan_pack
+
+    size = plan_pack(spec, cli_overrides, pack if pack is not None else (spec.pack or 1), memory_cap)
+    if size > 1:
+        if state.num_processes > 1:
+            raise UserError(
+                f"--pack {size} needs one process per worker: pack trials in each single-process worker "
+                "(a SLURM array of them), not under torchrun"
+            )
+        print(f"packing up to {size} trials on one frozen base", flush=True)
+        run_one = lambda trial: _run_trial(state, trial, spec, cli_overrides, resources, should_stop, memory_cap)  # noqa: E731
+        return run_packed(study, size, resources, should_stop, run_one, _requeue, worker_label())
     done = 0
     while True:
         if should_stop is not None and should_stop():  # a signal between trials: take no new one

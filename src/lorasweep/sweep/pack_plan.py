@@ -1,0 +1,64 @@
+"""How many trials a worker packs: `--pack K`, a spec's `pack: K`, or `pack: auto` (as many as the memory allows).
+
+A pack holds the frozen base once and each trial's own bytes (its adapter, head, gradients, optimizer state and
+activations: its predicted peak less the base), so K trials need about base + K × own. The prediction is the
+memory estimate's (estimate/), over the sweep's memory-relevant corners (the largest trial counts).
+"""
+
+from __future__ import annotations
+
+from ..config import compose
+from ..errors import UserError
+from ..estimate.fit import cached_estimate, device_memory, memory_cap, run_peak
+from ..estimate.predict import default_device
+from ..estimate.size import format_bytes
+from ..pack.size import parse_pack
+from .memory_estimate import sweep_points
+from .spec import trial_overrides
+
+MOST_AUTO = 8  # auto never packs more: past a few trials a CPU is saturated and a GPU's gain flattens
+
+
+def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | None = None) -> int:
+    """The pack size to run: `requested` (an int or auto) checked against the memory cap. auto: as many as fit
+    the cap (or the device), at most MOST_AUTO; an int that cannot fit the cap is refused in one line."""
+    requested = parse_pack(requested)
+    if requested == 1:
+        return 1
+    need = _need(spec, overrides, cap, device) if (requested == "auto" or _has_cap(spec, overrides, cap)) else None
+    if need is None:
+        return requested
+    base, own, limit, where = need
+    fits = max(0, (limit - base) // max(own, 1))
+    if requested == "auto":
+        return int(max(1, min(MOST_AUTO, fits)))
+    if requested > fits:
+        raise UserError(
+            f"--pack {requested} needs about {format_bytes(base + requested * own)} (the base {format_bytes(base)} "
+            f"once + {requested} × {format_bytes(own)} per trial), over {where} {format_bytes(limit)}; at most "
+            f"{fits} fit"
+        )
+    return requested
+
+
+def _has_cap(spec, overrides, cap) -> bool:
+    point = {p.key: (p.choices[0] if p.type == "categorical" else p.low) for p in spec.params}
+    return memory_cap(compose(trial_overrides(spec, overrides, point)), cap) is not None
+
+
+def _need(spec, overrides, cap, device) -> tuple[int, int, int, str] | None:
+    """(base bytes, the largest trial's own bytes, the limit, what the limit is) over the sweep's corners."""
+    base = own = 0
+    limit = where = None
+    for point in sweep_points(spec):
+        cfg = compose(trial_overrides(spec, overrides, point))
+        estimate = cached_estimate(cfg, device)
+        weights = int(estimate.get("memory/base_weights_bytes", 0))
+        base, own = max(base, weights), max(own, run_peak(estimate)[0] - weights)
+        if limit is None:
+            limit = memory_cap(cfg, cap)
+            where = "the memory cap"
+            if limit is None:
+                target = device or default_device(cfg)
+                limit, where = device_memory(target), f"the {target} memory"
+    return base, own, limit, where

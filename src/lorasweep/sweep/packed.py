@@ -1,0 +1,72 @@
+"""A packed sweep worker: up to K queued trials train at once on one copy of the frozen base (lorasweep/pack/).
+
+Each trial is exactly what an unpacked worker runs (`worker._run_trial`: compose, memory check, `run.train` with
+pruning and signals), inside the pack. The moment a trial ends (completed, pruned, failed, skipped) it is told to
+the study and the next queued trial takes its place, so the pack stays full until the queue is empty. A signal
+stops every trial at its next step: each checkpoints and is re-queued on its own, to resume alone or in any pack.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from .. import internals
+from ..errors import one_line
+from ..memory import PeakMemory
+from ..pack.scheduler import Pack, Slot
+from .heartbeat import Heartbeat
+
+
+def run_packed(study, size: int, resources, should_stop, run_trial, requeue, label: str) -> int:
+    """Trials until the queue is empty (or a signal), `size` at a time; returns how many ended here.
+    run_trial(trial) -> (state, values) | None (interrupted): what an unpacked worker does with one trial;
+    requeue(study, trial_id, reason): fail an interrupted trial and queue its copy."""
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    pack = Pack(memory=PeakMemory(device).start())
+    resources.pack = pack
+    storage = internals.study_storage(study)
+    done = 0
+
+    def fill() -> None:
+        while len(pack) < size and not (should_stop is not None and should_stop()):
+            optuna.storages.fail_stale_trials(study)
+            queued = internals.pop_waiting_trial_id(study)
+            if queued is None:
+                return
+            trial = optuna.Trial(study, queued)
+            trial.set_user_attr("worker", label)
+            trial.set_user_attr("pack", size)
+            heartbeat = Heartbeat(storage, internals.trial_id(trial)).__enter__()
+            slot = pack.start(f"trial {trial.number}", run_trial, trial)
+            slot.trial, slot.heartbeat = trial, heartbeat
+
+    def on_done(slot: Slot) -> None:
+        nonlocal done
+        slot.heartbeat.__exit__(None, None, None)
+        trial = slot.trial
+        try:
+            if isinstance(slot.error, UpdateFinishedTrialError):
+                print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
+            elif slot.error is not None:  # outside the trial's own handling (it fails the trial itself)
+                trial.set_user_attr("fail_reason", one_line(f"{type(slot.error).__name__}: {slot.error}", 500))
+                study.tell(trial, state=TrialState.FAIL)
+            elif slot.result is None:  # interrupted by a signal: checkpointed
+                requeue(study, internals.trial_id(trial), "interrupted by a signal (preemption or time limit)")
+            else:
+                trial_state, values = slot.result
+                study.tell(trial, values=values, state=trial_state)
+        except UpdateFinishedTrialError:
+            print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
+        done += 1
+        fill()  # the freed place goes to the next queued trial at once
+
+    fill()
+    try:
+        pack.run(on_done)
+    finally:
+        resources.pack = None
+    return done
