@@ -24,6 +24,8 @@ import greenlet
 import numpy as np
 import torch
 
+from ..memory import PeakMemory
+
 
 @dataclass
 class _ThreadState:
@@ -75,9 +77,10 @@ class Slot:
 class Pack:
     """The hub: `start` trials, then `run(on_done)` until none is left; `on_done(slot)` may start more (refill)."""
 
-    def __init__(self, memory=None) -> None:
+    def __init__(self) -> None:
         self.slots: dict[Any, Slot] = {}
-        self.memory = memory  # a started memory.PeakMemory: the pack's peak, which its trials record
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.memory = PeakMemory(device).start()  # the pack's peak from here on: what its trials record
         self.batched_calls = 0  # base matmuls that served more than one trial (for the benchmark's record)
 
     def __len__(self) -> int:

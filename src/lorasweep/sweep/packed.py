@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..errors import one_line
-from ..memory import PeakMemory
 from ..pack.scheduler import Pack, Slot
 from .heartbeat import Heartbeat
 
@@ -23,10 +22,7 @@ def run_packed(study, size: int, resources, should_stop, run_trial, requeue, lab
     """Trials until the queue is empty (or a signal), `size` at a time; returns how many ended here.
     run_trial(trial) -> (state, values) | None (interrupted): what an unpacked worker does with one trial;
     requeue(study, trial_id, reason): fail an interrupted trial and queue its copy."""
-    import torch
-
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    pack = Pack(memory=PeakMemory(device).start())
+    pack = Pack()
     resources.pack = pack
     storage = internals.study_storage(study)
     done = 0
