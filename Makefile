@@ -54,6 +54,7 @@ bench: setup
 	$(PY) benchmarks/mixed_batch.py
 	$(PY) benchmarks/qlora.py step
 	$(PY) benchmarks/qlora.py memory
+	$(PY) benchmarks/packed.py
 
 # On a CUDA machine (<= 10 min): demo in bf16, 2-process DDP (>= 2 GPUs), QLoRA nf4 runs, GPU benchmarks; one
 # pass/fail table, also written to runs/gpu_check.md. gpu-check-cpu: the same checks shrunk, on CPU (CI, ~2 min).

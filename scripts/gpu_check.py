@@ -15,6 +15,10 @@ Checks (each a subprocess with its own time limit; a failure does not stop the o
   memory-estimate  benchmarks/memory_estimate.py --device D: `lorasweep estimate`'s predicted peak against the
                    measured one (CUDA: torch.cuda.max_memory_allocated of a real step; CPU: 3 configs), passes
                    at median |error| <= 5 % and worst <= 10 %
+  bench-packed     benchmarks/packed.py --device D: the headline sweep at --pack 1 2 4 8 (CUDA: 12 trials of 60
+                   steps; CPU: 3 trials of 2 steps at pack 1 and 2), each packed trial's eval/loss against its
+                   config trained alone; passes when every sweep accounts for all its trials and the max relative
+                   difference is <= 1e-4; figures: the speedup at the largest pack
 One table of pass/fail and figures is printed and written to --out (markdown). Exit status 1 if any check failed.
 On CUDA the full demo (200 steps) runs; on CPU every check is shrunk to seconds (about 2 minutes in all).
 """
@@ -130,6 +134,21 @@ def _estimate_judge(output):
         median <= 5 and worst <= 10,
         f"predicted vs measured peak, {n} configs: median abs error {median:.2f}%, worst {worst:.2f}%",
     )
+
+
+# bench-packed on CPU: a small eval set and no per-run memory prediction, so two sweeps take well under a minute.
+CPU_PACKED = ["data.max_eval_examples=32", "trainer.predict_memory=false"]
+
+
+def _packed_judge(output):
+    """packed.py's verdict: `packed: PASS|FAIL; ...; speedup at pack K: X.XXx; max rel diff vs solo: D (...)`."""
+    found = re.search(
+        r"^packed: (PASS|FAIL); .*speedup at pack (\d+): ([\d.]+)x; max rel diff vs solo: (\S+)", output, re.M
+    )
+    if not found:
+        raise ValueError("no verdict line")
+    verdict, pack, speedup, diff = found.groups()
+    return verdict == "PASS", f"pack {pack}: {float(speedup):.2f}× pack 1's trials/hour; max rel diff vs solo {diff}"
 
 
 def checks(device: str, work: Path, gpus: int) -> list[Check]:
@@ -259,6 +278,15 @@ def checks(device: str, work: Path, gpus: int) -> list[Check]:
             [PY, "benchmarks/memory_estimate.py", "--device", device, *([] if cuda else ["--quick"])],
             600 if cuda else 180,
             _estimate_judge,
+        )
+    )
+    packed = [] if cuda else ["--trials", "3", "--packs", "1", "2", "--steps", "2", "--eval-every", "1", *CPU_PACKED]
+    out.append(
+        Check(
+            "bench-packed",
+            [PY, "benchmarks/packed.py", "--device", device, *packed],
+            1200 if cuda else 180,
+            _packed_judge,
         )
     )
     return out
