@@ -210,8 +210,9 @@ def markdown(rows: list[dict], checks: list[dict] | None, header: str, base_pack
 def verdict(rows: list[dict], checks: list[dict] | None) -> tuple[bool, str]:
     """The one line gpu_check.py judges: every sweep accounted for, every solo difference within tolerance."""
     accounted = all(r["accounted"] for r in rows)
-    worst = max((c["max_rel_diff"] for c in checks or []), default=None)
-    within = worst is None or worst <= TOLERANCE  # nan (nothing compared) fails: nan <= x is False
+    diffs = [c["max_rel_diff"] for c in checks or []]
+    worst = None if not diffs else (float("nan") if any(d != d for d in diffs) else max(diffs))
+    within = worst is None or worst <= TOLERANCE  # nan (a trial with nothing compared) fails: nan <= x is False
     largest = rows[-1]
     line = (
         f"packed: {'PASS' if accounted and within else 'FAIL'}; all trials accounted for: "
