@@ -159,6 +159,7 @@ class _StopAfter:
         return self.calls < 0
 
 
+@pytest.mark.slow
 def test_a_signal_checkpoints_each_trial_and_each_resumes_alone(tmp_path):
     root = tmp_path / "runs"
     overrides = [*SMALL, "trainer.max_steps=6", "trainer.eval_every=2", f"run_root={root}"]
@@ -204,9 +205,9 @@ def test_bad_packs_from_the_command_line(tmp_path):
     bad_spec.write_text(GRID + "pack: many\n")
     proc = _cli("sweep", str(bad_spec), "tracking=none", cwd=tmp_path)
     assert proc.returncode == 2 and "pack must be a positive integer or auto" in proc.stderr
-    # eight trials cannot fit 150 MiB when one base is ~90 MiB: said before anything is queued
-    proc = _cli("sweep", spec, "--pack", "8", "--memory-cap", "150MiB", "tracking=none", cwd=tmp_path)
-    assert proc.returncode == 2 and "at most" in proc.stderr, proc.stderr
+    # eight trials of ~144 MiB each cannot fit 600 MiB: said before anything is queued
+    proc = _cli("sweep", spec, "--pack", "8", "--memory-cap", "600MiB", "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 2 and "over the memory cap 600.0 MiB; at most 3 fit" in proc.stderr, proc.stderr
     assert not (tmp_path / "runs" / "optuna.db").exists()  # no study (the estimate's data cache may be there)
 
 
@@ -231,3 +232,18 @@ def test_sweep_pack_4_from_the_command_line_reproduces_solo(tmp_path):
         proc = _cli("reproduce", digest, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "within relative tolerance 0.0001" in proc.stdout
+
+
+def test_pack_auto_sizes_from_the_memory_cap(tmp_path):
+    """auto: as many trials as fit (base once + K x the largest trial's own bytes), at most MOST_AUTO."""
+    from lorasweep.sweep.pack_plan import MOST_AUTO, plan_pack
+    from lorasweep.sweep.spec import load_spec
+
+    spec = load_spec(_spec(tmp_path, GRID))
+    overrides = ["tracking=none", f"run_root={tmp_path / 'runs'}"]
+    assert plan_pack(spec, overrides, "auto", cap="600MiB") == 3  # (600 - 87) // 144
+    assert plan_pack(spec, overrides, "auto", cap="100GiB") == MOST_AUTO
+    assert plan_pack(spec, overrides, "auto", cap="100MiB") == 1  # not even one fits: the cap skips trials
+    assert plan_pack(spec, overrides, 3, cap="600MiB") == 3
+    with pytest.raises(UserError, match="at most 3 fit"):
+        plan_pack(spec, overrides, 4, cap="600MiB")

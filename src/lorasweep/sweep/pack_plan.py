@@ -32,6 +32,11 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
     fits = max(0, (limit - base) // max(own, 1))
     if requested == "auto":
         return int(max(1, min(MOST_AUTO, fits)))
+    if requested > fits and fits == 0:
+        raise UserError(
+            f"--pack {requested}: not even one trial fits {where} {format_bytes(limit)} (the largest needs about "
+            f"{format_bytes(base + own)})"
+        )
     if requested > fits:
         raise UserError(
             f"--pack {requested} needs about {format_bytes(base + requested * own)} (the base {format_bytes(base)} "
