@@ -90,6 +90,26 @@ def test_packed_trials_equal_their_solo_runs(tmp_path):
     assert len({results[h]["eval/loss"] for h in hashes}) == 3
 
 
+def test_each_packed_trial_is_its_own_wandb_run(tmp_path):
+    """Offline W&B files read back: two packed trials, two runs (open at the same time), each with its own history
+    and summary."""
+    from wandb_reader import find_runs, read_run
+
+    overrides = [*SMALL, "tracking=wandb", "tracking.mode=offline", "trainer.log_every=1", "trainer.max_steps=3"]
+    cfgs = [compose([*overrides, f"run_root={tmp_path}", f"lora.rank={r}"]) for r in (2, 4)]
+    results, _ = _train_pack(cfgs, Resources(pack=Pack()))
+    runs = {run.run_id: run for run in map(read_run, find_runs(tmp_path))}
+    assert set(runs) == {config_hash(c) for c in cfgs}
+    for digest, run in runs.items():
+        assert run.exit_code == 0
+        assert [h["train/loss"] for h in run.history if "train/loss" in h] == [
+            r["train/loss"] for r in RunStore(tmp_path).run(digest).history() if "train/loss" in r
+        ]
+        assert math.isclose(run.summary["eval/loss"], results[digest]["eval/loss"])
+    losses = [tuple(h.get("train/loss") for h in run.history) for run in runs.values()]
+    assert losses[0] != losses[1]
+
+
 def test_a_trial_that_fails_leaves_the_pack_alone(tmp_path):
     good = compose([*SMALL, f"run_root={tmp_path}", "trainer.max_steps=4"])
     bad = compose([*SMALL, f"run_root={tmp_path}", "trainer.max_steps=4", "optim.lr=1e30"])
