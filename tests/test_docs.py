@@ -33,8 +33,6 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # What follows `lorasweep ` (a regex, searched) -> the tests that run such a command. Only for commands this file
 # does not run itself (see needs_a_test).
 COVERED = {
-    r"^sweep .*--pack \d": ["tests/test_pack.py::test_sweep_pack_4_from_the_command_line_reproduces_solo"],
-    r"^sweep .*--pack auto": ["tests/test_pack.py::test_pack_auto_sizes_from_the_memory_cap"],
     r"^worker .*--pack": ["tests/test_pack.py::test_a_signal_checkpoints_each_trial_and_each_resumes_alone"],
     r"^sweep .*--storage journal:": ["tests/test_sweep.py::test_four_workers_journal_file"],
     r"^sweep .*--storage postgresql:": ["tests/test_sweep.py::test_four_workers_postgres"],

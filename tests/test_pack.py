@@ -118,7 +118,9 @@ def test_a_trial_that_fails_leaves_the_pack_alone(tmp_path):
     assert results[config_hash(good)]["status"] == "completed"
     solo = train(good, resources=Resources(), run_dir=tmp_path / "solo")
     assert _close(results[config_hash(good)]["eval/loss"], solo["eval/loss"])
-    assert json.loads((RunStore(tmp_path).run(config_hash(bad)).path / "metrics.json").read_text())["status"] == "failed"
+    assert (
+        json.loads((RunStore(tmp_path).run(config_hash(bad)).path / "metrics.json").read_text())["status"] == "failed"
+    )
 
 
 def _spec(tmp_path, body: str) -> str:
@@ -217,7 +219,10 @@ def _cli(*args, cwd):
 
 def test_bad_packs_from_the_command_line(tmp_path):
     spec = _spec(tmp_path, GRID)
-    for args in (["sweep", spec, "--pack", "0"], ["worker", "--study", "s", "--storage", "sqlite:///x.db", "--pack", "x"]):
+    for args in (
+        ["sweep", spec, "--pack", "0"],
+        ["worker", "--study", "s", "--storage", "sqlite:///x.db", "--pack", "x"],
+    ):
         proc = _cli(*args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "--pack must be a positive integer or auto" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

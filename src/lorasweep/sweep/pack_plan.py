@@ -7,6 +7,9 @@ memory estimate's (estimate/), over the sweep's memory-relevant corners (the lar
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from ..config import compose
 from ..errors import UserError
 from ..estimate.fit import cached_estimate, device_memory, memory_cap, run_peak
@@ -25,13 +28,16 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
     requested = parse_pack(requested)
     if requested == 1:
         return 1
-    need = _need(spec, overrides, cap, device) if (requested == "auto" or _has_cap(spec, overrides, cap)) else None
-    if need is None:
+    if requested != "auto" and not _has_cap(spec, overrides, cap):
         return requested
-    base, own, limit, where = need
+    root = Path(compose(trial_overrides(spec, overrides, _first_point(spec))).run_root)
+    root_existed = root.exists()
+    base, own, limit, where = _need(spec, overrides, cap, device)
     fits = max(0, (limit - base) // max(own, 1))
     if requested == "auto":
         return int(max(1, min(MOST_AUTO, fits)))
+    if requested > fits and not root_existed:  # refused: leave no run root behind (the estimate caches data there)
+        shutil.rmtree(root, ignore_errors=True)
     if requested > fits and fits == 0:
         raise UserError(
             f"--pack {requested}: not even one trial fits {where} {format_bytes(limit)} (the largest needs about "
@@ -47,11 +53,14 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
 
 
 def _has_cap(spec, overrides, cap) -> bool:
-    point = {p.key: (p.choices[0] if p.type == "categorical" else p.low) for p in spec.params}
-    return memory_cap(compose(trial_overrides(spec, overrides, point)), cap) is not None
+    return memory_cap(compose(trial_overrides(spec, overrides, _first_point(spec))), cap) is not None
 
 
-def _need(spec, overrides, cap, device) -> tuple[int, int, int, str] | None:
+def _first_point(spec) -> dict:
+    return {p.key: (p.choices[0] if p.type == "categorical" else p.low) for p in spec.params}
+
+
+def _need(spec, overrides, cap, device) -> tuple[int, int, int, str]:
     """(base bytes, the largest trial's own bytes, the limit, what the limit is) over the sweep's corners."""
     base = own = 0
     limit = where = None
