@@ -5,7 +5,9 @@ same config trained alone.
 Wall time: `python -m lorasweep.cli sweep SPEC --pack K --storage sqlite:///... tracking=none ...` in a fresh
 process, a fresh study in its own temporary run root per sweep; repeats are interleaved (1, 2, 4, 8, then again)
 so the machine's noise falls on every K alike, and the table gives the median per K, trials per hour and the
-speedup over pack 1 measured in the same run. The outcome (completed / pruned) is read back from the study.
+speedup over pack 1 measured in the same run. The outcome (completed / pruned) is read back from the study. The
+sweeps do not train the same trials (TPE sees results in another order at each K, so pruning differs): the steps
+trained and the wall time per step are the like-for-like figures beside trials per hour.
 
 Solo check (on by default, `--no-solo-check` skips it): every trial of a packed sweep (K > 1, first repeat) is
 retrained ALONE in this process from its run directory's stored config (`reproduce.recompose`, `run.train` into
@@ -100,6 +102,17 @@ def peak_mib(root: Path) -> float | None:
     return max(peaks) / 2**20 if peaks else None
 
 
+def steps_trained(root: Path) -> int:
+    """Optimizer steps the sweep's runs took (a pruned run stops early): the sweeps at different K do not train
+    the same trials (TPE sees the results in another order, so pruning differs), so wall time per step is the
+    like-for-like figure."""
+    total = 0
+    for path in root.glob("*/history.jsonl"):
+        steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
+        total += max(steps, default=0)
+    return total
+
+
 def eval_losses(history: list[dict]) -> dict[int, float]:
     return {r["step"]: r["eval/loss"] for r in history if "eval/loss" in r and "step" in r}
 
@@ -174,6 +187,7 @@ def summarize(sweeps: list[dict], packs: list[int], trials: int) -> list[dict]:
                 "failed": states.count("FAIL"),
                 "accounted": accounted,
                 "peak_mib": peak_mib(Path(mine[0]["root"])),
+                "steps": steps_trained(Path(mine[0]["root"])),
             }
         )
     return rows
@@ -187,15 +201,16 @@ def markdown(rows: list[dict], checks: list[dict] | None, header: str, base_pack
         header,
         "",
         f"| pack K | wall s (median) | trials/hour | speedup vs pack {base_pack} | completed | pruned | failed "
-        "| peak MiB | max rel diff eval/loss vs solo |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| steps trained | wall ms / step | peak MiB | max rel diff eval/loss vs solo |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         diff = f"{worst[r['pack']]:.2e}" if r["pack"] in worst else "-"
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
         lines.append(
             f"| {r['pack']} | {r['wall_s']:.1f} | {r['trials_per_hour']:.0f} | {r['speedup']:.2f}x | "
-            f"{r['completed']} | {r['pruned']} | {r['failed']} | {peak} | {diff} |"
+            f"{r['completed']} | {r['pruned']} | {r['failed']} | {r['steps']} | "
+            f"{1000 * r['wall_s'] / max(r['steps'], 1):.0f} | {peak} | {diff} |"
         )
     if checks:
         lines += ["", "| pack K | trial | hash | state | evals compared | max rel diff |", "|---|---|---|---|---|---|"]
