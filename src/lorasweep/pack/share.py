@@ -51,18 +51,18 @@ def adopt_equal_tensors(model: nn.Module, reference: nn.Module) -> int:
             other = reference.get_submodule(name)
         except AttributeError:
             continue
-        for key, param in list(module._parameters.items()):
-            ref = other._parameters.get(key)
+        theirs = dict(other.named_parameters(recurse=False))
+        for key, param in list(module.named_parameters(recurse=False)):
+            ref = theirs.get(key)
             if (
-                param is not None
-                and ref is not None
+                ref is not None
                 and ref is not param
                 and ref.shape == param.shape
                 and ref.dtype == param.dtype
                 and ref.device == param.device
                 and torch.equal(ref, param)
             ):
-                module._parameters[key] = ref
+                setattr(module, key, ref)  # nn.Module registers a Parameter set this way
                 adopted += 1
     return adopted
 
