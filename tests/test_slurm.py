@@ -65,11 +65,13 @@ SMALL = [
 ]
 
 
-def _submit(tmp_path, name, n_trials, overrides, array):
+def _submit(tmp_path, name, n_trials, overrides, array, pack=None):
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name=name, n=n_trials)))
     storage = f"journal://{tmp_path / name}.log"
-    result = submit_sweep(str(spec), [*overrides, f"run_root={tmp_path / 'runs'}"], array=array, storage=storage)
+    result = submit_sweep(
+        str(spec), [*overrides, f"run_root={tmp_path / 'runs'}"], array=array, storage=storage, pack=pack
+    )
     return result["job_id"], optuna.load_study(study_name=name, storage=_storage(storage))
 
 
@@ -134,6 +136,20 @@ def test_array_of_two_workers_runs_every_trial(tmp_path):
         text=True,
     )
     assert "4 complete" in status.stdout and f"SLURM jobs {job_id}" in status.stdout, status.stderr
+
+
+def test_array_of_packed_workers_runs_every_trial(tmp_path):
+    """--pack 2 on SLURM: the pack is stored with the study, so each array task packs its trials."""
+    overrides = [*CLUSTER, *SMALL, "trainer.max_steps=4", "trainer.eval_every=2", "tracking=none"]
+    job_id, study = _submit(tmp_path, "packed", 4, overrides, array=2, pack=2)
+    _wait_for_job(job_id, tmp_path)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, _logs(tmp_path)
+    assert "packing up to 2 trials" in _logs(tmp_path)
+    store = RunStore(tmp_path / "runs")
+    records = [store.run(t.user_attrs["config_hash"]).metrics() for t in trials]
+    assert all("packed_with" in r and "memory/pack_peak_bytes" in r for r in records)
+    assert any(r["packed_with"] for r in records)  # trials of one task shared base matmuls
 
 
 def test_requeued_task_resumes_its_trial_from_the_checkpoint(tmp_path):
