@@ -272,3 +272,34 @@ def test_pack_auto_sizes_from_the_memory_cap(tmp_path):
     assert plan_pack(spec, overrides, 3, cap="600MiB") == 3
     with pytest.raises(UserError, match="at most 3 fit"):
         plan_pack(spec, overrides, 4, cap="600MiB")
+
+
+@pytest.mark.slow
+def test_worker_under_torchrun_holds_the_same_pack_on_every_rank(tmp_path):
+    """Two processes (gloo), pack 2, three trials: rank 0 pops the trials and tells rank 1 how many it started at
+    each refill; each trial trains on both ranks (DDP) and equals its one-process solo run (no dropout: masks are
+    drawn per process)."""
+    import os
+
+    from lorasweep.sweep.launch import prepare
+    from lorasweep.sweep.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    overrides = [*SMALL, "trainer.max_steps=4", "model.dropout=0.0", f"run_root={tmp_path / 'runs'}"]
+    spec, _ = prepare(_spec(tmp_path, GRID.replace("choices: [qv, all]", "choices: [qv]") + "n_trials: 2\n"), overrides)
+    spec.n_trials = 2
+    create_study(spec, url, overrides)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537"]
+    command += ["-m", "lorasweep.cli", "worker", "--study", "grid", "--storage", url, "--pack", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "packing up to 2 trials" in done.stdout
+    trials = optuna.load_study(study_name="grid", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        run = RunStore(tmp_path / "runs").run(t.user_attrs["config_hash"])
+        assert '"num_processes": 2' in run.env_file.read_text()
+        assert run.metrics()["packed_with"]
+        solo = train(compose(t.user_attrs["overrides"]), resources=Resources(), run_dir=tmp_path / "solo" / run.hash)
+        assert math.isclose(t.value, solo["eval/loss"], rel_tol=1e-4), (t.value, solo["eval/loss"])

@@ -15,30 +15,40 @@ from optuna.trial import TrialState
 from .. import internals
 from ..errors import one_line
 from ..pack.scheduler import Pack, Slot
+from ..ranks import broadcast_from_main
 from .heartbeat import Heartbeat
 
 
-def run_packed(study, size: int, resources, should_stop, run_trial, requeue, label: str) -> int:
+def run_packed(state, study, size: int, resources, should_stop, run_trial, requeue, label: str) -> int:
     """Trials until the queue is empty (or a signal), `size` at a time; returns how many ended here.
     run_trial(trial) -> (state, values) | None (interrupted): what an unpacked worker does with one trial;
-    requeue(study, trial_id, reason): fail an interrupted trial and queue its copy."""
+    requeue(study, trial_id, reason): fail an interrupted trial and queue its copy.
+
+    Under torchrun rank 0 decides: at every refill it tells the other ranks how many trials it started
+    (`follow_packed` starts as many), and each trial broadcasts its overrides as an unpacked one does. The pack
+    runs the same on every rank, so their collectives (DDP's gradient reduction included) pair up."""
+    multi = state.num_processes > 1
     pack = Pack()
     resources.pack = pack
     storage = internals.study_storage(study)
     done = 0
 
     def fill() -> None:
+        started = 0
         while len(pack) < size and not (should_stop is not None and should_stop()):
             optuna.storages.fail_stale_trials(study)
             queued = internals.pop_waiting_trial_id(study)
             if queued is None:
-                return
+                break
+            started += 1
             trial = optuna.Trial(study, queued)
             trial.set_user_attr("worker", label)
             trial.set_user_attr("pack", size)
             heartbeat = Heartbeat(storage, internals.trial_id(trial)).__enter__()
             slot = pack.start(f"trial {trial.number}", run_trial, trial)
             slot.trial, slot.heartbeat = trial, heartbeat
+        if multi:
+            broadcast_from_main(state, started)
 
     def on_done(slot: Slot) -> None:
         nonlocal done
@@ -47,6 +57,8 @@ def run_packed(study, size: int, resources, should_stop, run_trial, requeue, lab
         try:
             if isinstance(slot.error, UpdateFinishedTrialError):
                 print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
+            elif slot.error is not None and multi:  # told FAIL already; the other ranks may be in a collective:
+                raise slot.error  # end the worker, so that torchrun stops them all (as an unpacked worker does)
             elif slot.error is not None:  # outside the trial's own handling (it fails the trial itself)
                 trial.set_user_attr("fail_reason", one_line(f"{type(slot.error).__name__}: {slot.error}", 500))
                 study.tell(trial, state=TrialState.FAIL)
@@ -59,6 +71,32 @@ def run_packed(study, size: int, resources, should_stop, run_trial, requeue, lab
             print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
         done += 1
         fill()  # the freed place goes to the next queued trial at once
+
+    fill()
+    try:
+        pack.run(on_done)
+    finally:
+        resources.pack = None
+    return done
+
+
+def follow_packed(state, resources, run_trial) -> int:
+    """Ranks other than 0: hold the same pack as rank 0, starting as many trials as it says at every refill;
+    run_trial() receives one trial's overrides and trains it."""
+    pack = Pack()
+    resources.pack = pack
+    done = 0
+
+    def fill() -> None:
+        for _ in range(broadcast_from_main(state, 0)):
+            pack.start("follower", run_trial)
+
+    def on_done(slot: Slot) -> None:
+        nonlocal done
+        if slot.error is not None:
+            raise slot.error  # as an unpacked follower: torchrun stops every rank
+        done += 1
+        fill()
 
     fill()
     try:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..config import compose, config_hash
-from ..errors import UserError, one_line
+from ..errors import one_line
 from ..estimate.fit import check_trial_memory
 from ..ranks import broadcast_from_main
 from ..resources import Resources
@@ -29,12 +29,14 @@ from ..run import Callbacks, train
 from ..runrow import settings
 from ..slurm import identity
 from .heartbeat import Heartbeat
-from .packed import run_packed
+from .packed import follow_packed, run_packed
 from .retry import requeue_copy
 from .spec import SweepSpec, trial_overrides
 from .study import load_study
 
 STOP = None  # broadcast to the other ranks: no trial left
+SKIP = "skip"  # broadcast to the other ranks: this trial is not trained (predicted over the memory cap)
+PACK = "pack"  # broadcast to the other ranks as (PACK, size): hold the same pack of trials (sweep/packed.py)
 
 
 def worker_index() -> int:
@@ -80,14 +82,10 @@ def run_worker(
 
     size = plan_pack(spec, cli_overrides, pack if pack is not None else (spec.pack or 1), memory_cap)
     if size > 1:
-        if state.num_processes > 1:
-            raise UserError(
-                f"--pack {size} needs one process per worker: pack trials in each single-process worker "
-                "(a SLURM array of them), not under torchrun"
-            )
         print(f"packing up to {size} trials on one frozen base", flush=True)
+        broadcast_from_main(state, (PACK, size))  # under torchrun every rank holds the same pack
         run_one = lambda trial: _run_trial(state, trial, spec, cli_overrides, resources, should_stop, memory_cap)  # noqa: E731
-        return run_packed(study, size, resources, should_stop, run_one, _requeue, worker_label())
+        return run_packed(state, study, size, resources, should_stop, run_one, _requeue, worker_label())
     done = 0
     while True:
         if should_stop is not None and should_stop():  # a signal between trials: take no new one
@@ -178,6 +176,7 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         skip = check_trial_memory(trial, cfg, memory_cap)
         if skip:
             print(f"trial {trial.number} not trained: {skip}", flush=True)
+            broadcast_from_main(state, SKIP)
             return TrialState.PRUNED, None
         broadcast_from_main(state, overrides)
 
@@ -215,13 +214,25 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
 
 
 def _follow(state, resources, should_stop) -> int:
-    """Ranks other than 0: train whatever config rank 0 sends, until it sends STOP."""
+    """Ranks other than 0: train whatever config rank 0 sends, until it sends STOP (or hold its pack)."""
     done = 0
     while True:
         overrides = broadcast_from_main(state, STOP)
         if overrides is STOP:
             return done
+        if isinstance(overrides, tuple) and overrides[0] == PACK:
+            return follow_packed(state, resources, lambda: _follow_one(state, resources, should_stop, SKIP))
+        if overrides == SKIP:
+            continue
         # A failure here ends this process (rank 0 records the trial's failure): torchrun then stops every rank,
         # rather than leave rank 0 waiting in a collective this rank will never join.
         train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
         done += 1
+
+
+def _follow_one(state, resources, should_stop, skip):
+    """One trial of a follower's pack: the overrides rank 0's trial broadcasts, trained with it."""
+    overrides = broadcast_from_main(state, STOP)
+    if overrides in (STOP, skip):
+        return None
+    return train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
