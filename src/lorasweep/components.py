@@ -32,6 +32,7 @@ class Components:
     loop_cfg: object  # cfg with trainer.grad_accum matching `micro` (the global batch, and the hash, unchanged)
     figures: dict = field(default_factory=dict)  # params/* and memory/* known before the first step
     backward: Callable | None = None  # loss -> None: the accelerator's, or the pack's (batched with other trials)
+    packed: bool = False  # trained in a pack with other trials (lorasweep/pack/)
 
 
 def build_components(cfg, accelerator, resources) -> Components:
@@ -85,6 +86,7 @@ def build_components(cfg, accelerator, resources) -> Components:
         loop_cfg,
         figures,
         backward,
+        packed=resources.pack is not None,
     )
 
 

@@ -44,6 +44,7 @@ class Loop:
         self.train_set, self.eval_set, self.collate = components.train_set, components.eval_set, components.collate
         self.micro, self.total_steps = components.micro, components.total_steps
         self.backward = components.backward or accelerator.backward
+        self.packed = components.packed  # K trials' progress bars would overwrite each other: none in a pack
         self.callbacks, self.tracker = callbacks or Callbacks(), tracker
         self.history: list = []
         self.position = ckpt.Position()
@@ -58,7 +59,9 @@ class Loop:
         """completed | pruned (on_eval said stop) | interrupted (should_stop: checkpointed). perf/loop_time_s
         is the time in here: what a sweep's overhead is measured against."""
         t, self.position, start = self.cfg.trainer, position, time.perf_counter()
-        progress = _progress(t.progress and self.acc.is_main_process, self.total_steps, position.step)
+        progress = _progress(
+            t.progress and self.acc.is_main_process and not self.packed, self.total_steps, position.step
+        )
         self.model.train()
         try:
             if t.eval_at_start and position.step == 0:
