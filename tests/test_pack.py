@@ -226,6 +226,10 @@ def test_bad_packs_from_the_command_line(tmp_path):
         proc = _cli(*args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "--pack must be a positive integer or auto" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    mixed = tmp_path / "mixed.yaml"  # an incompatible forced pack: accelerate holds one precision per process
+    mixed.write_text(GRID + "  trainer.mixed_precision: {type: categorical, choices: ['no', bf16]}\n")
+    proc = _cli("sweep", str(mixed), "--pack", "2", "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 2 and "searches trainer.mixed_precision" in proc.stderr, proc.stderr
     bad_spec = tmp_path / "bad.yaml"
     bad_spec.write_text(GRID + "pack: many\n")
     proc = _cli("sweep", str(bad_spec), "tracking=none", cwd=tmp_path)

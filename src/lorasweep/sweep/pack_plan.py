@@ -19,6 +19,8 @@ from ..pack.size import parse_pack
 from .memory_estimate import sweep_points
 from .spec import trial_overrides
 
+# Settings a process holds once for all its runs: trials that differ in them cannot train in one pack.
+PROCESS_WIDE_KEYS = ("trainer.mixed_precision",)
 MOST_AUTO = 8  # auto never packs more: past a few trials a CPU is saturated and a GPU's gain flattens
 
 
@@ -28,6 +30,12 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
     requested = parse_pack(requested)
     if requested == 1:
         return 1
+    for key in PROCESS_WIDE_KEYS:
+        if any(p.key == key for p in spec.params):
+            raise UserError(
+                f"--pack {requested}: the spec searches {key}, which one process holds one value of (accelerate's "
+                f"state), so its trials cannot share a pack; fix it in `fixed`, or sweep it without --pack"
+            )
     if requested != "auto" and not _has_cap(spec, overrides, cap):
         return requested
     root = Path(compose(trial_overrides(spec, overrides, _first_point(spec))).run_root)
