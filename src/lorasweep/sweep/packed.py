@@ -56,7 +56,10 @@ def run_packed(state, study, size: int, resources, should_stop, run_trial, reque
         trial = slot.trial
         try:
             if isinstance(slot.error, UpdateFinishedTrialError):
-                print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
+                print(
+                    f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued",
+                    flush=True,
+                )
             elif slot.error is not None and multi:  # told FAIL already; the other ranks may be in a collective:
                 raise slot.error  # end the worker, so that torchrun stops them all (as an unpacked worker does)
             elif slot.error is not None:  # outside the trial's own handling (it fails the trial itself)
@@ -68,7 +71,9 @@ def run_packed(state, study, size: int, resources, should_stop, run_trial, reque
                 trial_state, values = slot.result
                 study.tell(trial, values=values, state=trial_state)
         except UpdateFinishedTrialError:
-            print(f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued")
+            print(
+                f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued", flush=True
+            )
         done += 1
         fill()  # the freed place goes to the next queued trial at once
 
