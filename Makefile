@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
-# The default run (what a developer runs; about 3 min on 2 cores: 626 tests in 2m57s on 2026-11-29). CI also runs test-wheel, test-slow, test-slurm.
+# The default run (what a developer runs; about 5 min on 2 cores: 653 tests in 4m35s on 2026-11-30). CI also runs test-wheel, test-slow, test-slurm.
 test: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
