@@ -118,3 +118,11 @@ def test_private_apis_of_optuna_hydra_accelerate_argparse_only_in_internals():
             if library_module or (kind == "attribute" and (where, name) not in OTHER_PRIVATE):
                 offenders.append(f"{where}: {kind} {name}")
     assert offenders == [], "use a function of lorasweep/internals.py (with its test) instead"
+
+
+def test_every_folder_of_modules_is_a_package():
+    """The wheel's find_packages skips a folder without __init__.py (an editable install still imports it as a
+    namespace package, so only a built wheel would show the hole)."""
+    folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").is_file())
+    assert missing == []
