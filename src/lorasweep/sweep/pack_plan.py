@@ -36,9 +36,10 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
                 f"--pack {requested}: the spec searches {key}, which one process holds one value of (accelerate's "
                 f"state), so its trials cannot share a pack; fix it in `fixed`, or sweep it without --pack"
             )
-    if requested != "auto" and not _has_cap(spec, overrides, cap):
+    first = compose(trial_overrides(spec, overrides, _first_point(spec)))
+    if requested != "auto" and memory_cap(first, cap) is None:
         return requested
-    root = Path(compose(trial_overrides(spec, overrides, _first_point(spec))).run_root)
+    root = Path(first.run_root)
     root_existed = root.exists()
     base, own, limit, where = _need(spec, overrides, cap, device)
     fits = max(0, (limit - base) // max(own, 1))
@@ -58,10 +59,6 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
             f"{fits} fit"
         )
     return requested
-
-
-def _has_cap(spec, overrides, cap) -> bool:
-    return memory_cap(compose(trial_overrides(spec, overrides, _first_point(spec))), cap) is not None
 
 
 def _first_point(spec) -> dict:

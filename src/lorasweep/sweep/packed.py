@@ -77,11 +77,7 @@ def run_packed(state, study, size: int, resources, should_stop, run_trial, reque
         done += 1
         fill()  # the freed place goes to the next queued trial at once
 
-    fill()
-    try:
-        pack.run(on_done)
-    finally:
-        resources.pack = None
+    _drive(resources, pack, fill, on_done)
     return done
 
 
@@ -103,9 +99,14 @@ def follow_packed(state, resources, run_trial) -> int:
         done += 1
         fill()
 
+    _drive(resources, pack, fill, on_done)
+    return done
+
+
+def _drive(resources, pack: Pack, fill, on_done) -> None:
+    """Fill the pack, run it until no trial is left, and give the resources back unpacked."""
     fill()
     try:
         pack.run(on_done)
     finally:
         resources.pack = None
-    return done

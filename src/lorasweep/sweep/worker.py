@@ -221,7 +221,7 @@ def _follow(state, resources, should_stop) -> int:
         if overrides is STOP:
             return done
         if isinstance(overrides, tuple) and overrides[0] == PACK:
-            return follow_packed(state, resources, lambda: _follow_one(state, resources, should_stop, SKIP))
+            return follow_packed(state, resources, lambda: _follow_one(state, resources, should_stop))
         if overrides == SKIP:
             continue
         # A failure here ends this process (rank 0 records the trial's failure): torchrun then stops every rank,
@@ -230,9 +230,9 @@ def _follow(state, resources, should_stop) -> int:
         done += 1
 
 
-def _follow_one(state, resources, should_stop, skip):
+def _follow_one(state, resources, should_stop):
     """One trial of a follower's pack: the overrides rank 0's trial broadcasts, trained with it."""
     overrides = broadcast_from_main(state, STOP)
-    if overrides in (STOP, skip):
+    if overrides in (STOP, SKIP):
         return None
     return train(compose(overrides), callbacks=Callbacks(should_stop=should_stop), resources=resources)
