@@ -34,6 +34,14 @@ from .cli_options import (
 @MEMORY_CAP
 @PACK
 @click.option(
+    "--retry-failed",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="on an existing study, re-queue each failed trial (same params) up to N times in all; 0: never",
+)
+@click.option(
     "--estimate",
     "estimate_only",
     is_flag=True,
@@ -59,6 +67,7 @@ def sweep(
     dry_run,
     memory_cap,
     pack,
+    retry_failed,
     estimate_only,
     device,
     run_root,
@@ -96,17 +105,27 @@ def sweep(
                 study=study,
                 dry_run=dry_run,
                 pack=pack,
+                retry_failed=retry_failed,
             ),
             dry_run,
         )
         return 0
     from .signals import StopOnSignal
     from .sweep.launch import run_sweep
+    from .sweep.outcome import short_notes, study_outcome
     from .sweep.report import format_table, leaderboard
 
     stop = StopOnSignal().install()
     optuna_study, sweep_spec = run_sweep(
-        spec, overrides, workers=workers, n_trials=n_trials, storage=storage, study=study, should_stop=stop, pack=pack
+        spec,
+        overrides,
+        workers=workers,
+        n_trials=n_trials,
+        storage=storage,
+        study=study,
+        should_stop=stop,
+        pack=pack,
+        retry_failed=retry_failed,
     )
     if stop.received:
         click.echo(
@@ -115,8 +134,18 @@ def sweep(
             err=True,
         )
         return stop.exit_code
-    click.echo(format_table(leaderboard(optuna_study, sweep_spec)))
-    return 0
+    click.echo(format_table(short_notes(leaderboard(optuna_study, sweep_spec), optuna_study)))
+    if workers == 0:  # queue only: nothing ran here, so no verdict on the trials yet (`lorasweep status` gives it)
+        return 0
+    return _outcome(study_outcome(optuna_study))
+
+
+def _outcome(outcome: tuple[int, str | None]) -> int:
+    """Print the study's failure summary (if any) on stderr; the exit code (docs/errors.md)."""
+    code, line = outcome
+    if line:
+        click.echo(f"lorasweep: {line}", err=True)
+    return code
 
 
 @click.command()
@@ -151,12 +180,14 @@ def worker(study, storage, memory_cap, pack, config_dir):
 @STORAGE
 @RUN_ROOT()
 def status(study, storage, run_root):
-    """Trial states of a study next to its SLURM jobs' queue state."""
+    """Trial states of a study next to its SLURM jobs' queue state; exit 1 while failures outnumber completions."""
+    from .sweep.outcome import study_outcome
     from .sweep.status import study_status
     from .sweep.study import open_study
 
-    click.echo(study_status(*open_study(study, storage, run_root)[:2]))
-    return 0
+    optuna_study, spec, _ = open_study(study, storage, run_root)
+    click.echo(study_status(optuna_study, spec))
+    return _outcome(study_outcome(optuna_study))
 
 
 @click.command()

@@ -14,7 +14,7 @@ from .pack_plan import plan_pack
 from .samplers import make_pruner
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
-from .study import create_study
+from .study import DEFAULT_RETRY_FAILED, check_retry_failed, create_study
 
 
 def prepare(
@@ -49,13 +49,16 @@ def run_sweep(
     study: str | None = None,
     should_stop=None,
     pack=None,
+    retry_failed: int = DEFAULT_RETRY_FAILED,
 ):
     """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
-    StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials."""
+    StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials. On an existing study each
+    failed trial is re-queued first, up to `retry_failed` times in all (sweep/retry.py)."""
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
+    check_retry_failed(retry_failed)
     spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)
-    optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before training
+    optuna_study = create_study(spec, url, overrides, retry_failed)  # an unreachable storage fails here
     if workers == 0:  # queue only: workers are started elsewhere (`lorasweep worker`, a SLURM array)
         return optuna_study, spec
     if workers == 1:

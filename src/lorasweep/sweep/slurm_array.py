@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..slurm import client, queue
 from ..slurm.render import render, save_script, slurm_settings
 from .launch import prepare
-from .study import create_study
+from .study import DEFAULT_RETRY_FAILED, check_retry_failed, create_study
 
 
 def submit_sweep(
@@ -27,7 +27,11 @@ def submit_sweep(
     study: str | None = None,
     dry_run: bool = False,
     pack=None,
+    retry_failed: int = DEFAULT_RETRY_FAILED,
 ) -> dict:
+    """The array's script, and unless `dry_run` the job submitted after the study's trials are queued (its failed
+    ones re-queued first, up to `retry_failed` times each: the same queueing as a local sweep)."""
+    check_retry_failed(retry_failed)
     spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)  # workers read the pack from the study
     settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
     array = settings["array"] if array is None else array
@@ -43,7 +47,7 @@ def submit_sweep(
     if dry_run:
         return result
     client.check_with_sbatch(text)  # SLURM's own verdict on the request, before the study exists
-    optuna_study = create_study(spec, url, overrides)  # an unreachable storage fails here, before sbatch
+    optuna_study = create_study(spec, url, overrides, retry_failed)  # an unreachable storage fails here, before sbatch
     path = save_script(text, Path(settings["log_dir"]), f"{spec.study}.sbatch")
     job_id = client.sbatch(path)
     queue.record_job(optuna_study, job_id)

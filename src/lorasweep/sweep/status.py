@@ -5,8 +5,10 @@ from __future__ import annotations
 import optuna
 
 from ..slurm import queue
+from .outcome import short_notes
 from .report import format_table, leaderboard
 from .report.data import state_summary
+from .retry import superseded
 from .spec import SweepSpec
 from .study import BUDGET_ATTR
 
@@ -14,8 +16,11 @@ from .study import BUDGET_ATTR
 def study_status(study: optuna.Study, spec: SweepSpec) -> str:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     summary = state_summary(t.state.name for t in trials.values()) or "no trials"
+    requeued = len(superseded(list(trials.values())))
+    if requeued:  # failures whose copy replaced them (preempted, stale, retried by a rerun): not failures now
+        summary += f" ({requeued} of them re-queued)"
     lines = [f"study {study.study_name}: {summary} (budget {study.user_attrs.get(BUDGET_ATTR, '?')} trials)"]
-    rows = leaderboard(study, spec)
+    rows = short_notes(leaderboard(study, spec), study)  # a note on one short line; the whole reason is on the trial
     for row in rows:
         trial = trials[row["trial"]]
         row["worker"] = trial.user_attrs.get("worker", "")

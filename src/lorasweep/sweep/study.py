@@ -3,6 +3,8 @@
 The budget is enforced by queueing: `lorasweep sweep` (or a rerun of it) enqueues exactly as many trials as the
 budget still lacks, and workers only ever take queued trials. So K workers on one storage run exactly n_trials
 trials, with no race on "one more?"; a heartbeat-stale trial is failed and re-queued by the storage's callback.
+A rerun first re-queues the study's failed trials (`--retry-failed N`, sweep/retry.py): each copy takes its
+failed trial's place in the count, so only then are the trials still missing queued.
 The spec and the command-line overrides are stored on the study, so `lorasweep worker --study S --storage URL`
 needs nothing else.
 """
@@ -13,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from .retry import requeue_failed, superseded
 from .samplers import make_pruner, make_sampler
 from .spec import SweepSpec, check_grid_budget, grid_points
 from .storage import default_storage_url, open_storage
@@ -20,8 +23,15 @@ from .storage import default_storage_url, open_storage
 SPEC_ATTR, OVERRIDES_ATTR, BUDGET_ATTR = "lorasweep_spec", "lorasweep_overrides", "n_trials"
 
 
-def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> optuna.Study:
-    """Create or reopen the study and queue trials up to its budget."""
+DEFAULT_RETRY_FAILED = 1  # a rerun retries each failed trial once (`--retry-failed N`; 0: never)
+
+
+def create_study(
+    spec: SweepSpec, storage_url: str, overrides: list[str], retry_failed: int = DEFAULT_RETRY_FAILED
+) -> optuna.Study:
+    """Create or reopen the study, re-queue its failed trials (each up to `retry_failed` times in all) and queue
+    trials up to its budget."""
+    check_retry_failed(retry_failed)
     check_grid_budget(spec, "--n-trials")  # the spec's own n_trials was checked when it was parsed
     make_sampler(spec)  # a sampler option Optuna does not take fails here, before the storage is touched
     storage = open_storage(storage_url)
@@ -36,6 +46,12 @@ def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> opt
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(OVERRIDES_ATTR, list(overrides))
     study.set_user_attr(BUDGET_ATTR, spec.n_trials)
+    queued, left = requeue_failed(study, retry_failed)  # before the budget: a copy replaces its failed trial
+    if queued:
+        print(f"re-queued {queued} failed trial(s) with the same parameters", flush=True)
+    if left:
+        why = "retries off" if retry_failed == 0 else "each retried that many times already"
+        print(f"{left} failed trial(s) not re-queued (--retry-failed {retry_failed}: {why})", flush=True)
     if spec.sampler["name"] == "grid":
         _enqueue_grid(study, spec)
     else:
@@ -47,7 +63,7 @@ def create_study(spec: SweepSpec, storage_url: str, overrides: list[str]) -> opt
 def _enqueue_grid(study: optuna.Study, spec: SweepSpec) -> None:
     """Queue each grid point that no counted trial holds yet, its values fixed: exactly once per point."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = superseded(trials)
     keys = [p.key for p in spec.params]
     taken = set()
     for t in trials:
@@ -63,8 +79,13 @@ def _enqueue_grid(study: optuna.Study, spec: SweepSpec) -> None:
 def budget_used(study: optuna.Study) -> int:
     """Trials that count toward the budget: all but failures that were re-queued (their retry counts)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = superseded(trials)
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def check_retry_failed(retry_failed: int) -> None:
+    if retry_failed < 0:
+        raise UserError(f"--retry-failed must be >= 0, got {retry_failed}")
 
 
 def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[optuna.Study, SweepSpec, list[str]]:
