@@ -164,7 +164,9 @@ def test_cache_hit_skips_tokenising_and_is_written_atomically(tokenizer, tmp_pat
     def refuse(*args):
         raise AssertionError("tokenised again")
 
-    monkeypatch.setattr(data, "_tokenize", refuse)
+    from lorasweep.data import cache
+
+    monkeypatch.setattr(cache, "encode_splits", refuse)
     again, eval_again = data.tokenized_splits(config, tokenizer, tmp_path)
     assert again.to_dict() == train.to_dict() and eval_again.to_dict() == evaluation.to_dict()
     with pytest.raises(AssertionError, match="tokenised again"):  # a field that matters is a new key

@@ -17,9 +17,10 @@ def adapt_model(model: nn.Module, cfg):
 
 
 def modules_to_save(lora_cfg, task: str, model: nn.Module) -> list[str]:
-    """lora.modules_to_save, or by default the task head for classification and nothing for a causal LM."""
+    """lora.modules_to_save, or by default the task head for classification / regression, nothing for a causal LM."""
+    from .choices import SEQUENCE_TASKS
     from .models import head_names
 
     if lora_cfg.modules_to_save is not None:
         return list(lora_cfg.modules_to_save)
-    return head_names(model) if task == "classification" else []
+    return head_names(model) if task in SEQUENCE_TASKS else []

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from .errors import UserError
 
-TASKS = ("classification", "causal_lm")  # causal_lm: SFT, the loss on response tokens only
+TASKS = ("classification", "regression", "causal_lm")  # causal_lm: SFT, the loss on the trained tokens only
+SEQUENCE_TASKS = ("classification", "regression")  # a head over the whole sequence (regression: one output)
+DATA_STYLES = ("prompt_response", "chat", "text")  # causal_lm rows: prompt + response, a conversation, plain text
+TRAIN_ON = ("assistant", "last_assistant", "all")  # chat: which tokens are trained
 MODEL_SOURCES = ("packaged", "pretrained", "tiny")
 DATA_SOURCES = ("shipped", "hub", "local")
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
@@ -31,6 +34,7 @@ CHOICES = {
     "model.source": MODEL_SOURCES,
     "data.task": TASKS,
     "data.source": DATA_SOURCES,
+    "data.train_on": TRAIN_ON,
     "tracking.backend": TRACKING_BACKENDS,
     "tracking.mode": TRACKING_MODES,
 }

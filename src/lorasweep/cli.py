@@ -77,6 +77,36 @@ def train(overrides, cfg, force, slurm, dry_run, run_root, config_dir):
 
 @cli.command(**OPTIONS)
 @OVERRIDES
+@click.option("--show", "show", type=click.IntRange(min=0), default=3, show_default=True, metavar="N")
+@click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON list of {input_ids, labels, ...}")
+@RUN_ROOT(None)
+@CONFIG_DIR
+def data(overrides, show, split, as_json, run_root, config_dir):
+    """The first N examples of a split as the run trains on them: the trained part marked, labels named."""
+    from .config import compose
+    from .data.show import as_text, counts_line, shown_examples
+    from .models import load_tokenizer
+    from .preflight import check_config
+
+    config = compose(overrides_of(overrides, run_root, config_dir))
+    check_config(config)  # the same checks (and the same tokenised cache) as train
+    tokenizer = load_tokenizer(config.model)
+    rows, info = shown_examples(config, tokenizer, split, show)
+    if as_json:
+        from .data.show import as_json as to_json
+
+        click.echo(to_json(rows, info))
+        click.echo(counts_line(config, info), err=True)
+    else:
+        if rows:
+            click.echo(as_text(rows, info, tokenizer, split))
+        click.echo(counts_line(config, info))
+    return 0
+
+
+@cli.command(**OPTIONS)
+@OVERRIDES
 @click.option("--json", "as_json", is_flag=True, help="the account as JSON (bytes)")
 @click.option(
     "--device",

@@ -33,6 +33,8 @@ class Components:
     figures: dict = field(default_factory=dict)  # params/* and memory/* known before the first step
     backward: Callable | None = None  # loss -> None: the accelerator's, or the pack's (batched with other trials)
     packed: bool = False  # trained in a pack with other trials (lorasweep/pack/)
+    tokenizer: object = None  # decodes eval generations (trainer.eval_generate)
+    data_info: dict = field(default_factory=dict)  # label names, rows max_length dropped or truncated (data/)
 
 
 def build_components(cfg, accelerator, resources) -> Components:
@@ -53,7 +55,8 @@ def build_components(cfg, accelerator, resources) -> Components:
     model, tokenizer = resources.model(cfg)  # seeded: the head and then the LoRA A matrices are drawn from it
     report = adapt_model(model, cfg)  # adapt.py
     with accelerator.main_process_first():
-        train_set, eval_set = resources.datasets(cfg, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+        train_set, eval_set, data_info = resources.datasets(cfg, tokenizer, tokenized_cache(cfg))
+    name_labels(model, data_info["label_names"])
     loop_cfg = with_micro_batch(cfg, micro)
     total_steps = total_optimizer_steps(loop_cfg, len(train_set), micro)
     optimizer = build_optimizer(cfg.optim, model)  # its trainable parameters, LoRA+ groups
@@ -73,6 +76,7 @@ def build_components(cfg, accelerator, resources) -> Components:
         "params/lora": report.lora_parameters,
         **memory_account(accelerator.unwrap_model(model)),
         **planned,
+        **data_figures(data_info),
     }  # base, trainable, gradient bytes
     return Components(
         model,
@@ -87,7 +91,25 @@ def build_components(cfg, accelerator, resources) -> Components:
         figures,
         backward,
         packed=resources.pack is not None,
+        tokenizer=tokenizer,
+        data_info=data_info,
     )
+
+
+def data_figures(info: dict) -> dict:
+    """data/<split>_rows, _dropped, _truncated: what data.max_length did, recorded with the run (not silent)."""
+    return {f"data/{split}_{k}": n for split, counts in info["counts"].items() for k, n in counts.items()}
+
+
+def tokenized_cache(cfg) -> Path:
+    return Path(cfg.run_root) / ".cache" / "tokenized"
+
+
+def name_labels(model, names: list[str] | None) -> None:
+    """String labels' names in the model config (id2label / label2id), as transformers and peft users expect."""
+    if names:
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def _packed_backward(pack, accelerator, loss) -> None:

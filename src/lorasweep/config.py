@@ -39,18 +39,29 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    task: str = "classification"  # classification | causal_lm (SFT: loss on response tokens only)
+    task: str = "classification"  # classification | regression (float labels, one output, MSE) | causal_lm
+    # causal_lm rows (docs/data.md): prompt_response (prompt_field/prompt_template + response_field), chat
+    # (messages_field through the chat template), text (text_field, loss on every token). None: prompt_response.
+    style: Optional[str] = None
     source: str = "shipped"  # shipped (in lorasweep/datasets) | hub (datasets.load_dataset) | local (files)
     path: str = MISSING  # shipped dataset name, hub id, or a directory/file pattern for local files
     hub_config: Optional[str] = None  # second argument of load_dataset, e.g. "sst2" for glue
     format: Optional[str] = None  # local files: json | parquet | csv (default: from the file suffix)
     train_split: str = "train"
     eval_split: str = "validation"
-    text_field: str = "text"  # classification input
+    text_field: str = "text"  # classification / regression input; style=text: the text trained on
+    text_pair_field: Optional[str] = None  # classification / regression: a pair's second text (pair encoding)
     label_field: str = "label"
-    num_labels: int = 2
+    num_labels: int = 2  # classification: the head's outputs (string labels: as many as their names)
+    # classification with string labels: the names in id order; None: the train split's names, sorted
+    label_names: Optional[List[str]] = None
     prompt_field: str = "instruction"  # causal_lm: the prompt (not trained on)
+    # causal_lm: a Jinja template over the row's columns, rendered as the prompt in place of prompt_field
+    prompt_template: Optional[str] = None
     response_field: str = "response"  # causal_lm: the target (trained on)
+    messages_field: str = "messages"  # style=chat: a list of {role, content} (system, user, assistant)
+    chat_template: Optional[str] = None  # style=chat: a Jinja string or a .jinja file; None: the tokenizer's own
+    train_on: str = "assistant"  # style=chat: assistant (every turn) | last_assistant | all
     max_length: int = 128
     max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
@@ -95,6 +106,7 @@ class TrainerConfig:
     eval_batch_size: int = 128
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
+    eval_generate: int = 0  # causal_lm: also greedy-generate N eval examples' responses for eval/exact_match
     # Below: settings that do not change results, so they are left out of the config hash.
     log_every: int = 10
     eval_at_start: bool = False  # also evaluate the untrained model (step 0), for a baseline
@@ -215,6 +227,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.data.max_length <= 0:
         raise UserError(f"data.max_length must be > 0, got {cfg.data.max_length}")
+    from .data.styles import check_data_config
+
+    check_data_config(cfg.data, cfg.trainer)
     from .lora.scaling import validate_hyperparameters
 
     validate_hyperparameters(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.scaling)
@@ -255,6 +270,14 @@ HASH_OMITTED_DEFAULTS = {
     "lora.dora": False,
     "lora.init": "kaiming",
     "optim.lora_plus_ratio": 1.0,
+    "data.style": None,
+    "data.text_pair_field": None,
+    "data.label_names": None,
+    "data.prompt_template": None,
+    "data.messages_field": "messages",
+    "data.chat_template": None,
+    "data.train_on": "assistant",
+    "trainer.eval_generate": 0,
 }
 
 
@@ -292,11 +315,29 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
     return data
 
 
-def canonical_json(cfg: DictConfig | dict) -> str:
-    """Sorted keys, no whitespace, UTF-8, floats in Python's shortest round-trip form (1e-4 == 0.0001)."""
-    return json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical_json(cfg: DictConfig | dict, inputs: dict | None = None) -> str:
+    """Sorted keys, no whitespace, UTF-8, floats in Python's shortest round-trip form (1e-4 == 0.0001); with
+    `inputs` (fingerprints.hash_part) under the key "inputs" when there are any."""
+    data = semantic_config(cfg)
+    if inputs:
+        data["inputs"] = inputs
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def config_hash(cfg: DictConfig | dict) -> str:
-    """First 12 hex digits of sha256(canonical_json(cfg))."""
-    return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()[:12]
+def config_hash(cfg: DictConfig | dict, inputs: dict | None = None) -> str:
+    """First 12 hex digits of sha256(canonical_json): the semantic config and, for inputs that can change under the
+    same config (local data files, a local model directory), their content (fingerprints.py). `inputs`: a run's
+    recorded fingerprint (reproduce checks a stored hash with it); by default the files are read now (cached)."""
+    from .fingerprints import fingerprint, hash_part
+
+    part = hash_part(inputs if inputs is not None else fingerprint(_input_sections(cfg), hashed_only=True))
+    return hashlib.sha256(canonical_json(cfg, part).encode("utf-8")).hexdigest()[:12]
+
+
+def _input_sections(cfg: DictConfig | dict) -> DictConfig | dict:
+    """The data and model sections with the schema's defaults (a plain dict, such as a stored config, may omit
+    keys)."""
+    if isinstance(cfg, DictConfig):
+        return cfg
+    schemas = {"data": DataConfig, "model": ModelConfig}
+    return {k: OmegaConf.merge(OmegaConf.structured(schemas[k]), cfg[k]) for k in schemas if k in cfg}

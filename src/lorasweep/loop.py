@@ -3,7 +3,8 @@
 Knows nothing of W&B, Optuna or SLURM: a sweep sees each evaluation through `callbacks.on_eval` (return True to
 stop: pruning) and asks for a clean stop through `callbacks.should_stop` (checkpoint and return: a signal); a
 tracker (W&B or nothing) records what is logged. `trainer.batch_size` is the GLOBAL batch, split across the
-processes, so a config means the same computation on any number of devices.
+processes, so a config means the same computation on any number of devices; a step's loss is the mean over all
+of its items (`step`), so it is also the same however the batch is split into micro-batches.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 
 from . import checkpoint as ckpt
 from .accounting import optimizer_state_bytes
-from .ranks import any_rank, main_decides
-from .tasks import evaluate, forward_loss
+from .data import IGNORE
+from .ranks import gather_in_order, main_decides, sum_across
+from .tasks import evaluate, exact_matches, forward_loss
 
 
 @dataclass
@@ -28,11 +30,20 @@ class Callbacks:
     should_stop: Callable[[], bool] | None = None  # checked every step: checkpoint and return (signals)
 
 
-def epoch_order(n: int, micro: int, seed: int, epoch: int) -> list[list[int]]:
-    """The micro-batches of one epoch, a pure function of (seed, epoch): resumable and the same on every rank."""
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The examples of one epoch in order, a pure function of (seed, epoch): resumable and the same on every rank
+    (and for every micro batch: a step takes the next trainer.batch_size of them, split as it likes)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + micro] for i in range(0, n - micro + 1, micro)]
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def item_count(labels: torch.Tensor, task: str) -> int:
+    """What a batch's loss averages over, counted on the host from the collated labels (no device sync): a causal
+    LM's target tokens (labels after the first that are not IGNORE, as the shifted loss sees them), else its
+    examples (classification, regression)."""
+    if task == "causal_lm":
+        return int((labels[:, 1:] != IGNORE).sum())
+    return int(labels.shape[0])
 
 
 class Loop:
@@ -43,8 +54,10 @@ class Loop:
         self.model, self.optimizer, self.scheduler = components.model, components.optimizer, components.scheduler
         self.train_set, self.eval_set, self.collate = components.train_set, components.eval_set, components.collate
         self.micro, self.total_steps = components.micro, components.total_steps
+        self.global_batch = self.micro * cfg.trainer.grad_accum  # trainer.batch_size: examples per step
         self.backward = components.backward or accelerator.backward
         self.packed = components.packed  # K trials' progress bars would overwrite each other: none in a pack
+        self.tokenizer = components.tokenizer  # trainer.eval_generate decodes with it
         self.callbacks, self.tracker = callbacks or Callbacks(), tracker
         self.history: list = []
         self.position = ckpt.Position()
@@ -58,6 +71,7 @@ class Loop:
     def run(self, position: ckpt.Position) -> str:
         """completed | pruned (on_eval said stop) | interrupted (should_stop: checkpointed). perf/loop_time_s
         is the time in here: what a sweep's overhead is measured against."""
+        position = ckpt.in_examples(position, len(self.train_set), self.global_batch)  # an older checkpoint's
         t, self.position, start = self.cfg.trainer, position, time.perf_counter()
         progress = _progress(
             t.progress and self.acc.is_main_process and not self.packed, self.total_steps, position.step
@@ -89,42 +103,64 @@ class Loop:
             self.loop_time = time.perf_counter() - start
 
     def _optimizer_steps(self, position: ckpt.Position):
-        """Yields each optimizer step's micro-batches (this process's share); `step` advances `position`."""
-        accum = self.cfg.trainer.grad_accum
+        """Yields each optimizer step's micro-batches (this process's share); `step` advances `position` by the
+        global batch: it counts examples, so a resume with another micro batch continues at the same example."""
+        micro, size = self.micro, self.global_batch
         while position.step < self.total_steps:
-            order = epoch_order(len(self.train_set), self.micro, self.cfg.seed, position.epoch)
-            while position.batch + accum <= len(order) and position.step < self.total_steps:
-                yield [self._local(order[position.batch + k]) for k in range(accum)]
+            order = epoch_order(len(self.train_set), self.cfg.seed, position.epoch)
+            while position.batch + size <= len(order) and position.step < self.total_steps:
+                start = position.batch
+                yield [self._local(order[i : i + micro]) for i in range(start, start + size, micro)]
             if position.step < self.total_steps:
                 position.epoch, position.batch = position.epoch + 1, 0
 
     def step(self, micro_batches: list[list[int]]) -> None:
         """One optimizer step over grad_accum micro-batches (gradients synchronised on the last one); moves
-        `self.position` past them."""
-        loss_sum, tokens = 0.0, 0
-        for k, indices in enumerate(micro_batches):
-            batch = self._batch(indices)
+        `self.position` past them.
+
+        The step's loss is the sum of its items' losses (target tokens, or examples) over their count on every
+        micro-batch and process, the same however the batch is split. Micro-batch k's mean loss is weighted by
+        count_k * world / count: it is its sum over the step's count, and DDP averages gradients over the world
+        (at one micro-batch on one process the weight is exactly 1: the plain mean). The counts come from the
+        labels on the host; the loss is summed on the device and read once, after the last backward."""
+        task, world = self.cfg.data.task, self.acc.num_processes
+        batches = [self.collate([self.train_set[i] for i in indices]) for indices in micro_batches]
+        counts = [item_count(batch["labels"], task) for batch in batches]
+        total = self._step_count(sum(counts))
+        step_loss, tokens = torch.zeros((), device=self.acc.device), 0
+        for k, (batch, count) in enumerate(zip(batches, counts)):
             tokens += int(batch["attention_mask"].sum())
-            last = k == len(micro_batches) - 1
+            last = k == len(batches) - 1
             with self.acc.no_sync(self.model) if not last else nullcontext():
-                loss, *_ = forward_loss(self.model, batch, self.cfg.data.task)
-                self.backward(loss / len(micro_batches))
-            loss_sum += loss.item() / len(micro_batches)
+                loss, *_ = forward_loss(self.model, self._on_device(batch), task)
+                weighted = loss * (count * world / total)
+                self.backward(weighted)
+            step_loss += weighted.detach()
+        # Summed over ranks: every rank holds the same step loss, so a non-finite one raises on all together.
+        mean_loss = (step_loss if world == 1 else self.acc.reduce(step_loss, reduction="sum")).item() / world
         step = self.position.step + 1
-        if any_rank(self.acc, not math.isfinite(loss_sum)):  # every rank raises, none waits in a collective
-            raise FloatingPointError(f"non-finite training loss ({loss_sum} here) at step {step}")
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"non-finite training loss ({mean_loss}) at step {step}")
         if self.cfg.optim.max_grad_norm:
             self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.position.batch += len(micro_batches)
+        self.position.batch += self.global_batch
         self.position.step = step
         if not self.optimizer_bytes:  # measured once the first step has created the state
             self.optimizer_bytes = optimizer_state_bytes(self.optimizer)
-        self.window.add(loss_sum, tokens * self.acc.num_processes)
+        self.window.add(mean_loss, tokens * world)
         if step % self.cfg.trainer.log_every == 0 or step == self.total_steps:
             self.log_training(step)
+
+    def _step_count(self, local: int):
+        """The step's item count over every process (at least 1: a step with no target token weighs 0): an int
+        on one process; else summed once, on the device, and left there (dividing by it does not wait)."""
+        if self.acc.num_processes == 1:
+            return max(local, 1)
+        count = torch.tensor(local, dtype=torch.long, device=self.acc.device)
+        return self.acc.reduce(count, reduction="sum").clamp(min=1)
 
     def log_training(self, step: int) -> None:
         mean_loss, step_time, tokens_per_s = self.window.flush()
@@ -141,8 +177,7 @@ class Loop:
 
     def evaluate(self, step: int) -> bool:
         """Evaluate on every rank's share, record it, and return whether the caller's on_eval says stop."""
-        reduce = lambda t: self.acc.reduce(t.to(self.acc.device), reduction="sum").cpu()  # noqa: E731
-        self.last_eval = evaluate(self.model, self._eval_batches(), self.cfg.data.task, reduce)
+        self.last_eval = self._eval_metrics()
         if not math.isfinite(self.last_eval["eval/loss"]):
             raise FloatingPointError(f"non-finite eval loss ({self.last_eval['eval/loss']}) at step {step}")
         self._record({"step": step, **self.last_eval})
@@ -152,6 +187,19 @@ class Loop:
             else False
         )
         return main_decides(self.acc, stop)
+
+    def _eval_metrics(self) -> dict:
+        """The task's figures over the whole eval split (tasks.py); with trainer.eval_generate, exact match too."""
+        acc, data, n = self.acc, self.cfg.data, len(self.eval_set)
+        gather = lambda local: gather_in_order(acc, local, n)  # noqa: E731
+        reduce = lambda t: sum_across(acc, t)  # noqa: E731
+        metrics = evaluate(self.model, self._eval_batches(), data.task, reduce, gather, data.num_labels)
+        generate = min(self.cfg.trainer.eval_generate, n)
+        if generate:
+            mine = [self.eval_set[i] for i in range(acc.process_index, generate, acc.num_processes)]
+            matches, _ = exact_matches(acc.unwrap_model(self.model), mine, self.tokenizer, data.max_length)
+            metrics["eval/exact_match"] = float(reduce(torch.tensor([float(matches)], dtype=torch.float64))) / generate
+        return metrics
 
     def checkpoint(self) -> None:
         directory = self.run_dir.checkpoints_dir
@@ -202,16 +250,14 @@ class Loop:
         share = len(indices) // self.acc.num_processes
         return indices[self.acc.process_index * share : (self.acc.process_index + 1) * share]
 
-    def _batch(self, indices, examples=None):
-        examples = self.train_set if examples is None else examples
-        batch = self.collate([examples[i] for i in indices])
+    def _on_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device) for k, v in batch.items()}
 
     def _eval_batches(self):
         rank, world, size = self.acc.process_index, self.acc.num_processes, self.cfg.trainer.eval_batch_size
         mine = list(range(rank, len(self.eval_set), world))
         for i in range(0, len(mine), size):
-            yield self._batch(mine[i : i + size], self.eval_set)
+            yield self._on_device(self.collate([self.eval_set[j] for j in mine[i : i + size]]))
 
     def _record(self, record: dict) -> None:
         if self.acc.is_main_process:
@@ -221,7 +267,8 @@ class Loop:
 
 
 class _Window:
-    """Training losses and tokens since the last log line, and the training time they took (pauses excluded)."""
+    """Training losses (one per step: its item mean) and tokens since the last log line, and the training time
+    they took (pauses excluded)."""
 
     def __init__(self):
         self.losses: list[float] = []

@@ -27,14 +27,47 @@ class Metric:
         return self.name.split("/")[-1].replace("_", " ")
 
 
-_CLS, _LM = ("classification",), ("causal_lm",)
+_CLS, _REG, _LM = ("classification",), ("regression",), ("causal_lm",)
+# (name, meaning, unit, tasks) of the figures evaluation reports; each also has an eval/initial_ variant for the
+# untrained model (trainer.eval_at_start). Every one but the loss and MSE is better when larger.
+_EVAL = (
+    ("accuracy", "share of eval examples classified right", "fraction", _CLS),
+    ("f1", "F1 of label 1 for two classes (as GLUE), the macro mean of per-class F1 otherwise", "fraction", _CLS),
+    ("matthews", "Matthews correlation of predicted and true labels (multiclass form)", "", _CLS),
+    ("mse", "mean squared error of the predicted scores", "", _REG),
+    ("pearson", "Pearson correlation of predicted and true scores", "", _REG),
+    ("spearman", "Spearman rank correlation of predicted and true scores", "", _REG),
+    ("perplexity", "exp(eval/loss): perplexity on the trained tokens", "", _LM),
+    ("token_accuracy", "share of eval trained tokens predicted right (greedy)", "fraction", _LM),
+    (
+        "exact_match",
+        "share of trainer.eval_generate eval examples whose greedy generation equals the reference (whitespace "
+        "stripped)",
+        "fraction",
+        _LM,
+    ),
+)
+_LOWER_IS_BETTER = ("mse", "perplexity")
 METRICS: tuple[Metric, ...] = (
-    Metric("eval/loss", "mean loss on the eval split at the last evaluation", "minimize"),
-    Metric("eval/accuracy", "share of eval examples classified right", "maximize", "fraction", tasks=_CLS),
-    Metric("eval/token_accuracy", "share of eval response tokens predicted right", "maximize", "fraction", tasks=_LM),
+    Metric("eval/loss", "mean loss on the eval split at the last evaluation (regression: MSE)", "minimize"),
+    *(
+        Metric(f"eval/{n}", meaning, "minimize" if n in _LOWER_IS_BETTER else "maximize", unit, tasks=tasks)
+        for n, meaning, unit, tasks in _EVAL
+    ),
     Metric("eval/initial_loss", "eval loss of the untrained model (trainer.eval_at_start)"),
-    Metric("eval/initial_accuracy", "eval accuracy of the untrained model", unit="fraction", tasks=_CLS),
-    Metric("eval/initial_token_accuracy", "eval token accuracy of the untrained model", unit="fraction", tasks=_LM),
+    *(
+        Metric(f"eval/initial_{n}", f"{n} of the untrained model", unit=unit, tasks=tasks)
+        for n, _, unit, tasks in _EVAL
+    ),
+    *(
+        Metric(f"data/{split}_{k}", f"{split} split: {meaning}", unit="count")
+        for split in ("train", "eval")
+        for k, meaning in (
+            ("rows", "rows read (after data.max_*_examples)"),
+            ("dropped", "rows dropped: no trained token within data.max_length"),
+            ("truncated", "rows cut to data.max_length"),
+        )
+    ),
     Metric("train/loss", "mean training loss over the last log_every steps", "minimize"),
     Metric("train/lr", "learning rate after the step", final=False),
     Metric("params/trainable", "parameters that get gradients: LoRA A and B, and the task head", "minimize", "count"),
@@ -105,6 +138,8 @@ METRICS: tuple[Metric, ...] = (
     ),
 )
 BY_NAME = {m.name: m for m in METRICS}
+# The figure each task is read by first (GLUE: accuracy; STS-B: Pearson; SFT: the eval loss): tables lead with it.
+HEADLINE = {"classification": "eval/accuracy", "regression": "eval/pearson", "causal_lm": "eval/loss"}
 
 
 def objective_names(task: str) -> set[str]:

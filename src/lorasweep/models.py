@@ -7,12 +7,20 @@ from pathlib import Path
 
 from torch import nn
 
+from .choices import SEQUENCE_TASKS
 from .errors import UserError
 
 TASK_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
+    "regression": "AutoModelForSequenceClassification",  # one output (head_size)
     "causal_lm": "AutoModelForCausalLM",
 }
+
+
+def head_size(task: str, num_labels: int | None) -> int | None:
+    """Outputs of a sequence task's head: one score for regression, num_labels for classification."""
+    return 1 if task == "regression" else num_labels
+
 
 # Tiny configs: small enough for CPU tests, shaped like the real families (fused QKV, GQA, gated MLP).
 TINY_CONFIGS: dict[str, dict] = {
@@ -73,7 +81,8 @@ def load_pretrained(
     name_or_path: str | Path, task: str, num_labels: int | None = None, revision: str | None = None
 ) -> nn.Module:
     """A pretrained model from a local directory or a hub id (hub ids need network or a filled cache)."""
-    kwargs = {"num_labels": num_labels} if task == "classification" and num_labels else {}
+    num_labels = head_size(task, num_labels)
+    kwargs = {"num_labels": num_labels} if task in SEQUENCE_TASKS and num_labels else {}
     return _from_hub_or_dir(_auto_class(task), name_or_path, revision, **kwargs)
 
 
@@ -97,8 +106,8 @@ def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None
     if arch not in TINY_CONFIGS:
         raise UserError(f"no tiny config for {arch!r}: expected one of {', '.join(TINY_CONFIGS)}")
     config = AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides})
-    if task == "classification":
-        config.num_labels = num_labels or 2
+    if task in SEQUENCE_TASKS:
+        config.num_labels = head_size(task, num_labels) or 2
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
     return _auto_class(task).from_config(config)
@@ -106,34 +115,63 @@ def build_tiny(arch: str, task: str = "causal_lm", num_labels: int | None = None
 
 def build_model(model_cfg, task: str, num_labels: int):
     """(model, tokenizer) for a model config. Tiny models borrow the packaged MiniLM tokenizer."""
-    from transformers import AutoTokenizer
-
+    tokenizer = load_tokenizer(model_cfg)
     if model_cfg.source == "tiny":
-        tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
         model = build_tiny(model_cfg.arch, task=task, num_labels=num_labels, vocab_size=len(tokenizer))
     else:
-        path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
-        if path is None:
-            raise UserError(f"model.name_or_path is required for model.source={model_cfg.source}")
-        tokenizer = _load_tokenizer(path, model_cfg.revision)
-        model = load_pretrained(path, task, num_labels=num_labels, revision=model_cfg.revision)
+        model = load_pretrained(model_path(model_cfg), task, num_labels=num_labels, revision=model_cfg.revision)
     if model_cfg.dropout is not None:
         set_dropout(model, model_cfg.dropout)
     if model_cfg.get("quantization", "none") != "none":  # after loading: see quantize.py
         from .quantize import quantize_model
 
         quantize_model(model, model_cfg.quantization, model_cfg.double_quant, model_cfg.compute_dtype)
-    if tokenizer.pad_token is None:  # GPT-2/Llama tokenizers have none; pad with EOS (masked anyway)
-        tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def _load_tokenizer(path, revision=None):
+def model_path(model_cfg):
+    """The packaged MiniLM's directory, or model.name_or_path (a hub id or a directory)."""
+    path = packaged_minilm_dir() if model_cfg.source == "packaged" else model_cfg.name_or_path
+    if path is None:
+        raise UserError(f"model.name_or_path is required for model.source={model_cfg.source}")
+    return path
+
+
+def offline_tokenizer(model_cfg):
+    """The tokenizer where it can be read without a download, else None (a hub id not in the local cache: the
+    model's load reports that). A local directory without tokenizer files is an error."""
+    local = model_cfg.source != "pretrained" or Path(str(model_cfg.name_or_path)).expanduser().is_dir()
+    try:
+        return load_tokenizer(model_cfg)
+    except UserError:
+        if local:
+            raise
+        return None
+
+
+def load_tokenizer(model_cfg):
+    """The model's tokenizer as training uses it (a pad token where it has none: EOS, masked anyway)."""
     from transformers import AutoTokenizer
 
-    return _from_hub_or_dir(AutoTokenizer, path, revision)
+    if model_cfg.source == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
+    else:
+        path = model_path(model_cfg)
+        local = Path(str(path)).expanduser()
+        try:
+            tokenizer = _from_hub_or_dir(AutoTokenizer, path, model_cfg.revision)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            if not local.is_dir() or isinstance(exc, UserError):
+                raise
+            raise UserError(
+                f"model directory {local} has no usable tokenizer files (tokenizer.json, tokenizer_config.json, "
+                f"...): save the tokenizer beside the model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            ) from None
+    if tokenizer.pad_token is None:  # GPT-2/Llama tokenizers have none; pad with EOS (masked anyway)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def set_dropout(model: nn.Module, p: float) -> None:
@@ -153,8 +191,8 @@ def skeleton(config, task: str, num_labels: int = 2) -> nn.Module:
     from accelerate import init_empty_weights
 
     config = copy.deepcopy(config)
-    if task == "classification":
-        config.num_labels = num_labels
+    if task in SEQUENCE_TASKS:
+        config.num_labels = head_size(task, num_labels)
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
     with init_empty_weights():

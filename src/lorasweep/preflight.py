@@ -9,6 +9,9 @@ reproduce all call it).
                              so an unknown preset, a module list matching nothing, a rank above a matrix's
                              size or a modules_to_save entry matching nothing fail here, with apply_lora's message
     the run root             a directory this process can create and write (probed, then removed)
+    the data                 the tokenizer files, the chat template, every row tokenised as the run will
+                             (columns, labels, roles, templates, max_length): data/; a good result is the run's
+                             tokenised cache entry, so the run does not tokenise again
 
 Where the architecture cannot be known offline (a hub id not in the local cache), the model checks are left to
 the load, which fails with its own one-line error.
@@ -28,11 +31,34 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import UserError
 
 
-def check_config(cfg: DictConfig, run_root: bool = True) -> None:
+def check_config(cfg: DictConfig, run_root: bool = True, data: bool = True) -> None:
     """Raise a one-line UserError for the first thing wrong with `cfg` (keys and values were checked at compose)."""
     check_model(cfg)
     if run_root:
         check_run_root(cfg.run_root)
+    if data:
+        check_data(cfg)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The rows as the run will tokenise them (a hub dataset or model not available offline: left to the load)."""
+    from .data import tokenized_data
+    from .data.chat import require_template
+    from .data.styles import style_of
+
+    tokenizer = _tokenizer(_json(cfg.model))
+    if tokenizer is None:
+        return
+    if style_of(cfg.data) == "chat":
+        require_template(tokenizer, cfg.data.chat_template, cfg.model.name)
+    tokenized_data(cfg.data, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_json: str):
+    from .models import offline_tokenizer
+
+    return offline_tokenizer(OmegaConf.create(json.loads(model_json)))
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -90,10 +116,10 @@ def check_task(config, task: str, label: str) -> None:
                 f"(data.task=causal_lm); choose a decoder model (model=tiny_gpt2, model=tiny_llama, ...) "
                 f"or a classification dataset"
             )
-    elif task == "classification" and mtype not in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+    elif task != "causal_lm" and mtype not in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise UserError(
             f"model {label} ({mtype}) has no sequence-classification class in transformers; "
-            f"choose another model for data.task=classification"
+            f"choose another model for data.task={task}"
         )
 
 

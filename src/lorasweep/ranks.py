@@ -30,3 +30,23 @@ def _any(accelerator, flag: bool) -> bool:
         return bool(flag)
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+
+def sum_across(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of every rank's tensor (on the CPU)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    return accelerator.reduce(tensor.to(accelerator.device), reduction="sum").cpu()
+
+
+def gather_in_order(accelerator, local: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows i = rank, rank + world, ... of n, one tensor per rank -> all n rows in order i = 0..n-1, on every
+    rank: what one process would have computed alone (the ranks' shares are padded to one length to gather)."""
+    world = accelerator.num_processes
+    if world == 1:
+        return local
+    width = -(-n // world)
+    padded = torch.full((width, *local.shape[1:]), float("nan"), dtype=local.dtype)
+    padded[: len(local)] = local
+    gathered = accelerator.gather(padded.to(accelerator.device)).cpu()  # rank 0's rows, then rank 1's, ...
+    return gathered.reshape(world, width, *local.shape[1:]).transpose(0, 1).reshape(world * width, *local.shape[1:])[:n]

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import capture_rng, restore_rng
-from .data import tokenized_splits
+from .data import tokenized_data
 from .models import build_model
 from .pack.share import adopt_equal_tensors, private_modules, shared_copy, shares_base
 
@@ -58,11 +58,12 @@ class Resources:
         return copy.deepcopy(model)
 
     def datasets(self, cfg: DictConfig, tokenizer, cache_dir: Path):
-        """Tokenised (train, eval) examples as lists of dicts (row access from Arrow is slow)."""
+        """Tokenised (train, eval) examples as lists of dicts (row access from Arrow is slow), and the data's info
+        (label names, what max_length dropped or truncated: data/cache.py)."""
         key = json.dumps([OmegaConf.to_container(cfg.data), id(tokenizer), str(cache_dir)])
         if key not in self._data:
-            train_set, eval_set = tokenized_splits(cfg.data, tokenizer, cache_dir)
-            data = (train_set.to_list(), eval_set.to_list())
+            tokenized = tokenized_data(cfg.data, tokenizer, cache_dir)
+            data = (tokenized.train.to_list(), tokenized.eval.to_list(), tokenized.info)
             if not self.keep:
                 return data
             self._data[key] = data

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import quantize
-from ..models import TASK_CLASSES, packaged_minilm_dir, set_dropout
+from ..choices import SEQUENCE_TASKS
+from ..models import TASK_CLASSES, head_size, packaged_minilm_dir, set_dropout
 from .architectures import architecture_config
 
 
@@ -33,8 +34,8 @@ def build_fake_model(model_cfg, task: str, num_labels: int, device: str = "cpu")
     config = architecture_config(model_cfg)
     if model_cfg.source == "tiny":
         config.vocab_size = _packaged_vocab_size()  # build_model gives tiny models the MiniLM tokenizer
-    if task == "classification":
-        config.num_labels = num_labels or 2
+    if task in SEQUENCE_TASKS:
+        config.num_labels = head_size(task, num_labels) or 2
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
     dtype = torch.float32 if model_cfg.source == "tiny" else loaded_dtype(config, model_cfg)

@@ -121,18 +121,14 @@ def sequence_length(cfg) -> tuple[int, str]:
 
 def _longest_training_example(cfg) -> int | None:
     from ..data import tokenized_splits
-    from ..models import _load_tokenizer, packaged_minilm_dir
+    from ..models import offline_tokenizer
 
     if cfg.data.source == "hub" and not Path(str(cfg.data.path)).expanduser().is_dir():
         return None  # a hub dataset is not read here (no network in an estimate)
     try:
-        if cfg.model.source in ("tiny", "packaged"):
-            path = packaged_minilm_dir()
-        elif Path(str(cfg.model.name_or_path)).expanduser().is_dir():
-            path = Path(str(cfg.model.name_or_path)).expanduser()
-        else:
-            return None  # a hub model's tokenizer: not read here either
-        tokenizer = _load_tokenizer(path)
+        tokenizer = offline_tokenizer(cfg.model)
+        if tokenizer is None:
+            return None  # a hub model's tokenizer that is not cached: not fetched here either
         train_set, _ = tokenized_splits(cfg.data, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
     except (UserError, OSError, ValueError):
         return None

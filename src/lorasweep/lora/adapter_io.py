@@ -1,6 +1,7 @@
 """Adapters on disk in peft's format, so peft (and vLLM) load what lorasweep trains.
 
     <dir>/adapter_config.json        peft LoraConfig fields
+    <dir>/labels.json                id2label / label2id, where the labels have names
     <dir>/adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r, d_in)
                                      base_model.model.<module>.lora_B.weight (d_out, r)
                                      base_model.model.<module>.<param> for modules_to_save
@@ -37,6 +38,7 @@ from .targets import Target, block_suffixes, matches_suffix, resolve_targets
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+LABELS_NAME = "labels.json"  # id2label / label2id of a string-labelled classifier (peft's config has no field)
 PREFIX = "base_model.model."
 META_KEY = "lorasweep"
 _SIGNATURE_FIELDS = ("model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "vocab_size")
@@ -169,8 +171,31 @@ def save_adapter(model: nn.Module, path: str | Path, base_model_name_or_path: st
     atomic_write_bytes(
         path / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)})
     )
+    names = label_names(model)
+    if names:  # before the config: a directory with a config is complete
+        atomic_write_json(path / LABELS_NAME, {"id2label": dict(enumerate(names)), "label2id": _ids(names)})
     atomic_write_json(path / CONFIG_NAME, config)
     return path
+
+
+def label_names(model: nn.Module) -> list[str] | None:
+    """The names of a classifier's labels from its config, or None where they are transformers' LABEL_<i>."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def read_label_names(path: str | Path) -> list[str] | None:
+    """labels.json of an adapter directory (string-labelled classifiers), or None."""
+    file = Path(path) / LABELS_NAME
+    if not file.is_file():
+        return None
+    id2label = json.loads(file.read_text())["id2label"]
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def _ids(names: list[str]) -> dict[str, int]:
+    return {n: i for i, n in enumerate(names)}
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
