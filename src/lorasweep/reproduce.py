@@ -3,7 +3,9 @@
 The stored resolved config is recomposed against the CURRENT schema (a key that no longer exists is named),
 rerun into runs/<hash>/reproductions/<n>/, and every final metric is compared: on CPU the deterministic ones
 must be bitwise equal; on GPU they are compared against a tolerance. Environment drift (versions, commit,
-device) is reported against the stored env.json.
+device) is reported against the stored env.json. Inputs that changed since the run (a data file, a model's
+weights, a hub model's commit: inputs.json against the files now, fingerprints.py) are named, and nothing is
+rerun: the rerun could not reproduce the run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig, config_hash, validate
 from .errors import UserError, one_line
+from .fingerprints import changes, fingerprint
 from .lora.targets import parse_targets_label
 from .metrics import deterministic_metrics
 from .runstore import RunDir, RunStore
@@ -91,15 +94,18 @@ def reproduce(
         original = run.metrics() if run.is_complete() else None
         if original is None:
             raise UserError(f"run {run.hash} is not complete (no metrics.json): nothing to compare against")
-        original_env = run.env()
+        original_env, recorded = run.env(), run.inputs()
     else:
         stored_config = dict(stored_config)
-        original, original_env = stored_config.pop("_metrics", {}), {}
+        original, original_env, recorded = stored_config.pop("_metrics", {}), {}, {}
         cfg = recompose(stored_config, f"W&B run {hash_prefix}")
-        run = store.run(config_hash(cfg))
-    digest = config_hash(cfg)
-    if not digest.startswith(hash_prefix.lower()[: len(digest)]):
-        raise UserError(f"stored config hashes to {digest}, not {hash_prefix}: the canonical form changed")
+    current = fingerprint(cfg)
+    if stored_config is not None:
+        run = store.run(config_hash(cfg, current))
+    _check_hash(cfg, hash_prefix, recorded, current)
+    changed = changes(recorded, current)
+    if changed:
+        raise UserError(f"cannot reproduce {run.hash}: {'; '.join(changed)} (nothing rerun)")
     target = next_reproduction_dir(run)
     OmegaConf.update(cfg, "run_root", str(store.root), force_add=True)
     if tolerance is None and torch.cuda.is_available():
@@ -127,8 +133,18 @@ def reproduce(
         metrics = train(cfg, tracker=NullTracker(), run_dir=target, force=True)
     comparison = compare_metrics(original or {}, metrics, tolerance)
     comparison.drift = env_drift(original_env, RunDir(target).env())
+    if not recorded:
+        notes.append("the run recorded no inputs.json: a changed data file or model could not be named")
     comparison.notes = notes
     return comparison, target, metrics
+
+
+def _check_hash(cfg: DictConfig, hash_prefix: str, recorded: dict, current: dict) -> None:
+    """The stored config, with the inputs it recorded, hashes to HASH. A run without inputs.json (or a config
+    from W&B) may be hashed with today's files, or, filed before inputs joined the hash, without them."""
+    hashes = [config_hash(cfg, recorded)] if recorded else [config_hash(cfg, current), config_hash(cfg, {})]
+    if not any(h.startswith(hash_prefix.lower()[: len(h)]) for h in hashes):
+        raise UserError(f"stored config hashes to {hashes[0]}, not {hash_prefix}: the canonical form changed")
 
 
 # The same config hash computes the same run on any number of processes up to the order in which gradients are

@@ -1,6 +1,7 @@
 """train(cfg) -> metrics: the run lifecycle around the loop.
 
-    config hash -> lock the run directory -> reuse a completed run, or resume from its checkpoint, or start ->
+    inputs' fingerprint and config hash -> lock the run directory -> reuse a completed run, or resume from its
+    checkpoint (either only when trained on the same inputs), or start ->
     components (components.py) -> tracker -> loop (loop.py) -> export the adapter -> the run's record
     (metrics.json, whatever the ending)
 
@@ -20,7 +21,8 @@ from omegaconf import DictConfig
 from . import checkpoint as ckpt
 from .components import build_components
 from .config import config_hash
-from .errors import one_line
+from .errors import UserError, one_line
+from .fingerprints import changes, fingerprint, with_loaded_commit
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
 from .lora import save_adapter
@@ -49,13 +51,14 @@ def train(
     from accelerate import PartialState
 
     check_config(cfg, run_root=run_dir is None)  # before any lock or file (preflight.py)
-    digest = config_hash(cfg)
+    inputs = fingerprint(cfg)  # the data files' and a local model's content (cached), a hub model's commit
+    digest = config_hash(cfg, inputs)
     if resources is not None and resources.pack is not None:
         resources.pack.claim(digest)  # this trial's name in the pack (and one run of a config at a time)
     run = RunDir(run_dir) if run_dir else RunStore(cfg.run_root).run(digest)
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes == 1 and run.is_complete() and not force:  # ranks decide together, below
-        return _reused(run, digest)
+        return _reused(run, digest, _verdict(run, inputs, force))
     callbacks = callbacks or Callbacks()
     lock = (
         RunLock(run.path, cfg.trainer.lock_timeout_s, should_stop=callbacks.should_stop)
@@ -65,24 +68,43 @@ def train(
     # Only the main rank locks; the others learn its verdict once it holds the lock (or gave up on a signal).
     try:
         with lock if lock else nullcontext():
-            verdict = broadcast_from_main(state, "reuse" if run.is_complete() and not force else "train")
-            if verdict == "reuse":
-                if lock and lock.waited_for:
-                    print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result", flush=True)
-                return _reused(run, digest)
+            verdict = broadcast_from_main(state, _verdict(run, inputs, force))
             if verdict == "train":
-                return _train_locked(cfg, digest, run, tracker, callbacks, resources, fresh=force)
+                return _train_locked(cfg, digest, run, inputs, tracker, callbacks, resources, fresh=force)
+            if verdict != "stop":  # "stop": the main rank was stopped while waiting (below)
+                if lock and lock.waited_for and verdict == "reuse":
+                    print(f"run {digest} was completed by {lock.waited_for} meanwhile: reusing its result", flush=True)
+                return _reused(run, digest, verdict)
     except RunLockStopped as stopped:  # the main rank, on a signal while waiting: the others get "stop"
         broadcast_from_main(state, "stop")
         print(f"{stopped}", flush=True)
     return {"status": "interrupted", "config_hash": digest, "step": 0}
 
 
-def _reused(run: RunDir, digest: str) -> dict:
+def _verdict(run: RunDir, inputs: dict, force: bool) -> str:
+    """ "reuse", "train", or why not (one line): a completed run or a checkpoint is taken up only when it was
+    trained on these inputs (inputs.json; a run filed before it was recorded is trusted). Local files are in the
+    hash, so this refuses what it cannot cover: a shipped dataset or a hub model's commit that moved."""
+    if force:
+        return "train"
+    complete = run.is_complete()
+    if complete or ckpt.latest_checkpoint(run.checkpoints_dir) is not None:
+        changed = changes(run.inputs(), inputs)
+        if changed:
+            what = "result" if complete else "checkpoint"
+            return f"run {run.hash} has a {what} trained on other inputs: {'; '.join(changed)} (--force retrains it)"
+    return "reuse" if complete else "train"
+
+
+def _reused(run: RunDir, digest: str, verdict: str) -> dict:
+    if verdict != "reuse":
+        raise UserError(verdict)
     return {**run.metrics(), "status": "reused", "config_hash": digest}
 
 
-def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, resources, fresh: bool) -> dict:
+def _train_locked(
+    cfg, digest: str, run: RunDir, inputs: dict, tracker, callbacks: Callbacks, resources, fresh: bool
+) -> dict:
     from accelerate import Accelerator
 
     reset_accelerator_settings()  # a worker's earlier trial may have had other settings
@@ -93,7 +115,8 @@ def _train_locked(cfg, digest: str, run: RunDir, tracker, callbacks: Callbacks, 
     memory = pack.memory if pack is not None else PeakMemory(accelerator.device).start()
     parts = build_components(cfg, accelerator, resources)
     if main:
-        run.begin(cfg, environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes))
+        env = environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes)
+        run.begin(cfg, env, with_loaded_commit(inputs, cfg.model))  # a first run has just downloaded it
     accelerator.wait_for_everyone()
     loop = Loop(parts.loop_cfg, accelerator, parts, run, callbacks=callbacks)
     position = _resume_or_start(run, loop, accelerator, digest, fresh)

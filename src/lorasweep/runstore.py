@@ -2,6 +2,8 @@
 
     config.yaml     the resolved config (what `reproduce` recomposes)
     env.json        python/torch/transformers/lorasweep versions, git commit, device, seed
+    inputs.json     what it was trained on: its data files' and local model files' sha256, a hub model's commit
+                    (fingerprints.py); reuse and resume check it
     history.jsonl   one JSON object per logged step (and {"event": "resume", ...} markers)
     metrics.json    the run's record however it ended: "status" (completed | pruned | interrupted | failed), the
                     step it reached, its last evaluation, params and memory figures; complete = "completed"
@@ -37,6 +39,7 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.json")
     history_file = property(lambda self: self.path / "history.jsonl")
     env_file = property(lambda self: self.path / "env.json")
+    inputs_file = property(lambda self: self.path / "inputs.json")
     adapter_dir = property(lambda self: self.path / "adapter")
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
 
@@ -81,15 +84,21 @@ class RunDir:
         with open(self.history_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def begin(self, cfg: DictConfig, env: dict) -> "RunDir":
-        """Create (or reopen, for a resume) the directory and record the config and environment."""
+    def begin(self, cfg: DictConfig, env: dict, inputs: dict | None = None) -> "RunDir":
+        """Create (or reopen, for a resume) the directory and record the config, environment and inputs."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(self.env_file, env)
+        if inputs is not None:
+            atomic_write_json(self.inputs_file, inputs)
         return self
 
     def env(self) -> dict:
         return json.loads(self.env_file.read_text()) if self.env_file.is_file() else {}
+
+    def inputs(self) -> dict:
+        """The recorded input fingerprints; {} for a run filed before they were recorded."""
+        return json.loads(self.inputs_file.read_text()) if self.inputs_file.is_file() else {}
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.metrics_file, metrics)
