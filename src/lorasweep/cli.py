@@ -194,7 +194,12 @@ def compare(hashes, study, run_root, out):
     metavar="NAME=HASH_OR_DIR",
     help="an adapter (a run hash, a run directory or an adapter directory); repeatable",
 )
-@click.option("--input", "input_path", required=True, help='JSON lines: {"text": ..., "adapter": NAME or "base"}')
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    help='JSON lines: {"text", "text_pair"?, "adapter": NAME or "base"} or {"messages": [...], "adapter"}',
+)
 @click.option("--output", default=None, help="JSON lines out (default: stdout)")
 @click.option(
     "--base",
@@ -205,9 +210,9 @@ def compare(hashes, study, run_root, out):
 @RUN_ROOT()
 @click.option(
     "--task",
-    type=click.Choice(["classification", "causal_lm"]),
+    type=click.Choice(["classification", "regression", "causal_lm"]),
     default=None,
-    help="default: from the adapters' task_type",
+    help="default: from the adapters' task_type (a one-output head: regression)",
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)

@@ -1,24 +1,28 @@
 """`lorasweep predict`: many adapters, one base model, one mixed batch at a time.
 
-Input: JSON lines {"text": ..., "adapter": NAME} (NAME one of the loaded adapters, or "base" for none).
-Output: one JSON line per input line, in order — classification: {"adapter", "label", "probabilities"};
-causal_lm: {"adapter", "generation"} (greedy, the prompt formatted as in SFT training).
+Input: JSON lines (predict_requests.py): {"text", "text_pair"?, "adapter"} or {"messages", "adapter"}.
+Output: one JSON line per input line, in order — classification: {"adapter", "label", "probabilities"} (label:
+its name where the adapter's labels have names); regression: {"adapter", "score"}; causal_lm: {"adapter",
+"generation"} (greedy; a prompt formatted as in SFT training, a conversation through the chat template).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from .data.chat import CHAT_TEMPLATE_NAME
 from .errors import UserError
 from .fileio import atomic_write_text
-from .lora.adapter_io import CONFIG_NAME, PREFIX, WEIGHTS_NAME
+from .lora.adapter_io import CONFIG_NAME, PREFIX, WEIGHTS_NAME, read_label_names
 from .lora.multi import BASE, load_adapters
 from .models import HEAD_NAMES
+from .predict_requests import Request, read_requests
 
 TASK_TYPES = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal_lm"}
 
@@ -47,32 +51,6 @@ def parse_adapter_specs(specs: list[str], run_root: str | Path = "runs") -> dict
             raise UserError(f"adapter name {BASE!r} is reserved for the bare base model")
         out[name] = resolve_adapter_path(target, run_root)
     return out
-
-
-def read_requests(input_file: str | Path, known: set[str]) -> list[tuple[str, str]]:
-    """[(text, adapter)] from the JSON lines; every line is checked (and unknown adapters named) before use."""
-    requests, unknown = [], {}
-    for n, line in enumerate(Path(input_file).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{input_file}:{n}: not valid JSON: {exc}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f'{input_file}:{n}: expected an object with a string "text"')
-        adapter = row.get("adapter", BASE)
-        if not isinstance(adapter, str):
-            raise UserError(f'{input_file}:{n}: "adapter" must be a name, got {adapter!r}')
-        if adapter != BASE and adapter not in known:
-            unknown.setdefault(adapter, n)
-        requests.append((row["text"], adapter))
-    if unknown:
-        listed = ", ".join(f"{a!r} (line {n})" for a, n in unknown.items())
-        raise UserError(
-            f"{input_file}: unknown adapter {listed}; loaded: {', '.join(sorted(known)) or 'none'} (or {BASE!r})"
-        )
-    return requests
 
 
 def _adapter_facts(paths: Mapping[str, Path]) -> tuple[set, int | None]:
@@ -138,6 +116,8 @@ def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labe
             f"the adapters come from runs on different base models ({listed}): serve them separately, or pass --base"
         )
     first = next(iter(bases.values()), None)
+    if base is None and first is None:
+        base = _declared_base(paths)
     model = _model_config(base) if base is not None else first.model if first is not None else _model_config("minilm")
     seeds = {cfg.seed for cfg in runs.values()}
     return OmegaConf.create(
@@ -147,6 +127,15 @@ def base_config(paths: Mapping[str, Path], base: str | None, task: str, num_labe
             "seed": seeds.pop() if len(seeds) == 1 else 0,
         }
     )
+
+
+def _declared_base(paths: Mapping[str, Path]) -> str | None:
+    """A bare adapter's base_model_name_or_path (adapter_config.json), where it names a directory here or a hub id."""
+    for path in paths.values():
+        declared = json.loads((path / CONFIG_NAME).read_text()).get("base_model_name_or_path")
+        if declared and (Path(declared).expanduser().is_dir() or not declared.startswith((".", "/", "~"))):
+            return declared
+    return None
 
 
 def _load_base(cfg):
@@ -178,13 +167,15 @@ def predict_file(
         if len(tasks) > 1:
             raise UserError(f"the adapters were trained for different tasks: {sorted(tasks)}")
         task = TASK_TYPES.get(next(iter(tasks), "SEQ_CLS"), "classification")
+    if task == "classification" and num_labels == 1:
+        task = "regression"  # a one-output head: scores
     model, tokenizer = _load_base(base_config(paths, None if base is None else str(base), task, num_labels))
     loaded = load_adapters(model, paths) if paths else None
+    context = Serving(model, tokenizer, loaded, max_length, max_new_tokens, _labels(paths), _chat_templates(paths))
     out = []
     for start in range(0, len(requests), batch_size):
-        texts, names = zip(*requests[start : start + batch_size])
-        run = _classify if task == "classification" else _generate
-        out.extend(run(model, tokenizer, loaded, list(texts), list(names), max_length, max_new_tokens))
+        batch = requests[start : start + batch_size]
+        out.extend((_generate if task == "causal_lm" else _score)(context, batch, task))
     lines = "".join(json.dumps(p) + "\n" for p in out)
     if output_file is None:
         sys.stdout.write(lines)
@@ -199,12 +190,44 @@ def _selected(loaded, names):
     return loaded.use(names) if loaded is not None else nullcontext()
 
 
+@dataclass
+class Serving:
+    """What every batch of a predict call uses: the model, its adapters and what they were trained with."""
+
+    model: object
+    tokenizer: object
+    loaded: object  # load_adapters' set, or None
+    max_length: int
+    max_new_tokens: int
+    label_names: dict  # adapter -> names of its labels (labels.json), where they have names
+    chat_templates: dict  # adapter -> the chat template its run trained with (chat_template.jinja)
+
+
+def _labels(paths: Mapping[str, Path]) -> dict:
+    return {name: names for name, path in paths.items() if (names := read_label_names(path)) is not None}
+
+
+def _chat_templates(paths: Mapping[str, Path]) -> dict:
+    return {n: (p / CHAT_TEMPLATE_NAME).read_text() for n, p in paths.items() if (p / CHAT_TEMPLATE_NAME).is_file()}
+
+
 @torch.no_grad()
-def _classify(model, tokenizer, loaded, texts, names, max_length, _):
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    with _selected(loaded, names):
-        probs = model(**batch).logits.float().softmax(-1)
-    return [{"adapter": n, "label": int(p.argmax()), "probabilities": p.tolist()} for n, p in zip(names, probs)]
+def _score(s: Serving, batch: list[Request], task: str):
+    if any(r.messages is not None for r in batch):
+        raise UserError('"messages" requests need a causal LM (chat) adapter; classification takes "text"')
+    texts, names = [r.text for r in batch], [r.adapter for r in batch]
+    pairs = [r.text_pair or "" for r in batch] if any(r.text_pair is not None for r in batch) else None
+    enc = s.tokenizer(texts, pairs, padding=True, truncation=True, max_length=s.max_length, return_tensors="pt")
+    with _selected(s.loaded, names):
+        logits = s.model(**enc).logits.float()
+    if task == "regression":
+        return [{"adapter": n, "score": float(v)} for n, v in zip(names, logits[:, 0])]
+    out = []
+    for n, p in zip(names, logits.softmax(-1)):
+        label = int(p.argmax())
+        label_names = s.label_names.get(n)
+        out.append({"adapter": n, "label": label_names[label] if label_names else label, "probabilities": p.tolist()})
+    return out
 
 
 @torch.no_grad()
@@ -222,12 +245,24 @@ def generate_mixed(model, loaded, names, input_ids, attention_mask, max_new_toke
         )
 
 
-@torch.no_grad()
-def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens):
-    from .data import end_token, sft_prompt_ids
+def _prompt_ids(s: Serving, request: Request) -> list[int]:
+    """What the model continues: a conversation through its chat template, else the prompt as SFT formats it."""
+    from .data import sft_prompt_ids
+    from .data.chat import prompt_ids, require_template
 
-    end = end_token(tokenizer)
-    prompts = [p[-max_length:] for p in sft_prompt_ids(texts, tokenizer)]
+    if request.messages is None:
+        return sft_prompt_ids([request.text], s.tokenizer)[0]
+    template = s.chat_templates.get(request.adapter)
+    require_template(s.tokenizer, template, "the base model")
+    return prompt_ids(list(request.messages), s.tokenizer, template)
+
+
+@torch.no_grad()
+def _generate(s: Serving, batch: list[Request], task: str):
+    from .data import end_token
+
+    tokenizer, names, end = s.tokenizer, [r.adapter for r in batch], end_token(s.tokenizer)
+    prompts = [_prompt_ids(s, r)[-s.max_length :] for r in batch]
     width = max(len(p) for p in prompts)  # left padding: every prompt ends where generation starts
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
@@ -235,12 +270,12 @@ def _generate(model, tokenizer, loaded, texts, names, max_length, max_new_tokens
         input_ids[i, width - len(p) :] = torch.tensor(p)
         attention_mask[i, width - len(p) :] = 1
     generated = generate_mixed(
-        model,
-        loaded,
+        s.model,
+        s.loaded,
         names,
         input_ids,
         attention_mask,
-        max_new_tokens,
+        s.max_new_tokens,
         eos_token_id=end,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -82,7 +82,8 @@ def encode_splits(data_cfg, tokenizer, tag: str = "") -> tuple[datasets.DatasetD
     names = label_names(data_cfg, train)  # load_raw_splits checked every label against these
     counts, encoded = {}, {}
     for split, ds in (("train", train), ("eval", eval_)):
-        encoding = Encoding(data_cfg, tokenizer, names, with_prompts=split == "eval" and data_cfg.task == "causal_lm")
+        prompts = split == "eval" and style_of(data_cfg) in ("prompt_response", "chat")  # eval_generate's prompts
+        encoding = Encoding(data_cfg, tokenizer, names, with_prompts=prompts)
         encoded[split] = _map(ds, encoding, f"{tag}-{split}")
         counts[split] = {k: encoding.counts[k] for k in ("rows", "truncated", "dropped")}
         if len(encoded[split]) == 0:

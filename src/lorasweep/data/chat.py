@@ -19,6 +19,7 @@ from ..errors import UserError, one_line
 from .tokens import IGNORE
 
 ROLES = ("system", "user", "assistant")
+CHAT_TEMPLATE_NAME = "chat_template.jinja"  # beside a chat run's adapter (transformers' name): what serving renders
 
 
 def check_messages(value, index: int, field: str) -> list[dict]:
@@ -86,6 +87,18 @@ def assistant_span(tokenizer, turns: list[dict], i: int, template: str | None, t
             "set data.chat_template to one that does not rewrite earlier turns, or data.train_on=all"
         )
     return len(before), len(through)
+
+
+def save_chat_template(directory, data_cfg, tokenizer) -> None:
+    """A chat run's template beside its adapter (chat_template.jinja, as transformers names it), for serving."""
+    from pathlib import Path
+
+    from ..fileio import atomic_write_text
+    from .templates import chat_template_text
+
+    if data_cfg.task == "causal_lm" and data_cfg.style == "chat":
+        template = chat_template_text(data_cfg.chat_template) or tokenizer.chat_template
+        atomic_write_text(Path(directory) / CHAT_TEMPLATE_NAME, template)
 
 
 def generation_prompt(turns: list[dict], tokenizer, template: str | None) -> tuple[list[int], str] | None:

@@ -19,7 +19,7 @@ def label_names(cfg, train: datasets.Dataset) -> list[str] | None:
     if cfg.task != "classification":
         return None
     feature = train.features.get(cfg.label_field)
-    values = train.unique(cfg.label_field)
+    values = unique_values(train, cfg.label_field)
     strings = [v for v in values if isinstance(v, str)]
     if cfg.label_names is not None:
         names = [str(n) for n in cfg.label_names]
@@ -41,7 +41,7 @@ def label_names(cfg, train: datasets.Dataset) -> list[str] | None:
 
 def check_labels(ds: datasets.Dataset, cfg, split: str, names: list[str] | None) -> None:
     """Every label of the split fits the task: ids in [0, num_labels), names known to train, or numbers."""
-    values = ds.unique(cfg.label_field)
+    values = unique_values(ds, cfg.label_field)
     where = f"split {split!r} (data.label_field={cfg.label_field!r})"
     if cfg.task == "regression":
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
@@ -73,6 +73,17 @@ def encode_labels(values: list, cfg, names: list[str] | None) -> list:
         return list(values)
     index = {n: i for i, n in enumerate(names)}
     return [index[v] if isinstance(v, str) else v for v in values]
+
+
+def unique_values(ds: datasets.Dataset, column: str) -> list:
+    """A column's distinct values; also where Arrow cannot (a JSON column of mixed types)."""
+    try:
+        return ds.unique(column)
+    except Exception:  # pyarrow's ArrowNotImplementedError for extension types, and the like
+        seen = {}
+        for value in ds[column]:
+            seen.setdefault(repr(value), value)
+        return list(seen.values())
 
 
 def _shown(values: list) -> str:

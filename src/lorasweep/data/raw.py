@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 
 from ..choices import require_choice
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 FORMAT_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -47,7 +47,11 @@ def _load_source(cfg) -> datasets.DatasetDict:
     require_choice("data.source", cfg.source)
     if cfg.source in ("shipped", "local"):
         fmt, files = _data_files(cfg)
-        return datasets.load_dataset(fmt, data_files=files)
+        try:
+            return datasets.load_dataset(fmt, data_files=files)
+        except datasets.exceptions.DatasetGenerationError as exc:  # the reader's own error is the cause
+            cause = exc.__cause__ or exc
+            raise UserError(f"cannot read {cfg.path} as {fmt}: {one_line(cause, 300)}") from None
     local = _local_dir(cfg.path)
     if local is None and cfg.path.startswith((".", "/", "~")):
         raise UserError(f"data path not found: {cfg.path}")
