@@ -166,3 +166,23 @@ def test_a_hub_models_commit_is_read_from_the_cache_offline(tmp_path):
     after = {"model": {**before["model"], "commit": moved}}
     assert changes(before, after) == [f"model org/model resolves to commit {moved} now, the run had {commit}"]
     assert changes(before, {"model": {**before["model"], "commit": None}}) == []  # unknown now: not a change
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_inputs(tmp_path):
+    from lorasweep.config import compose
+    from lorasweep.errors import UserError
+    from lorasweep.run import Callbacks, train
+    from lorasweep.runstore import RunStore
+
+    cfg = compose([*FAST, "trainer.max_steps=4", "trainer.checkpoint_every=2", f"run_root={tmp_path / 'runs'}"])
+    steps = iter(range(100))
+    interrupted = train(cfg, callbacks=Callbacks(should_stop=lambda: next(steps) == 2))
+    run = RunStore(cfg.run_root).run(interrupted["config_hash"])
+    assert interrupted["status"] == "interrupted" and (run.checkpoints_dir).is_dir()
+    inputs = run.inputs()
+    inputs["data"]["files"]["synth_sentiment/train.jsonl"] = "0" * 64
+    run.inputs_file.write_text(json.dumps(inputs))
+    with pytest.raises(UserError, match="has a checkpoint trained on other inputs: data changed since the run"):
+        train(cfg)
+    assert train(cfg, force=True)["status"] == "completed"  # --force: from step 0, on today's files
+    assert run.inputs()["data"]["files"]["synth_sentiment/train.jsonl"] != "0" * 64
