@@ -141,7 +141,7 @@ def test_stsb_shaped_csv_regression_records_scipy_pearson_and_spearman(capsys, t
 
     def rows(n):
         out = []
-        for i in range(n):
+        for _ in range(n):
             a = " ".join(rng.sample(words, 4))
             shared = rng.randint(0, 4)
             b = " ".join(a.split()[:shared] + rng.sample(words, 4 - shared))
@@ -152,7 +152,8 @@ def test_stsb_shaped_csv_regression_records_scipy_pearson_and_spearman(capsys, t
     write_csv(tmp_path / "stsb" / "validation.csv", rows(24))
     runs = tmp_path / "runs"
     overrides = ["data=glue_stsb", "data.source=local", f"data.path={tmp_path / 'stsb'}", "data.max_length=32",
-                 "trainer.max_steps=6", "trainer.batch_size=16", "optim.lr=2e-3", *FAST, f"run_root={runs}"]  # fmt: skip
+                 "trainer.max_steps=6", "trainer.batch_size=16", "optim.lr=2e-3", *FAST,
+                 f"run_root={runs}"]  # fmt: skip
     code, out, err = run(capsys, "train", *overrides)
     assert code == 0, out + err
     (run_dir,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
