@@ -52,7 +52,8 @@ def render(tokenizer, turns: list[dict], template: str | None, generation_prompt
             turns, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
         )
     except Exception as exc:  # jinja2's errors and the template's own raise_exception: the template's message
-        raise UserError(f"the chat template does not render a conversation: {one_line(exc, 300)}") from None
+        which = "data.chat_template" if template is not None else "the tokenizer's chat template"
+        raise UserError(f"{which} does not render a conversation: {one_line(exc, 300)}") from None
 
 
 def encode_conversation(turns: list[dict], tokenizer, template: str | None, train_on: str) -> tuple[list, list]:

@@ -47,6 +47,9 @@ def _load_source(cfg) -> datasets.DatasetDict:
     require_choice("data.source", cfg.source)
     if cfg.source in ("shipped", "local"):
         fmt, files = _data_files(cfg)
+        empty = next((f for fs in files.values() for f in fs if os.path.getsize(f) == 0), None)
+        if empty is not None:
+            raise UserError(f"data file {empty} is empty")
         try:
             return datasets.load_dataset(fmt, data_files=files)
         except datasets.exceptions.DatasetGenerationError as exc:  # the reader's own error is the cause
