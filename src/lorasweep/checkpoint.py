@@ -15,16 +15,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 from .fileio import publish_directory
 
 KEEP = 2
+EXAMPLES, MICRO_BATCHES = "examples", "micro_batches"  # what Position.batch counts; checkpoints before the unit
+# was saved counted micro-batches
 
 
 @dataclass
 class Position:
     step: int = 0  # optimizer steps done
     epoch: int = 0
-    batch: int = 0  # micro-batches consumed in this epoch
+    batch: int = 0  # examples (of the global batch, all processes) consumed in this epoch: any micro batch resumes
+    unit: str = EXAMPLES
+
+
+def in_examples(position: Position, n_examples: int, global_batch: int) -> Position:
+    """`position` counting examples. An older checkpoint counted micro-batches of a micro batch it did not save;
+    its examples follow from its step, since every epoch before the current one ran all n // global_batch steps.
+    """
+    if position.unit == EXAMPLES:
+        return position
+    per_epoch = n_examples // global_batch
+    done = position.step - position.epoch * per_epoch  # steps taken in the current epoch
+    if position.unit != MICRO_BATCHES or not 0 <= done <= per_epoch or (position.batch == 0) != (done == 0):
+        raise UserError(
+            f"checkpoint position {position} does not fit {n_examples} examples in batches of {global_batch}: "
+            "start over with --force"
+        )
+    return Position(position.step, position.epoch, done * global_batch)
 
 
 def capture_rng() -> dict:
@@ -96,4 +116,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, process_index: int)
     rng_file = path / f"rng_{process_index}.pt"
     if rng_file.is_file():
         restore_rng(torch.load(rng_file, weights_only=False))
-    return Position(**state["position"]), state["loop"]
+    return Position(**{"unit": MICRO_BATCHES, **state["position"]}), state["loop"]

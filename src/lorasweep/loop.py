@@ -71,7 +71,7 @@ class Loop:
     def run(self, position: ckpt.Position) -> str:
         """completed | pruned (on_eval said stop) | interrupted (should_stop: checkpointed). perf/loop_time_s
         is the time in here: what a sweep's overhead is measured against."""
-        position = ckpt.in_examples(position, len(self.train_set), self.global_batch)  # an older checkpoint's
+        position = ckpt.in_examples(position, len(self.train_set), self.global_batch)  # older: micro-batches
         t, self.position, start = self.cfg.trainer, position, time.perf_counter()
         progress = _progress(
             t.progress and self.acc.is_main_process and not self.packed, self.total_steps, position.step

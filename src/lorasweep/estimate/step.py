@@ -3,7 +3,7 @@ measurement it is judged against (real tensors, benchmarks/memory_estimate.py an
 
 `prepare` is what run.py does between building the model and the loop (LoRA, gradient checkpointing, the
 optimizer); `measure_steps` runs Loop.step's computation (forward and task loss under the run's autocast,
-backward per micro-batch, clipping, optimizer step, zero_grad) twice under a LiveBytes counter and reports
+the weighted backward per micro-batch, clipping, optimizer step, zero_grad) twice under a LiveBytes counter and reports
 the second step: the first creates the optimizer state, the second is what every later step holds (what
 torch.cuda.max_memory_allocated reports for a step after the first).
 """
@@ -50,7 +50,8 @@ def batch_of(micro: int, length: int, task: str, device) -> dict[str, torch.Tens
     transformers passes attention an explicit mask (without, SDPA may skip it and hold less); fake tensors
     cannot tell, so both the prediction and the measurement take the padded path."""
     shape = (micro, length)
-    labels = torch.zeros(shape if task == "causal_lm" else (micro,), dtype=torch.long, device=device)
+    dtype = torch.float32 if task == "regression" else torch.long  # regression: one float per example
+    labels = torch.zeros(shape if task == "causal_lm" else (micro,), dtype=dtype, device=device)
     mask = torch.ones(shape, dtype=torch.long, device=device)
     if length > 1:
         mask[-1, -1] = 0
@@ -109,14 +110,18 @@ def measure_eval(model, batch: dict, task: str, counter: LiveBytes) -> int:
 
 
 def _one_step(model, optimizer, batches, cfg, params, counter: LiveBytes | None = None) -> int:
-    """Loop.step without the bookkeeping: returns the bytes the last forward pass left for backward."""
-    held = 0
+    """Loop.step without the bookkeeping: returns the bytes the last forward pass left for backward. Each
+    micro-batch's mean loss is weighted by its share of the step's items, as Loop.step weighs it (batch_of's
+    micro-batches are alike: 1 / len(batches)), and the step's loss summed on the device."""
+    held, step_loss = 0, torch.zeros((), device=batches[0]["labels"].device)
     for batch in batches:
         before = counter.current if counter else 0
         loss, *_ = forward_loss(model, batch, cfg.data.task)
         held = (counter.current - before) if counter else 0
-        (loss / len(batches)).backward()
-        del loss
+        weighted = loss * (1 / len(batches))
+        weighted.backward()
+        step_loss += weighted.detach()
+        del loss, weighted
     if cfg.optim.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
     optimizer.step()
