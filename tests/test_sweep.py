@@ -56,8 +56,8 @@ def test_shipped_specs_validate(path):
         ("params: {lora.rank: {type: int, low: 8, high: 4}}", r"low \(8\) > high \(4\)"),
         ("params: {lora.rnk: {type: int, low: 1, high: 4}}", "'lora.rnk' is not a key of the training config"),
         (
-            "objectives: [{metric: eval/f1}]\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
-            "objective metric 'eval/f1' is never reported",
+            "objectives: [{metric: eval/pearson}]\nparams: {lora.rank: {type: int, low: 1, high: 4}}",
+            "objective metric 'eval/pearson' is never reported",
         ),
         (
             "objectives: [{metric: eval/loss}, {metric: params/trainable_fraction}]\n"

@@ -21,6 +21,8 @@ FIGURES = (
     "predicted_peak_bytes",
     "eval/loss",
     "eval/accuracy",
+    "eval/pearson",
+    "labels",
     "state",
     "step",
 )
@@ -41,7 +43,8 @@ def format_runs(rows: list[dict]) -> str:
     """hash, the settings that tell runs apart (runrow.py), then the record's figures (a column nobody has, such
     as a predicted peak before estimates existed, is left out)."""
     figures = [c for c in FIGURES if any(r.get(c) is not None for r in rows)]
-    return format_rows(rows, ["hash", "model", *[c for c in settings_columns(rows) if c != "model"], *figures])
+    leading = ["model", *(["data"] if "data" in settings_columns(rows) else [])]
+    return format_rows(rows, ["hash", *leading, *[c for c in settings_columns(rows) if c not in leading], *figures])
 
 
 def config_differences(runs: list[RunDir]) -> dict[str, list]:

@@ -10,8 +10,8 @@ reproduce all call it).
                              size or a modules_to_save entry matching nothing fail here, with apply_lora's message
     the run root             a directory this process can create and write (probed, then removed)
     the data                 the tokenizer files, the chat template, every row tokenised as the run will
-                             (columns, labels, roles, templates, max_length): data/; a good result is the run's
-                             tokenised cache entry, so the run does not tokenise again
+                             (columns, labels, roles, templates, max_length): data/; in memory, nothing
+                             written, kept for this process's run to save as its tokenised cache entry
 
 Where the architecture cannot be known offline (a hub id not in the local cache), the model checks are left to
 the load, which fails with its own one-line error.
@@ -42,7 +42,7 @@ def check_config(cfg: DictConfig, run_root: bool = True, data: bool = True) -> N
 
 def check_data(cfg: DictConfig) -> None:
     """The rows as the run will tokenise them (a hub dataset or model not available offline: left to the load)."""
-    from .data import tokenized_data
+    from .data import check_encoding
     from .data.chat import require_template
     from .data.styles import style_of
 
@@ -51,7 +51,7 @@ def check_data(cfg: DictConfig) -> None:
         return
     if style_of(cfg.data) == "chat":
         require_template(tokenizer, cfg.data.chat_template, cfg.model.name)
-    tokenized_data(cfg.data, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
+    check_encoding(cfg.data, tokenizer, Path(cfg.run_root) / ".cache" / "tokenized")
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,11 +9,15 @@ QLoRA + 8-bit run from a plain one with the same LoRA settings.
 from __future__ import annotations
 
 from .lora.targets import targets_label
+from .metrics import HEADLINE
 from .runstore import RunDir
 
 # (column, config key, value every run had before the key existed: shown as that when a config lacks it)
 SETTINGS = (
     ("model", "model.name", None),
+    ("data", "data.name", None),
+    ("style", "data.style", None),
+    ("template", "data.prompt_template", None),  # or data.chat_template: template_label
     ("quant", "model.quantization", "none"),
     ("optim", "optim.name", "adamw"),
     ("targets", "lora.targets", None),
@@ -25,7 +29,9 @@ SETTINGS = (
     ("lora+", "optim.lora_plus_ratio", 1.0),
 )
 # Shown only where some row differs from the default (a sweep that searches them, runs that vary in them).
-OPTIONAL = ("scaling", "dora", "init", "lora+")
+OPTIONAL = ("template", "scaling", "dora", "init", "lora+")
+VARYING = ("model", "data", "style")  # shown where the rows differ in them
+TEMPLATE_WIDTH = 24  # a template in a table: its first characters, one line
 
 
 def settings(cfg) -> dict:
@@ -36,7 +42,37 @@ def settings(cfg) -> dict:
     for column, key, default in SETTINGS:
         value = OmegaConf.select(cfg, key, default=default)
         out[column] = targets_label(value) if column == "targets" else _plain(value)
+    out["template"] = template_label(cfg)
+    out["style"] = _style(cfg)
     return out
+
+
+def _style(cfg) -> str | None:
+    from omegaconf import OmegaConf
+
+    from .data.styles import style_of
+
+    data = OmegaConf.select(cfg, "data")
+    return style_of(OmegaConf.merge({"style": None}, data)) if data is not None and "task" in data else None
+
+
+def template_label(cfg) -> str | None:
+    """The prompt or chat template a run renders its rows with, cut to one short line (None: none set)."""
+    from omegaconf import OmegaConf
+
+    template = OmegaConf.select(cfg, "data.prompt_template") or OmegaConf.select(cfg, "data.chat_template")
+    if template is None:
+        return None
+    text = " ".join(str(template).split())
+    return text if len(text) <= TEMPLATE_WIDTH else text[: TEMPLATE_WIDTH - 1] + "…"
+
+
+def _label_names(run: RunDir) -> str | None:
+    """A string-labelled classifier's names, in id order (its adapter's labels.json)."""
+    from .lora.adapter_io import read_label_names
+
+    names = read_label_names(run.adapter_dir)
+    return ",".join(names) if names else None
 
 
 def _plain(value):
@@ -54,7 +90,7 @@ def settings_columns(rows: list[dict], always=("quant", "optim", "targets", "ran
             columns.append(column)
         elif column in OPTIONAL and values - {repr(defaults[column])}:
             columns.append(column)
-        elif column == "model" and len(values) > 1:
+        elif column in VARYING and len(values) > 1:
             columns.append(column)
     return columns
 
@@ -71,7 +107,8 @@ def run_row(run: RunDir) -> dict:
         "peak_bytes": metrics.get("memory/peak_bytes"),
         "predicted_peak_bytes": metrics.get("memory/predicted_peak_bytes"),
         "eval/loss": metrics.get("eval/loss"),
-        "eval/accuracy": metrics.get("eval/accuracy"),
+        **{name: metrics.get(name) for name in HEADLINE.values() if name != "eval/loss"},  # each task's own figure
+        "labels": _label_names(run),
         "state": run.status(),
         "step": metrics.get("step"),
         "sweep": cfg.sweep,

@@ -12,7 +12,15 @@
 May import: choices, errors, fileio (below it); nothing above (runs, training, the CLI).
 """
 
-from .cache import TokenizedData, encode_splits, fingerprint, tokenized_data, tokenized_splits, tokenizer_identity
+from .cache import (
+    TokenizedData,
+    check_encoding,
+    encode_splits,
+    fingerprint,
+    tokenized_data,
+    tokenized_splits,
+    tokenizer_identity,
+)
 from .collate import Collator, make_collator
 from .raw import DATASETS_DIR, load_raw_splits
 from .styles import SFT_SEPARATOR, check_data_config, sft_prompt_ids, style_of
@@ -25,6 +33,7 @@ __all__ = [
     "Collator",
     "TokenizedData",
     "check_data_config",
+    "check_encoding",
     "encode_splits",
     "end_token",
     "fingerprint",

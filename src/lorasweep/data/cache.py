@@ -45,6 +45,7 @@ FINGERPRINT_FIELDS = (
     "max_eval_examples",
 )
 INFO_NAME = "info.json"
+_ENCODED: dict[str, tuple] = {}  # fingerprint -> (splits, info) checked by preflight, not yet saved
 log = logging.getLogger(__name__)
 
 
@@ -63,12 +64,23 @@ def tokenized_data(data_cfg, tokenizer, cache_dir: str | Path) -> TokenizedData:
     if final.is_dir():  # it only appears by an atomic rename, so it is complete
         log.info("tokenized data from cache %s", final)
     else:
-        encoded, info = encode_splits(data_cfg, tokenizer, key)
+        encoded, info = _ENCODED.pop(key, None) or encode_splits(data_cfg, tokenizer, key)
         with atomic_directory(final, replace=False) as tmp:  # another process may have published it first
             encoded.save_to_disk(str(tmp))
             (tmp / INFO_NAME).write_text(json.dumps(info, sort_keys=True))
     loaded = datasets.load_from_disk(str(final))  # the same objects on a miss and a hit
     return TokenizedData(loaded["train"], loaded["eval"], json.loads((final / INFO_NAME).read_text()))
+
+
+def check_encoding(data_cfg, tokenizer, cache_dir: str | Path) -> None:
+    """Every row encoded as tokenized_data would, writing nothing (preflight: bad input leaves no trace); the
+    result is kept in memory for this process's run to save, so a run does not tokenise twice."""
+    key = fingerprint(data_cfg, tokenizer)
+    if key in _ENCODED or (Path(cache_dir) / key).is_dir():
+        return
+    while len(_ENCODED) >= 2:  # a sweep's workers check one data config after another: keep the newest
+        _ENCODED.pop(next(iter(_ENCODED)))
+    _ENCODED[key] = encode_splits(data_cfg, tokenizer, key)
 
 
 def tokenized_splits(data_cfg, tokenizer, cache_dir: str | Path) -> tuple[datasets.Dataset, datasets.Dataset]:
