@@ -33,6 +33,12 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # What follows `lorasweep ` (a regex, searched) -> the tests that run such a command. Only for commands this file
 # does not run itself (see needs_a_test).
 COVERED = {
+    r"^data model=tiny_llama data=synth_sft --show \d+": [
+        "tests/test_user_tasks.py::test_data_show_marks_the_trained_part_and_counts_rows"
+    ],
+    r"^data data=glue_mnli": [
+        "tests/test_user_tasks.py::test_mnli_shaped_csv_with_string_labels_trains_and_predicts_names"
+    ],
     r"^worker .*--pack": ["tests/test_pack.py::test_a_signal_checkpoints_each_trial_and_each_resumes_alone"],
     r"^sweep .*--storage journal:": ["tests/test_sweep.py::test_four_workers_journal_file"],
     r"^sweep .*--storage postgresql:": ["tests/test_sweep.py::test_four_workers_postgres"],

@@ -94,6 +94,22 @@ def test_chat_dataset_trains_with_exact_assistant_masks_and_serves_messages(caps
     assert all(isinstance(a["generation"], str) for a in answers)
 
 
+def test_data_show_marks_the_trained_part_and_counts_rows(capsys, tmp_path):
+    """docs/data.md's commands, on the shipped SFT set: the response (and EOS) marked, the prompt not."""
+    common = ["model=tiny_llama", "data=synth_sft", f"run_root={tmp_path / 'runs'}"]
+    code, out, _ = run(capsys, "data", *common, "--show", "3")
+    assert code == 0 and out.count("--- train example") == 3
+    first = out.splitlines()[1]
+    assert first.index("response") < first.index("«") and first.endswith("[SEP]»")
+    assert out.splitlines()[-1].startswith("data synth_sft (prompt_response): train: 1600 of 1600 rows kept")
+    code, out, err = run(capsys, "data", *common, "--show", "5", "--json")
+    shown = json.loads(out)
+    assert code == 0 and len(shown) == 5 and "1600 of 1600 rows kept" in err
+    for example in shown:
+        trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+        assert trained and len(example["labels"]) == len(example["input_ids"])
+
+
 def mnli_rows(n, seed):
     import random
 
