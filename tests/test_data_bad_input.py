@@ -87,8 +87,13 @@ def case(name, tmp, models):
         )
     if name == "prompt template does not render":
         d = jsonl(tmp / "d", [{"instruction": "x", "response": "y"}])
-        return ["model=tiny_llama", "data=synth_sft", "data.source=local", f"data.path={d}",
-                "data.prompt_template='{{ instruction }} {{ context }}'"], (  # fmt: skip
+        return [
+            "model=tiny_llama",
+            "data=synth_sft",
+            "data.source=local",
+            f"data.path={d}",
+            "data.prompt_template='{{ instruction }} {{ context }}'",
+        ], (  # fmt: skip
             "data.prompt_template does not render row 0: 'context' is undefined"
         )
     if name == "model directory without tokenizer files":

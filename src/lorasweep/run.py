@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from . import checkpoint as ckpt
 from .components import build_components
 from .config import config_hash
+from .data.chat import save_chat_template
 from .errors import UserError, one_line
 from .fingerprints import changes, fingerprint, with_loaded_commit
 from .internals import reset_accelerator_settings
@@ -152,6 +153,7 @@ def _publish(cfg, run: RunDir, loop: Loop, final: dict, model) -> None:
     loop.tracker.summary({k: v for k, v in final.items() if is_final_metric(k) or k in ("config_hash", "step")})
     if model is not None:
         save_adapter(model, run.adapter_dir, cfg.model.name_or_path)
+        save_chat_template(run.adapter_dir, cfg.data, loop.tokenizer)  # what predict renders requests with
     run.write_metrics(final)
 
 
