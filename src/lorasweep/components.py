@@ -57,6 +57,10 @@ def build_components(cfg, accelerator, resources) -> Components:
     with accelerator.main_process_first():
         train_set, eval_set, data_info = resources.datasets(cfg, tokenizer, tokenized_cache(cfg))
     name_labels(model, data_info["label_names"])
+    if accelerator.is_main_process and any(c["dropped"] or c["truncated"] for c in data_info["counts"].values()):
+        from .data.show import counts_line
+
+        print(counts_line(cfg, data_info), flush=True)  # recorded too (data/*): never dropped without a word
     loop_cfg = with_micro_batch(cfg, micro)
     total_steps = total_optimizer_steps(loop_cfg, len(train_set), micro)
     optimizer = build_optimizer(cfg.optim, model)  # its trainable parameters, LoRA+ groups

@@ -8,6 +8,17 @@ from pathlib import Path
 
 from .errors import one_line
 
+# Printed after the loss where a run has them: classification, regression, causal LM.
+TASK_FIGURES = (
+    "eval/accuracy",
+    "eval/f1",
+    "eval/matthews",
+    "eval/pearson",
+    "eval/spearman",
+    "eval/perplexity",
+    "eval/exact_match",
+)
+
 
 def print_result(cfg, metrics: dict) -> None:
     """`lorasweep train`'s summary of a finished (or reused) run."""
@@ -25,10 +36,11 @@ def print_result(cfg, metrics: dict) -> None:
         ("optimizer state", f"{metrics['memory/optimizer_state_bytes'] / 2**20:.2f} MiB{eight_bit_note(cfg)}"),
         ("eval loss", f"{metrics.get('eval/loss', float('nan')):.4f}"),
     ]
-    if "eval/accuracy" in metrics:
-        initial = metrics.get("eval/initial_accuracy")
-        baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
-        lines.append(("eval accuracy", f"{metrics['eval/accuracy']:.4f}{baseline}"))
+    for name in TASK_FIGURES:  # the figures the run's task is judged by (docs/data.md)
+        if name in metrics:
+            initial = metrics.get(name.replace("eval/", "eval/initial_"))
+            baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
+            lines.append((name.replace("/", " ").replace("_", " "), f"{metrics[name]:.4f}{baseline}"))
     if metrics.get("memory/predicted_peak_bytes") and metrics.get("memory/peak_bytes"):
         lines.append(
             (
