@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ...metrics import label
+from ...lora.adapter_io import read_label_names
+from ...metrics import HEADLINE, label
 from ...runstore import RunDir
 from ..spec import SweepSpec
 
@@ -58,8 +59,13 @@ class TrialRow:
             row["α"] = self.alpha
         for objective in spec.objectives:
             row[objective.metric] = self.objectives.get(objective.metric)
+        for metric in HEADLINE.values():  # the task's own figure (accuracy, Pearson), where no objective is it
+            if metric in self.metrics and metric not in row:
+                row[metric] = self.metrics[metric]
         for metric, title in COSTS.items():
             row[title] = self.metrics.get(metric)
+        if self.run_dir is not None and (names := read_label_names(Path(self.run_dir) / "adapter")):
+            row["labels"] = ", ".join(names)
         row["config hash"] = self.config_hash or None
         row["run directory"] = self.run_dir
         return row
@@ -82,7 +88,10 @@ class ReportData:
         return self.spec.objectives[0].metric
 
     def table(self) -> list[dict]:
-        return [r.as_columns(self.spec) for r in self.rows]
+        """Every row with the same columns (a figure or labels some trials lack: None there)."""
+        rows = [r.as_columns(self.spec) for r in self.rows]
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        return [{c: row.get(c) for c in columns} for row in rows]
 
 
 def collect(study: optuna.Study, spec: SweepSpec, run_root: str | Path = "runs") -> ReportData:
