@@ -191,7 +191,7 @@ def test_stsb_shaped_csv_regression_records_scipy_pearson_and_spearman(capsys, t
 
 
 def test_a_sweep_maximises_matthews(capsys, tmp_path):
-    rows = [{"sentence": f"{w} is {'good' if i % 2 else 'bad'}", "label": i % 2} for i, w in enumerate(["x"] * 40)]
+    rows = [{"sentence": f"it is {'good' if i % 2 else 'bad'}", "label": "yes" if i % 2 else "no"} for i in range(40)]
     write_csv(tmp_path / "cola" / "train.csv", rows)
     write_csv(tmp_path / "cola" / "validation.csv", rows[:10])
     spec = tmp_path / "spec.yaml"
@@ -209,3 +209,9 @@ def test_a_sweep_maximises_matthews(capsys, tmp_path):
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and all(-1 <= t.value <= 1 for t in done)
+    out_dir = tmp_path / "report"
+    code, out, err = run(capsys, "report", "--study", "cola_mcc", "--run-root", str(tmp_path / "runs"),
+                         "--out", str(out_dir), "--wandb", "none")  # fmt: skip
+    assert code == 0, err
+    page = (out_dir / "index.html").read_text()
+    assert "eval/accuracy" in page and "no, yes" in page  # the task's headline figure, the label names
