@@ -92,6 +92,14 @@ def test_chat_dataset_trains_with_exact_assistant_masks_and_serves_messages(caps
     answers = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [a["adapter"] for a in answers] == ["c", "c"]
     assert all(isinstance(a["generation"], str) for a in answers)
+    # The adapter alone, away from its run: its base comes from base_model_name_or_path, its template beside it.
+    import shutil
+
+    bare = shutil.copytree(run_dir / "adapter", tmp_path / "shipped_adapter")
+    code, again, err = run(capsys, "predict", "--adapter", f"c={bare}", "--input", str(requests),
+                           "--max-new-tokens", "4")  # fmt: skip
+    assert code == 0, err
+    assert again == out  # the same base model and template: the same greedy answers
 
 
 def test_data_show_marks_the_trained_part_and_counts_rows(capsys, tmp_path):
