@@ -80,9 +80,15 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
 
 def test_data_group_files_fit_the_schema():
     names = sorted(p.stem for p in CONF_DATA.glob("*.yaml"))
-    assert names == ["alpaca", "glue_sst2", "synth_sentiment", "synth_sft"]
+    glue = [f"glue_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb")]
+    assert names == ["alpaca", *glue, "synth_sentiment", "synth_sft"]
     for name in names:
         assert from_yaml(name).name == name
+    # run_glue.py's keys, and its tasks: regression for STS-B, three labels for MNLI (matched validation)
+    assert (from_yaml("glue_mnli").text_pair_field, from_yaml("glue_mnli").num_labels) == ("hypothesis", 3)
+    assert from_yaml("glue_mnli").eval_split == "validation_matched" and from_yaml("glue_stsb").task == "regression"
+    assert (from_yaml("glue_qqp").text_field, from_yaml("glue_qqp").text_pair_field) == ("question1", "question2")
+    assert from_yaml("alpaca").prompt_template.startswith("{{ instruction }}{% if input %}")
 
 
 def test_max_examples_take_the_first_rows():

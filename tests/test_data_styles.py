@@ -233,3 +233,12 @@ def test_classification_scores_match_their_definitions():
     three = classification_scores(np.array([[3, 1, 0], [0, 2, 2], [1, 0, 3]]))
     per_class = [2 * 3 / (4 + 4), 2 * 2 / (3 + 4), 2 * 3 / (5 + 4)]
     assert three["eval/f1"] == pytest.approx(np.mean(per_class))  # macro over three classes
+
+
+def test_generation_stops_at_the_templates_end_of_turn_token(chat_dirs):
+    """A ChatML template on a tokenizer whose EOS is </s>: the run trains <|im_end|>, so generation stops there."""
+    tokenizer = AutoTokenizer.from_pretrained(str(chat_dirs["chatml"]))
+    im_end, eos = tokenizer.convert_tokens_to_ids(["<|im_end|>", "</s>"])
+    assert chat.stop_tokens(tokenizer, None) == [im_end]  # its EOS already closes turns
+    tokenizer.eos_token = "</s>"
+    assert chat.stop_tokens(tokenizer, None) == [eos, im_end]

@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from .accounting import optimizer_state_bytes
 from .data import IGNORE
 from .ranks import gather_in_order, main_decides, sum_across
-from .tasks import evaluate, exact_matches, forward_loss
+from .tasks import evaluate, exact_matches, forward_loss, generation_stops
 
 
 @dataclass
@@ -197,7 +197,8 @@ class Loop:
         generate = min(self.cfg.trainer.eval_generate, n)
         if generate:
             mine = [self.eval_set[i] for i in range(acc.process_index, generate, acc.num_processes)]
-            matches, _ = exact_matches(acc.unwrap_model(self.model), mine, self.tokenizer, data.max_length)
+            stops = generation_stops(data, self.tokenizer)
+            matches, _ = exact_matches(acc.unwrap_model(self.model), mine, self.tokenizer, data.max_length, stops)
             metrics["eval/exact_match"] = float(reduce(torch.tensor([float(matches)], dtype=torch.float64))) / generate
         return metrics
 

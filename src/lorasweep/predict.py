@@ -260,8 +260,13 @@ def _prompt_ids(s: Serving, request: Request) -> list[int]:
 @torch.no_grad()
 def _generate(s: Serving, batch: list[Request], task: str):
     from .data import end_token
+    from .data.chat import stop_tokens
 
-    tokenizer, names, end = s.tokenizer, [r.adapter for r in batch], end_token(s.tokenizer)
+    tokenizer, names = s.tokenizer, [r.adapter for r in batch]
+    stops = [end_token(tokenizer)]
+    for r in batch:  # a conversation ends at its template's end-of-turn token too
+        if r.messages is not None:
+            stops += [t for t in stop_tokens(tokenizer, s.chat_templates.get(r.adapter)) if t not in stops]
     prompts = [_prompt_ids(s, r)[-s.max_length :] for r in batch]
     width = max(len(p) for p in prompts)  # left padding: every prompt ends where generation starts
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -276,11 +281,11 @@ def _generate(s: Serving, batch: list[Request], task: str):
         input_ids,
         attention_mask,
         s.max_new_tokens,
-        eos_token_id=end,
+        eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
     )
     result = []
     for n, row in zip(names, generated[:, width:].tolist()):
-        row = row[: row.index(end)] if end in row else row
+        row = row[: min((row.index(t) for t in stops if t in row), default=len(row))]
         result.append({"adapter": n, "generation": tokenizer.decode(row, skip_special_tokens=True)})
     return result

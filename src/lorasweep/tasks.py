@@ -82,15 +82,15 @@ def evaluate(model, batches, task: str, reduce, gather=None, num_labels: int = 2
 
 
 @torch.no_grad()
-def exact_matches(model, examples: list[dict], tokenizer, max_length: int) -> tuple[int, int]:
+def exact_matches(model, examples: list[dict], tokenizer, max_length: int, stops=None) -> tuple[int, int]:
     """(matches, count): greedy generation from each example's prompt ids, one example at a time (no padding, so
     the result does not depend on how examples are batched or spread over processes), compared with the reference
-    after stripping whitespace."""
+    after stripping whitespace. Generation ends at any of `stops` (default: EOS; a chat template's end-of-turn)."""
     from .data import end_token
 
     was_training = model.training
     model.eval()
-    end, matches = end_token(tokenizer), 0
+    stops, matches = list(stops or [end_token(tokenizer)]), 0
     for example in examples:
         prompt = example["prompt_ids"][-max_length:]
         ids = torch.tensor([prompt], device=next(model.parameters()).device)
@@ -100,10 +100,21 @@ def exact_matches(model, examples: list[dict], tokenizer, max_length: int) -> tu
             max_new_tokens=max(1, max_length - len(prompt)),
             do_sample=False,
             num_beams=1,
-            eos_token_id=end,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
         )[0, len(prompt) :].tolist()
-        new = new[: new.index(end)] if end in new else new
+        new = new[: min((new.index(t) for t in stops if t in new), default=len(new))]
         matches += tokenizer.decode(new, skip_special_tokens=True).strip() == example["reference"].strip()
     model.train(was_training)
     return matches, len(examples)
+
+
+def generation_stops(data_cfg, tokenizer) -> list[int]:
+    """The tokens a causal LM's generation ends at: EOS, and for a chat run its template's end-of-turn token."""
+    from .data import end_token, style_of
+    from .data.chat import stop_tokens
+    from .data.templates import chat_template_text
+
+    if style_of(data_cfg) != "chat":
+        return [end_token(tokenizer)]
+    return stop_tokens(tokenizer, chat_template_text(data_cfg.chat_template))

@@ -64,7 +64,7 @@ def tokenized_data(data_cfg, tokenizer, cache_dir: str | Path) -> TokenizedData:
     if final.is_dir():  # it only appears by an atomic rename, so it is complete
         log.info("tokenized data from cache %s", final)
     else:
-        encoded, info = _ENCODED.pop(key, None) or encode_splits(data_cfg, tokenizer, key)
+        encoded, info = _ENCODED.get(key) or encode_splits(data_cfg, tokenizer, key)
         with atomic_directory(final, replace=False) as tmp:  # another process may have published it first
             encoded.save_to_disk(str(tmp))
             (tmp / INFO_NAME).write_text(json.dumps(info, sort_keys=True))

@@ -102,6 +102,26 @@ def save_chat_template(directory, data_cfg, tokenizer) -> None:
         atomic_write_text(Path(directory) / CHAT_TEMPLATE_NAME, template)
 
 
+def stop_tokens(tokenizer, template: str | None) -> list[int]:
+    """Where generation stops: EOS, and the token the template closes an assistant turn with where that is another
+    (a ChatML template on a tokenizer whose EOS is </s>): the run trained it, so the model emits it."""
+    from .tokens import end_token
+
+    stops = [end_token(tokenizer)]
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        return stops
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        ids, labels = encode_conversation(probe, tokenizer, template, "last_assistant")
+    except UserError:
+        return stops
+    trained = [t for t, label in zip(ids, labels) if label != IGNORE]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    if trained and trained[-1] in special and trained[-1] not in stops:
+        stops.append(trained[-1])
+    return stops
+
+
 def generation_prompt(turns: list[dict], tokenizer, template: str | None) -> tuple[list[int], str] | None:
     """(prompt ids, reference): the history before the last assistant turn with the generation prompt, and that
     turn's content; None for a conversation without an assistant turn."""
