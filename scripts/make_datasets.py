@@ -5,6 +5,8 @@
 synth_sentiment: two-label reviews whose label needs composition (negation, contrast, concession), so a
 frozen encoder with a linear head does clearly worse than one adapted with LoRA.
 synth_sft: instruction -> response pairs for small deterministic tasks (reverse, uppercase, add, ...).
+synth_chat: conversations of one to three user/assistant exchanges of the same tasks, some with a system turn
+(`messages`: a list of {role, content}, as chat datasets are).
 Every word is written here, so the output is CC0 / public domain. Rerunning must reproduce the files byte for
 byte (tests/test_data.py checks it).
 """
@@ -20,6 +22,8 @@ SEED = 1234
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "lorasweep" / "datasets"
 SENTIMENT_SIZES = {"train": 4000, "validation": 800}
 SFT_SIZES = {"train": 1600, "validation": 200}
+CHAT_SIZES = {"train": 800, "validation": 100}
+SYSTEM_PROMPTS = ["You are a careful assistant. Answer with the result only.", "Answer briefly."]
 
 # ---------------------------------------------------------------- synth_sentiment vocabulary
 DOMAINS = {
@@ -242,6 +246,20 @@ def make_sft(rng: random.Random) -> dict[str, list[dict]]:
     return splits
 
 
+def make_chat(rng: random.Random) -> dict[str, list[dict]]:
+    splits = {}
+    for split, size in CHAT_SIZES.items():
+        rows = []
+        for _ in range(size):
+            turns = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.3 else []
+            for _ in range(rng.randint(1, 3)):
+                instruction, response = sft_example(rng)
+                turns += [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
+            rows.append({"messages": turns})
+        splits[split] = rows
+    return splits
+
+
 # ---------------------------------------------------------------- output
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +272,7 @@ def generate(out_dir: str | Path = OUT_DIR) -> list[Path]:
     """Write every shipped dataset under out_dir; returns the files written. Each dataset has its own RNG, so
     changing one never changes the other."""
     written = []
-    for name, make in (("synth_sentiment", make_sentiment), ("synth_sft", make_sft)):
+    for name, make in (("synth_sentiment", make_sentiment), ("synth_sft", make_sft), ("synth_chat", make_chat)):
         for split, rows in make(random.Random(f"{SEED}-{name}")).items():
             path = Path(out_dir) / name / f"{split}.jsonl"
             write_jsonl(path, rows)

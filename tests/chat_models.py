@@ -11,15 +11,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-CHATML = (
-    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
-)
-LLAMA3 = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
-    "m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+from lorasweep.data.templates import chat_template_text
+
+# The shipped templates (data.chat_template=chatml | llama3): the shapes most real models use.
+CHATML = chat_template_text("chatml")
+LLAMA3 = chat_template_text("llama3")
 TEMPLATES = {
     "chatml": dict(template=CHATML, specials=["<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>"),
     "llama3": dict(

@@ -72,7 +72,7 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     written = module.generate(tmp_path)
-    assert len(written) == 4
+    assert len(written) == 6
     for path in written:
         shipped = data.DATASETS_DIR / path.relative_to(tmp_path)
         assert path.read_bytes() == shipped.read_bytes(), f"{shipped} differs: rerun scripts/make_datasets.py"
@@ -81,7 +81,7 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
 def test_data_group_files_fit_the_schema():
     names = sorted(p.stem for p in CONF_DATA.glob("*.yaml"))
     glue = [f"glue_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb")]
-    assert names == ["alpaca", *glue, "synth_sentiment", "synth_sft"]
+    assert names == ["alpaca", *glue, "synth_chat", "synth_sentiment", "synth_sft"]
     for name in names:
         assert from_yaml(name).name == name
     # run_glue.py's keys, and its tasks: regression for STS-B, three labels for MNLI (matched validation)

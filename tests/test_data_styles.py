@@ -242,3 +242,26 @@ def test_generation_stops_at_the_templates_end_of_turn_token(chat_dirs):
     assert chat.stop_tokens(tokenizer, None) == [im_end]  # its EOS already closes turns
     tokenizer.eos_token = "</s>"
     assert chat.stop_tokens(tokenizer, None) == [eos, im_end]
+
+
+def test_shipped_chat_set_trains_every_assistant_turn(minilm_dir, tmp_path):
+    """data=synth_chat on the tiny models' tokenizer (MiniLM's, no template): the shipped ChatML template."""
+    from lorasweep.config import compose
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = compose(["model=tiny_llama", "data=synth_chat"]).data
+    tokenized = data.tokenized_data(config, tokenizer, tmp_path)
+    assert tokenized.info["counts"]["train"] == {"rows": 800, "truncated": 0, "dropped": 0}
+    raw, _ = data.load_raw_splits(config)
+    for row, example in zip(raw.select(range(50)), tokenized.train):
+        runs, current = [], []
+        for t, label in zip(example["input_ids"], example["labels"]):
+            if label != -100:
+                current.append(t)
+            elif current:
+                runs.append(current)
+                current = []
+        runs += [current] if current else []
+        replies = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        squeeze = lambda text: "".join(text.lower().split())  # noqa: E731 (MiniLM lowercases, decodes with spaces)
+        assert [squeeze(tokenizer.decode(r)) for r in runs] == [squeeze(r) + "<|im_end|>" for r in replies]

@@ -15,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from .adapt import adapt_model
+from .data.chat import replaced_template_note
 from .choices import SCHEDULES
 from .errors import UserError
 
@@ -57,6 +58,9 @@ def build_components(cfg, accelerator, resources) -> Components:
     with accelerator.main_process_first():
         train_set, eval_set, data_info = resources.datasets(cfg, tokenizer, tokenized_cache(cfg))
     name_labels(model, data_info["label_names"])
+    note = replaced_template_note(tokenizer, cfg.data.chat_template) if cfg.data.task == "causal_lm" else None
+    if note and accelerator.is_main_process:
+        print(note, flush=True)
     if accelerator.is_main_process and any(c["dropped"] or c["truncated"] for c in data_info["counts"].values()):
         from .data.show import counts_line
 

@@ -50,8 +50,9 @@ def print_result(cfg, metrics: dict) -> None:
             )
         )
     lines.append(("run directory", str(run_dir)))
+    width = max(17, *(len(key) + 2 for key, _ in lines))  # the README's demo block: 17
     for key, value in lines:
-        print(f"{key + ':':<17}{value}")
+        print(f"{key + ':':<{width}}{value}")
 
 
 def eight_bit_note(cfg) -> str:

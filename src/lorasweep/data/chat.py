@@ -46,6 +46,17 @@ def require_template(tokenizer, template: str | None, label: str) -> None:
         raise UserError(f"data.style=chat needs a fast tokenizer (character offsets); {label}'s is not")
 
 
+def replaced_template_note(tokenizer, configured: str | None) -> str | None:
+    """A line for the run's log where data.chat_template replaces a tokenizer's own, different template: a model
+    tuned in another format than its users send is the mistake to make visible."""
+    from .templates import chat_template_text
+
+    own, given = getattr(tokenizer, "chat_template", None), chat_template_text(configured)
+    if own and given and own != given:
+        return "note: data.chat_template replaces the model's own chat template (data.chat_template=null keeps it)"
+    return None
+
+
 def render(tokenizer, turns: list[dict], template: str | None, generation_prompt: bool = False) -> str:
     try:
         return tokenizer.apply_chat_template(

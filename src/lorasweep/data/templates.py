@@ -37,10 +37,15 @@ def render_prompt(source: str, row: dict, index: int) -> str:
         ) from None
 
 
+NAMED = Path(__file__).resolve().parent / "chat_templates"  # chatml.jinja, llama3.jinja: data.chat_template=NAME
+
+
 def chat_template_text(value: str | None) -> str | None:
-    """data.chat_template: a .jinja file's text, or the template itself."""
+    """data.chat_template: a shipped template's name (chatml, llama3), a .jinja file's text, or the template itself."""
     if value is None:
         return None
+    if (NAMED / f"{value}.jinja").is_file():
+        return (NAMED / f"{value}.jinja").read_text(encoding="utf-8")
     path = Path(value).expanduser()
     if value.endswith((".jinja", ".j2")) or (len(value) < 4096 and "{" not in value):
         if not path.is_file():
