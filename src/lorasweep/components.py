@@ -15,8 +15,8 @@ from typing import Callable
 from torch import nn
 
 from .adapt import adapt_model
-from .data.chat import replaced_template_note
 from .choices import SCHEDULES
+from .data.chat import replaced_template_note
 from .errors import UserError
 
 
