@@ -140,3 +140,22 @@ def test_two_processes_with_accumulation_match_one_pass(whole, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval/loss"] == pytest.approx(whole["eval/loss"], rel=REL)
     assert metrics["train/loss"] == pytest.approx(whole["train/loss"], rel=REL)
+
+
+def test_the_measured_defect_through_the_command_line(tmp_path, capsys):
+    """Issue 25's measurement as a user makes it: micro batch 8, 2 and 1 print one hash and one eval loss."""
+    from lorasweep.cli import main
+
+    printed = []
+    for micro in (8, 2, 1):
+        command = ["train", "model=tiny_llama", "data=synth_sft", "trainer.batch_size=8", "trainer.max_steps=20",
+                   "optim.lr=5e-3", f"trainer.micro_batch={micro}", "tracking=none", "trainer.progress=false",
+                   "data.max_eval_examples=48", f"run_root={tmp_path / str(micro)}"]  # fmt: skip
+        assert main(command) == 0
+        lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if ":" in line)
+        digest = lines["config hash"].strip()
+        record = json.loads((tmp_path / str(micro) / digest / "metrics.json").read_text())  # the printed one, exact
+        printed.append((digest, record["eval/loss"]))
+    assert len({h for h, _ in printed}) == 1
+    losses = [loss for _, loss in printed]
+    assert max(losses) - min(losses) <= REL * losses[0]
