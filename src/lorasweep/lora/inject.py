@@ -11,6 +11,7 @@ from ..accounting import count_parameters
 from ..errors import UserError
 from .init import changes_base, validate_init
 from .layer import LoraLayer, check_variant_on_base
+from .saved import train_whole
 from .scaling import validate_hyperparameters
 from .targets import Target, as_targets, matches_suffix, model_type, resolve_targets
 
@@ -102,14 +103,7 @@ def apply_lora(
     for name, layer in new_layers.items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    for name in to_save:
-        for parameter in model.get_submodule(name).parameters():
-            if not parameter.dtype.is_floating_point:
-                raise UserError(
-                    f"modules_to_save entry {name!r} is quantized (model.quantization) and cannot be "
-                    "trained; quantization keeps only the task head and lm_head in full precision"
-                )
-            parameter.requires_grad_(True)
+    train_whole(model, to_save)  # float32 on a 16-bit base, like LoRA's A and B (saved.py)
     setattr(
         model,
         SETTINGS_ATTR,

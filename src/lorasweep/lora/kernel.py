@@ -70,19 +70,21 @@ def _slice_grads(g, slices):
 
 class LowRankLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, slices):
+    def forward(ctx, x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, slices, dtype):
         lead, d_in = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, d_in)
-        xl2 = x2 if x_lora is None else x_lora.reshape(-1, d_in)
-        bias_first = bias is not None and gain is None
-        y = torch.addmm(bias, x2, weight_t) if bias_first else x2 @ weight_t
-        xa = xl2 @ lora_A.t()
+        x2 = _to(x, dtype).reshape(-1, d_in)
+        xl2 = x2 if x_lora is None else _to(x_lora, dtype).reshape(-1, d_in)
+        w, b, a, lb, g = (_to(t, dtype) for t in (weight_t, bias, lora_A, lora_B, gain))
+        bias_first = b is not None and g is None
+        y = torch.addmm(b, x2, w) if bias_first else x2 @ w
+        xa = xl2 @ a.t()
         rank = lora_A.shape[0] // len(slices)
-        _add_low_rank(y, xa, lora_B, slices, rank, scale)
-        if gain is not None:
-            y.mul_(gain)
-            if bias is not None:
-                y.add_(bias)
+        _add_low_rank(y, xa, lb, slices, rank, scale)
+        if g is not None:
+            y.mul_(g)
+            if b is not None:
+                y.add_(b)
+        # The weights are saved as they are (the parameters themselves, no copies) and cast again in backward.
         ctx.save_for_backward(
             x2,
             None if x_lora is None else xl2,
@@ -90,22 +92,24 @@ class LowRankLinear(torch.autograd.Function):
             lora_A,
             lora_B,
             xa,
-            gain,
-            None if gain is None else y,
-            None if gain is None else bias,
+            g,
+            None if g is None else y,
+            None if g is None else b,
         )
-        ctx.scale, ctx.slices, ctx.rank, ctx.lead = scale, slices, rank, lead
+        ctx.scale, ctx.slices, ctx.rank, ctx.lead, ctx.dtype = scale, slices, rank, lead, dtype
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (x, x_lora, weight_t, bias, lora_A, lora_B, gain))
         return y.view(*lead, y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, xl2, weight_t, lora_A, lora_B, xa, gain, y, bias = ctx.saved_tensors
-        scale, slices, rank = ctx.scale, ctx.slices, ctx.rank
+        scale, slices, rank, dtype = ctx.scale, ctx.slices, ctx.rank, ctx.dtype
         need_x, need_xl, need_w, need_b, need_A, need_B, need_gain = ctx.needs_input_grad[:7]
+        a, lb = _to(lora_A, dtype), _to(lora_B, dtype)
         separate_lora_input = xl2 is not None
         if not separate_lora_input:
             xl2 = x2
-        g = grad_y.reshape(-1, grad_y.shape[-1])
+        g = _to(grad_y, dtype).reshape(-1, grad_y.shape[-1])
         grad_bias = grad_gain = None
         if need_b:
             grad_bias = g.sum(0)
@@ -117,15 +121,15 @@ class LowRankLinear(torch.autograd.Function):
                 grad_gain.div_(gain)
             g = g * gain
         g_slices = _slice_grads(g, slices)
-        gb = _grad_through_B(g_slices, slices, lora_B)  # (N, k·r)
+        gb = _grad_through_B(g_slices, slices, lb)  # (N, k·r)
 
         grad_x = grad_xl = grad_w = grad_A = grad_B = None
         if need_x or need_xl:
-            grad_x = g @ weight_t.t()
+            grad_x = g @ _to(weight_t, dtype).t()
             if separate_lora_input:
-                grad_xl = (gb @ lora_A).mul_(scale).view(*ctx.lead, -1)
+                grad_xl = (gb @ a).mul_(scale).view(*ctx.lead, -1)
             else:
-                grad_x.addmm_(gb, lora_A, alpha=scale)
+                grad_x.addmm_(gb, a, alpha=scale)
             grad_x = grad_x.view(*ctx.lead, -1)
         if need_w:
             grad_w = x2.t() @ g
@@ -133,7 +137,22 @@ class LowRankLinear(torch.autograd.Function):
             grad_A = (gb.t() @ xl2).mul_(scale)
         if need_B:
             grad_B = _grad_B(xa, g_slices, rank, scale)
-        return grad_x, grad_xl, grad_w, grad_bias, grad_A, grad_B, grad_gain, None, None
+        grads = (grad_x, grad_xl, grad_w, grad_bias, grad_A, grad_B, grad_gain)
+        # Each gradient in its input's dtype: float32 adapters get float32 gradients from a bf16 computation.
+        return (*(_to(t, d) for t, d in zip(grads, ctx.dtypes)), None, None, None)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer computes in: autocast's where it is on, else its input's (a bf16 base gives bf16 inputs).
+    LoRA's float32 parameters are cast to it inside the kernels, as F.linear's weights are under autocast."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def low_rank_linear(
@@ -151,25 +170,12 @@ def low_rank_linear(
     DoRA's per-output factor, or None for plain LoRA.
 
     x_lora is the (dropped-out) input of the low-rank path, or None when it is x itself.
-    Under autocast every operand is cast to the autocast dtype first, as F.linear would be.
+    Every operand is cast to the compute dtype (compute_dtype) inside the one node, and each gradient comes back
+    in its operand's dtype: no cast nodes, and no low-precision copy of a weight is kept for backward.
     """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-        with torch.autocast(device_type, enabled=False):
-            return LowRankLinear.apply(
-                cast(x),
-                cast(x_lora),
-                cast(weight_t),
-                cast(bias),
-                cast(lora_A),
-                cast(lora_B),
-                cast(gain),
-                scale,
-                tuple(slices),
-            )
-    return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, tuple(slices))
+    dtype = compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return LowRankLinear.apply(x, x_lora, weight_t, bias, lora_A, lora_B, gain, scale, tuple(slices), dtype)
 
 
 class LowRankAdd(torch.autograd.Function):
@@ -177,38 +183,41 @@ class LowRankAdd(torch.autograd.Function):
 
     The base's autograd node gives the input gradient through its (dequantized) weight; this node adds only
     the thin low-rank terms: the input gradient scale·(g·B)·A and the gradients of A and B. y is modified in
-    place (no second full-size output, no full-size add), as in LowRankLinear.
+    place (no second full-size output, no full-size add), as in LowRankLinear. Computed in y's dtype, each
+    gradient returned in its operand's dtype.
     """
 
     @staticmethod
     def forward(ctx, y, x, lora_A, lora_B, scale, slices):
-        d_in = x.shape[-1]
-        x2 = x.reshape(-1, d_in)
+        dtype, d_in = y.dtype, x.shape[-1]
+        x2 = _to(x, dtype).reshape(-1, d_in)
         y2 = y.view(-1, y.shape[-1])
-        xa = x2 @ lora_A.t()
+        xa = x2 @ _to(lora_A, dtype).t()
         rank = lora_A.shape[0] // len(slices)
-        _add_low_rank(y2, xa, lora_B, slices, rank, scale)
+        _add_low_rank(y2, xa, _to(lora_B, dtype), slices, rank, scale)
         ctx.mark_dirty(y)
         ctx.save_for_backward(x2, lora_A, lora_B, xa)
-        ctx.scale, ctx.slices, ctx.rank, ctx.lead = scale, slices, rank, x.shape[:-1]
+        ctx.scale, ctx.slices, ctx.rank, ctx.lead, ctx.dtype = scale, slices, rank, x.shape[:-1], dtype
+        ctx.dtypes = (x.dtype, lora_A.dtype, lora_B.dtype)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, lora_A, lora_B, xa = ctx.saved_tensors
-        scale, slices, rank = ctx.scale, ctx.slices, ctx.rank
+        scale, slices, rank, dtype = ctx.scale, ctx.slices, ctx.rank, ctx.dtype
         _, need_x, need_A, need_B = ctx.needs_input_grad[:4]
-        g = grad_y.reshape(-1, grad_y.shape[-1])
+        g = _to(grad_y, dtype).reshape(-1, grad_y.shape[-1])
         g_slices = _slice_grads(g, slices)
-        gb = _grad_through_B(g_slices, slices, lora_B)
+        gb = _grad_through_B(g_slices, slices, _to(lora_B, dtype))
         grad_x = grad_A = grad_B = None
         if need_x:
-            grad_x = (gb @ lora_A).mul_(scale).view(*ctx.lead, -1)
+            grad_x = (gb @ _to(lora_A, dtype)).mul_(scale).view(*ctx.lead, -1)
         if need_A:
             grad_A = (gb.t() @ x2).mul_(scale)
         if need_B:
             grad_B = _grad_B(xa, g_slices, rank, scale)
-        return grad_y, grad_x, grad_A, grad_B, None, None
+        grads = (_to(t, d) for t, d in zip((grad_x, grad_A, grad_B), ctx.dtypes))
+        return grad_y, *grads, None, None
 
 
 def low_rank_add(
@@ -221,16 +230,13 @@ def low_rank_add(
 ) -> torch.Tensor:
     """y (..., d_out), the base's output for x (..., d_in), plus the low-rank term, in y's dtype.
 
-    The LoRA operands are cast to y's dtype (a bf16 compute dtype or autocast gives a bf16 y; the fp32 LoRA
-    parameters then get fp32 gradients through the cast, as under autocast elsewhere).
+    A bf16 compute dtype or autocast gives a bf16 y; the float32 LoRA parameters are cast to it inside the node
+    and get float32 gradients.
     """
-    dtype = y.dtype
-    device_type = x.device.type
-    cast = lambda t: t if t.dtype == dtype else t.to(dtype)  # noqa: E731
     if y._base is not None or not y.is_contiguous():  # a view (or strided) output cannot be modified in place
         y = y.contiguous() if not y.is_contiguous() else y.clone()
-    with torch.autocast(device_type, enabled=False):
-        return LowRankAdd.apply(y, cast(x), cast(lora_A), cast(lora_B), scale, tuple(slices))
+    with torch.autocast(x.device.type, enabled=False):
+        return LowRankAdd.apply(y, x, lora_A, lora_B, scale, tuple(slices))
 
 
 def _grad_through_B(g_slices, slices, lora_B: torch.Tensor) -> torch.Tensor:

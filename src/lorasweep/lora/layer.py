@@ -38,6 +38,13 @@ def is_quantized(module: nn.Module) -> bool:
     return type(module).__module__.startswith("bitsandbytes") and isinstance(module, nn.Linear)
 
 
+def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """What trained weights (LoRA's A, B, DoRA's magnitude, modules_to_save) are held in: float32 on a bf16, fp16
+    or quantized base (peft's autocast_adapter_dtype: a small update to a bf16 weight rounds away, and Adam's
+    moments would be bf16 too); the kernels cast them to the compute dtype. A float64 base keeps float64."""
+    return torch.float64 if base_dtype == torch.float64 else torch.float32
+
+
 def linear_dims(module: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of an nn.Linear or Conv1D."""
     if isinstance(module, nn.Linear):
@@ -83,8 +90,7 @@ class LoraLayer(nn.Module):
         self.scale = lora_scale(alpha, rank, scaling)
         self.dropout_p = dropout
         weight = base_layer.weight
-        # A quantized base holds integers: LoRA is trained in float32 there (QLoRA's choice).
-        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        dtype = adapter_dtype(weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(len(self.slices) * rank, d_in, dtype=dtype, device=weight.device))
         self.lora_B = nn.Parameter(
             torch.zeros(sum(s.rows for s in self.slices), rank, dtype=dtype, device=weight.device)
