@@ -44,10 +44,12 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
             "model.quantization=nf4",
             "trainer.max_steps=2",
             "trainer.eval_every=0",
-            "data.max_length=16",
+            "data.max_length=5",
+            "data.style=text",
+            "data.text_field=instruction",
             f"run_root={tmp_path}",
         ]
-    )  # max_length 16 cuts every example: 8 x 16
+    )  # max_length 5 cuts every example: 8 x 5, every token a target (what the estimate assumes: lm_loss.py)
     peaks, real_step = [], loop_module.Loop.step
 
     def counted_step(self, micro_batches):

@@ -193,7 +193,10 @@ class Loop:
         acc, data, n = self.acc, self.cfg.data, len(self.eval_set)
         gather = lambda local: gather_in_order(acc, local, n)  # noqa: E731
         reduce = lambda t: sum_across(acc, t)  # noqa: E731
-        metrics = evaluate(self.model, self._eval_batches(), data.task, reduce, gather, data.num_labels)
+        pieces = self.micro // acc.num_processes  # an eval batch runs a training micro-batch at a time: it fits
+        metrics = evaluate(
+            self.model, self._eval_batches(), data.task, reduce, gather, data.num_labels, micro_batch=pieces
+        )
         generate = min(self.cfg.trainer.eval_generate, n)
         if generate:
             mine = [self.eval_set[i] for i in range(acc.process_index, generate, acc.num_processes)]

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE  # the label the loss skips (the collator writes it)
+from .lm_loss import causal_lm_losses, full_logits_losses
 from .scoring import classification_scores, regression_scores
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # token_type_ids: a sentence pair's segments
@@ -21,7 +21,10 @@ def model_inputs(batch: dict) -> dict:
 
 def forward_loss(model, batch: dict, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, summed loss, count, correct): count is examples (classification, regression) or target
-    tokens (causal_lm); correct is 0 for regression."""
+    tokens (causal_lm); correct is 0 for regression. A causal LM's loss is taken at its target tokens only, in
+    chunks, without the full-vocabulary logits (lm_loss.py)."""
+    if task == "causal_lm":
+        return causal_lm_losses(model, model_inputs(batch), batch["labels"])
     logits = model(**model_inputs(batch)).logits.float()
     return _losses(logits, batch["labels"], task)
 
@@ -36,28 +39,31 @@ def _losses(logits: torch.Tensor, labels: torch.Tensor, task: str):
         correct = torch.zeros((), dtype=torch.long, device=logits.device)
         count = torch.tensor(labels.numel(), device=logits.device)
     else:
-        shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-        losses = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="none")
-        mask = shift_labels != IGNORE
-        correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
-        count = mask.sum()
+        return full_logits_losses(logits, labels)
     total = losses.sum()
     return total / count.clamp(min=1), total.detach(), count, correct
 
 
 @torch.no_grad()
-def evaluate(model, batches, task: str, reduce, gather=None, num_labels: int = 2) -> dict[str, float]:
+def evaluate(
+    model, batches, task: str, reduce, gather=None, num_labels: int = 2, *, micro_batch: int | None = None
+) -> dict[str, float]:
     """Loss and the task's figures over all processes' shards. Sums and the confusion matrix are reduced
     (`reduce`: summed over ranks); regression's predictions are gathered in eval order (`gather(local)`), so
-    Pearson and Spearman are exactly what one process computes."""
+    Pearson and Spearman are exactly what one process computes. `micro_batch`: each batch is run
+    that many examples at a time (as training splits its batch into micro-batches), so an evaluation fits where
+    a training step does."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
     predictions, targets = [], []
-    for batch in batches:
-        logits = model(**model_inputs(batch)).logits.float()
-        _, total, count, correct = _losses(logits, batch["labels"], task)
+    for batch in eval_pieces(batches, micro_batch):
+        if task == "causal_lm":  # no logits kept: the loss is taken in chunks (lm_loss.py)
+            _, total, count, correct = forward_loss(model, batch, task)
+        else:
+            logits = model(**model_inputs(batch)).logits.float()
+            _, total, count, correct = _losses(logits, batch["labels"], task)
         sums += torch.stack([total.double().cpu(), count.double().cpu(), correct.double().cpu()])
         if task == "classification":
             index = batch["labels"].cpu() * num_labels + logits.argmax(-1).cpu()
@@ -79,6 +85,15 @@ def evaluate(model, batches, task: str, reduce, gather=None, num_labels: int = 2
         metrics["eval/perplexity"] = math.exp(loss) if loss < 700 else float("inf")
         metrics["eval/token_accuracy"] = correct / max(count, 1)
     return metrics
+
+
+def eval_pieces(batches, micro_batch: int | None):
+    """Each batch as consecutive pieces of at most `micro_batch` examples (views of its rows), in order."""
+    for batch in batches:
+        n = len(batch["labels"])
+        step = micro_batch or n
+        for start in range(0, n, max(1, step)):
+            yield batch if step >= n else {k: v[start : start + step] for k, v in batch.items()}
 
 
 @torch.no_grad()

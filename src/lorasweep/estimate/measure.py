@@ -38,9 +38,8 @@ def measure_config(cfg, micro: int, length: int, device: str = "cpu") -> dict:
     counter = LiveBytes()
     steps = measure_steps(model, optimizer, batches, cfg, counter, on_second_step=profile)
     del batches
-    evaluation = measure_eval(
-        model, batch_of(cfg.trainer.eval_batch_size, length, cfg.data.task, device), cfg.data.task, counter
-    )
+    eval_rows = min(cfg.trainer.eval_batch_size, micro)  # an eval batch a micro-batch at a time, as predicted
+    evaluation = measure_eval(model, batch_of(eval_rows, length, cfg.data.task, device), cfg.data.task, counter)
     return {
         "live_peak_bytes": steps.peak_bytes,
         "allocator_peak_bytes": profile.peak(steps.start_bytes),

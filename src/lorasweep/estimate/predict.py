@@ -3,8 +3,9 @@
 The run's own code builds and trains the model on fake tensors (FakeTensorMode: shapes and dtypes, no data, no
 memory): the transformers class from the architecture's config, quantize_model's layer choice, apply_lora (the
 project's kernel), gradient checkpointing, accelerate's autocast, the configured optimizer (8-bit included) and
-the task's loss (a causal LM's full-vocabulary logits included). A LiveBytes counter follows every storage
-through two steps; the second step's peak is the prediction (see step.py).
+the task's loss (a causal LM's LM head in chunks at its target positions, lm_loss.py: fake labels have no values,
+so every position counts as a target, the upper bound). A LiveBytes counter follows every storage through two
+steps; the second step's peak is the prediction (see step.py).
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def estimate_config(
         counter = LiveBytes(CUDA_BLOCK if device == "cuda" else 1)
         steps = measure_steps(model, optimizer, batches, cfg, counter)
         del batches
-        eval_batch = batch_of(
-            max(1, cfg.trainer.eval_batch_size // (num_processes or processes(cfg))), length, cfg.data.task, traced_on
-        )
+        # Evaluation runs each eval batch one training micro-batch at a time (tasks.evaluate, Loop._eval_metrics).
+        eval_rows = min(max(1, cfg.trainer.eval_batch_size // (num_processes or processes(cfg))), per_process)
+        eval_batch = batch_of(eval_rows, length, cfg.data.task, traced_on)
         with int8_without_outliers(model):
             eval_peak = measure_eval(model, eval_batch, cfg.data.task, counter)
     return {
@@ -89,7 +90,7 @@ def estimate_config(
         "memory/optimizer_state_bytes": steps.optimizer_state_bytes,
         "memory/activation_bytes": steps.activation_bytes,
         "memory/predicted_peak_bytes": steps.peak_bytes,
-        "memory/predicted_eval_peak_bytes": eval_peak,  # one evaluation batch (trainer.eval_batch_size)
+        "memory/predicted_eval_peak_bytes": eval_peak,  # one evaluation forward (a micro-batch of an eval batch)
     }
 
 

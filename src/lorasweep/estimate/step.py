@@ -95,9 +95,9 @@ def measure_steps(
 
 
 def measure_eval(model, batch: dict, task: str, counter: LiveBytes) -> int:
-    """The peak of one evaluation batch (tasks.evaluate's forward: eval mode, no gradients) on top of what the
-    counter holds after training steps (weights, optimizer state): evaluation runs between steps, at
-    trainer.eval_batch_size, and a causal LM's full-vocabulary logits can make it the run's peak."""
+    """The peak of one evaluation forward (tasks.evaluate's: eval mode, no gradients) on top of what the counter
+    holds after training steps (weights, optimizer state): evaluation runs between steps, each eval batch a
+    training micro-batch at a time, and a causal LM's loss in chunks of the LM head (lm_loss.py)."""
     counter.track(batch.values())
     was_training = model.training
     model.eval()
