@@ -10,8 +10,19 @@ A trial gives way at two points only:
 
 Everything else (data order, padding, dropout masks, LoRA's low-rank terms, the head, the loss, the optimizer,
 evaluation, checkpoints) is trial i's own code on trial i's own tensors with trial i's own state: the hub swaps the
-global RNGs, the grad mode and autocast in and out at every switch, so a trial draws exactly the dropout masks it
-would draw alone. Only the base GEMM's row blocking differs from a solo run (float rounding, far below 1e-4).
+global RNGs, the grad mode, autocast and the saved-tensor hooks in and out at every switch (state.py), so a trial
+draws exactly the dropout masks it would draw alone and its gradient checkpoints hold only its own tensors. Only
+the base GEMM's row blocking differs from a solo run (float rounding, far below 1e-4).
+
+Gradient checkpointing (non-reentrant): the hub runs a batched matmul inside no trial's checkpoint, so a trial's
+checkpoint never saves the frozen matmul's tensors, and its recomputation (in the combined backward, outside any
+trial) must not either: `linear` outside a trial runs the layer under pass-through hooks, which keep its saved
+tensors from the checkpoint being recomputed. They are not needed there: the backward goes through the original
+(batched) matmul's own saved tensors.
+
+Out of memory in an op the hub serves while it holds more than one trial (a batched matmul, a combined
+backward) is the pack's doing, not any trial's: every trial of the pack is stopped with `PackRetry` (its run ends
+interrupted and resumes from its checkpoint) and the worker goes on with half as many trials (sweep/packed.py).
 """
 
 from __future__ import annotations
@@ -23,37 +34,7 @@ import greenlet
 import torch
 
 from ..memory import PeakMemory
-
-
-@dataclass
-class _ThreadState:
-    """What a greenlet switch must carry: torch's thread-local modes (grad, autocast) and torch's generators,
-    which draw all of a run's training randomness (dropout; the data order has its own seeded generator).
-    Python's and NumPy's generators are not swapped: swapping them costs ~0.1 ms a switch (NumPy copies its
-    whole state), and nothing in a training step draws from them."""
-
-    grad: bool
-    autocast: tuple
-    cpu_rng: torch.Tensor
-    cuda_rng: torch.Tensor | None
-
-    @classmethod
-    def capture(cls) -> "_ThreadState":
-        autocast = tuple((d, torch.is_autocast_enabled(d)) for d in _devices())
-        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-        return cls(torch.is_grad_enabled(), autocast, torch.get_rng_state(), cuda)
-
-    def restore(self) -> None:
-        torch.set_grad_enabled(self.grad)
-        for device, enabled in self.autocast:
-            torch.set_autocast_enabled(device, enabled)
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng)
-
-
-def _devices() -> tuple[str, ...]:
-    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+from .state import ThreadState
 
 
 @dataclass(eq=False)  # a slot is itself: kept in sets (partners)
@@ -62,7 +43,7 @@ class Slot:
 
     label: str
     glet: Any
-    state: _ThreadState | None = None
+    state: ThreadState | None = None
     waiting: tuple | None = None  # ("linear", module, x) | ("backward", loss)
     reply: Any = None
     started: bool = False
@@ -111,8 +92,9 @@ class Pack:
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for a frozen layer whose weights the pack shares: batched with the other trials."""
         slot = self.current()
-        if slot is None:  # outside the pack (e.g. a recomputation inside the combined backward): as usual
-            return type(module).forward(module, x)
+        if slot is None:  # outside a trial: a checkpoint's recomputation inside the combined backward (see above)
+            with torch.autograd.graph.saved_tensors_hooks(_same, _same):
+                return type(module).forward(module, x)
         return self._wait(slot, ("linear", module, x))
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -134,11 +116,12 @@ class Pack:
     def run(self, on_done: Callable[[Slot], None]) -> None:
         """Advance every trial until each waits or ends; serve the waits; repeat until no trial is left. The
         caller's grad mode, autocast and generator are its own again afterwards."""
-        caller = self._fresh = _ThreadState.capture()  # also what a new trial starts from
+        caller = self._fresh = ThreadState.take()  # also what a new trial starts from
         try:
             self._rounds(on_done)
         finally:
-            caller.restore()
+            ThreadState.take()  # whatever a failure left on the thread
+            caller.put()
 
     def _rounds(self, on_done: Callable[[Slot], None]) -> None:
         while self.slots:
@@ -151,14 +134,15 @@ class Pack:
             layers = [s for s in waiting if s.waiting[0] == "linear"]
             if layers:
                 for group in _groups(layers):
-                    self._serve_linear(group)
+                    if group[0].waiting is not None:  # (not stopped by an earlier group's out of memory)
+                        self._serve_linear(group)
             elif waiting:
                 self._serve_backward(waiting)
 
     def _resume(self, slot: Slot) -> None:
         # The hub keeps no state of its own between switches (it draws nothing, and sets what a matmul needs):
-        # one restore in, one capture out.
-        (slot.state or self._fresh).restore()
+        # one put in, one take out.
+        (slot.state or self._fresh).put()
         reply, slot.reply, slot.waiting = slot.reply, None, None
         try:
             if not slot.started:
@@ -166,48 +150,81 @@ class Pack:
                 slot.result = slot.glet.switch()
             else:
                 slot.result = slot.glet.switch(reply)
-        except Exception as exc:  # noqa: BLE001 - the trial's own failure ends only that trial
+        except (Exception, PackRetry) as exc:  # noqa: BLE001 - the trial's own failure ends only that trial
             slot.error = exc
         finally:
-            slot.state = _ThreadState.capture()
+            slot.state = ThreadState.take()
         slot.done = slot.glet.dead
 
     def _serve_linear(self, group: list[Slot]) -> None:
         module = group[0].waiting[1]
         xs = [s.waiting[2] for s in group]
-        group[0].state.restore()  # the trials' grad mode and autocast (the same for the whole group)
+        group[0].state.modes()  # the trials' grad mode and autocast (the same for the whole group)
         try:
             if len(group) == 1:
-                outs = [type(module).forward(module, xs[0])]
+                outs = [self._shared_forward(module, xs[0])]
             else:
                 flat = [x.reshape(-1, x.shape[-1]) for x in xs]
-                y = type(module).forward(module, torch.cat(flat))
+                y = self._shared_forward(module, torch.cat(flat))
                 rows = y.split([f.shape[0] for f in flat])
                 outs = [r.view(*x.shape[:-1], r.shape[-1]) for r, x in zip(rows, xs)]
                 self.batched_calls += 1
                 for s in group:
                     s.partners.update(other for other in group if other is not s)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: every trial of the group sees it
-            outs = [_Failure(exc)] * len(group)
-        for slot, out in zip(group, outs):
-            slot.reply = out
-            slot.waiting = None
+        except Exception as exc:  # noqa: BLE001 - every trial of the group sees it
+            self._failed(group, exc, "batched matmul" if len(group) > 1 else "frozen matmul")
+            return
+        self._reply(group, outs)
+
+    @staticmethod
+    def _shared_forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer on its waiting trials' rows (all at once): the one place the hub runs a layer, which
+        tests/test_pack_isolation.py makes run out of memory."""
+        return type(module).forward(module, x)
 
     def _serve_backward(self, group: list[Slot]) -> None:
-        losses = [s.waiting[1] for s in group]
         try:
-            torch.autograd.backward(losses)
-            replies = [None] * len(group)
+            torch.autograd.backward([s.waiting[1] for s in group])
         except Exception as exc:  # noqa: BLE001
-            replies = [_Failure(exc)] * len(group)
+            self._failed(group, exc, "combined backward")
+            return
+        self._reply(group, [None] * len(group))
+
+    def _failed(self, group: list[Slot], error: Exception, op: str) -> None:
+        """The group's op raised: the group's trials see the error, or, out of memory with more than one trial in
+        the pack, every started trial of the pack is stopped for a retry in a smaller pack."""
+        if not (isinstance(error, torch.OutOfMemoryError) and len(self.slots) > 1):
+            self._reply(group, [_Failure(error)] * len(group))
+            return
+        started = [s for s in self.slots.values() if s.started]
+        retry = PackRetry(f"out of memory in the {op} of a pack of {len(started)}", max(1, len(started) // 2))
+        self._reply(started, [_Failure(retry)] * len(started))
+
+    @staticmethod
+    def _reply(group: list[Slot], replies: list) -> None:
         for slot, reply in zip(group, replies):
             slot.reply = reply
             slot.waiting = None
 
 
+class PackRetry(KeyboardInterrupt):
+    """Raised in every trial of a pack whose shared op ran out of memory. A KeyboardInterrupt to the trial's code,
+    because like a stop it is no failure of the trial's: run.train records the run as interrupted (it resumes
+    from its last checkpoint) and the worker's handler of trial failures does not catch it; the hub does, and the
+    worker re-queues the trial and packs at most `size` trials from then on."""
+
+    def __init__(self, message: str, size: int):
+        super().__init__(f"{message}: retried in packs of at most {size}")
+        self.size = size
+
+
 @dataclass
 class _Failure:
     error: BaseException
+
+
+def _same(tensor):
+    return tensor
 
 
 def _groups(slots: list[Slot]) -> list[list[Slot]]:

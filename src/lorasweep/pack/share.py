@@ -17,7 +17,7 @@ from torch import nn
 
 from ..lora.init import changes_base
 from ..lora.inject import lora_layers
-from ..lora.layer import is_adaptable
+from ..lora.layer import is_adaptable, is_quantized
 
 
 def shares_base(cfg) -> bool:
@@ -34,12 +34,30 @@ def private_modules(cfg, model: nn.Module) -> list[str]:
 
 
 def shared_copy(model: nn.Module, private: list[str]) -> nn.Module:
-    """A copy of `model` that shares every parameter and buffer outside the `private` modules."""
+    """A copy of `model` that shares every parameter and buffer outside the `private` modules (and the int8
+    layers' weights and scales, `_settle_int8`)."""
     memo = {}
-    for name, tensor in chain(model.named_parameters(), model.named_buffers()):
+    for name, tensor in chain(model.named_parameters(), model.named_buffers(), _settle_int8(model)):
         if not any(name.startswith(p + ".") for p in private):
             memo[id(tensor)] = tensor
     return copy.deepcopy(model, memo)
+
+
+def _settle_int8(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """bitsandbytes' Linear8bitLt moves its int8 weight and row scales (weight.CB, weight.SCB) into its own matmul
+    state at its first forward, clearing them on the weight. Copies share the weight: the first trial's forward
+    would take them from the others, whose state would then quantize the int8 values once more. So they are moved
+    once, on the kept base, before any copy is made, and every copy shares them; the weight keeps SCB, where the
+    memory account reads it. Returns the moved tensors by name."""
+    moved = []
+    for name, module in model.named_modules():
+        if not rows_interact(module):
+            continue
+        if module.weight.CB is not None:
+            module.init_8bit_state()
+            module.weight.SCB = module.state.SCB  # unread by the forward once the state holds CB
+        moved += [(f"{name}.state.{key}", getattr(module.state, key)) for key in ("CB", "SCB")]
+    return [(n, t) for n, t in moved if torch.is_tensor(t)]
 
 
 def adopt_equal_tensors(model: nn.Module, reference: nn.Module) -> int:
@@ -68,13 +86,22 @@ def adopt_equal_tensors(model: nn.Module, reference: nn.Module) -> int:
 
 
 def join(pack, model: nn.Module) -> int:
-    """Route every frozen linear layer's forward through the pack; LoRA layers add their low-rank term to the
-    (batched) base output rather than fusing it into their own matmul. Returns the layers routed."""
+    """Route every frozen linear layer's forward through the pack (int8 ones excepted: `rows_interact`); LoRA
+    layers add their low-rank term to the (batched) base output rather than fusing it into their own matmul.
+    Returns the layers routed."""
     routed = 0
     for _, module in model.named_modules():
-        if is_adaptable(module) and not module.weight.requires_grad:
+        if is_adaptable(module) and not module.weight.requires_grad and not rows_interact(module):
             module.forward = functools.partial(pack.linear, module)
             routed += 1
     for _, layer in lora_layers(model):
         layer.shared_base = not layer.dora  # DoRA's gain scales the base output: it keeps its fused matmul
     return routed
+
+
+def rows_interact(module: nn.Module) -> bool:
+    """A layer whose output for one row depends on the other rows it is given: bitsandbytes' Linear8bitLt
+    (LLM.int8()) takes out as outliers the input columns where ANY row exceeds its threshold and computes them in
+    float16, so batched with other trials its output would depend on their activations. Each trial calls it on
+    its own rows (its weights are still held once)."""
+    return is_quantized(module) and type(module).__name__ == "Linear8bitLt"

@@ -4,6 +4,8 @@ Each trial is exactly what an unpacked worker runs (`worker._run_trial`: compose
 pruning and signals), inside the pack. The moment a trial ends (completed, pruned, failed, skipped) it is told to
 the study and the next queued trial takes its place, so the pack stays full until the queue is empty. A signal
 stops every trial at its next step: each checkpoints and is re-queued on its own, to resume alone or in any pack.
+An out-of-memory error in an op the trials share stops them all (pack/scheduler.py's PackRetry): each is
+re-queued, to resume from its last checkpoint, and the worker packs half as many trials from then on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from optuna.trial import TrialState
 
 from .. import internals
 from ..errors import one_line
-from ..pack.scheduler import Pack, Slot
+from ..pack.scheduler import Pack, PackRetry, Slot
 from ..ranks import broadcast_from_main
 from .heartbeat import Heartbeat
 
@@ -51,11 +53,18 @@ def run_packed(state, study, size: int, resources, should_stop, run_trial, reque
             broadcast_from_main(state, started)
 
     def on_done(slot: Slot) -> None:
-        nonlocal done
+        nonlocal done, size
         slot.heartbeat.__exit__(None, None, None)
         trial = slot.trial
         try:
-            if isinstance(slot.error, UpdateFinishedTrialError):
+            if isinstance(slot.error, PackRetry):  # the pack's out of memory, not the trial's: train it again
+                if slot.error.size < size:
+                    size = slot.error.size
+                    print(f"packing up to {size} trials from now on (out of memory with more)", flush=True)
+                requeue(study, internals.trial_id(trial), one_line(str(slot.error), 500))
+                if multi:  # the other ranks did not run out: end the worker, as a failure there does
+                    raise slot.error
+            elif isinstance(slot.error, UpdateFinishedTrialError):
                 print(
                     f"trial {trial.number} was failed as heartbeat-stale by another worker; its retry is queued",
                     flush=True,
