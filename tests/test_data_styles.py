@@ -265,3 +265,19 @@ def test_shipped_chat_set_trains_every_assistant_turn(minilm_dir, tmp_path):
         replies = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
         squeeze = lambda text: "".join(text.lower().split())  # noqa: E731 (MiniLM lowercases, decodes with spaces)
         assert [squeeze(tokenizer.decode(r)) for r in runs] == [squeeze(r) + "<|im_end|>" for r in replies]
+
+
+def test_tables_tell_datasets_apart():
+    """runs / compare / the leaderboard show data, style and template where runs differ (runrow.py)."""
+    from lorasweep.config import compose
+    from lorasweep.runrow import settings, settings_columns
+
+    sft = settings(compose(["model=tiny_llama", "data=synth_sft"]))
+    chat_run = settings(compose(["model=tiny_llama", "data=synth_chat"]))
+    template = settings(compose(["model=tiny_llama", "data=synth_sft", "data.prompt_template='Q: {{ instruction }}'"]))
+    assert (sft["data"], sft["style"], sft["template"]) == ("synth_sft", "prompt_response", None)
+    assert (chat_run["data"], chat_run["style"]) == ("synth_chat", "chat") and chat_run["template"] == "chatml"
+    assert template["template"] == "Q: {{ instruction }}"
+    assert {"data", "style", "template"} <= set(settings_columns([sft, chat_run]))
+    assert not {"data", "style", "template"} & set(settings_columns([sft, sft]))  # alike: no columns for them
+    assert "template" in settings_columns([sft, template]) and "data" not in settings_columns([sft, template])
