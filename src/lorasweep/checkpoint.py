@@ -1,4 +1,5 @@
-"""Training checkpoints: trainable weights, optimizer, scheduler, every RNG, and the data position.
+"""Training checkpoints: trainable weights, optimizer, scheduler, every RNG, the data position, and (fp16) the
+loss scaler's state (carried in the loop's state: `scaler_state`, `restore_scaler`).
 
 Only trainable tensors are saved (LoRA A/B and the head), not the frozen base: a checkpoint of a Llama-8B run
 is megabytes, not 16 GB. A checkpoint directory appears only once complete (written to a temp dir, renamed),
@@ -60,6 +61,18 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+
+
+def scaler_state(scaler) -> dict | None:
+    """fp16's GradScaler (accelerator.scaler): its scale and growth tracker, or None without one (bf16, fp32, CPU).
+    A resumed fp16 run that started over at the initial scale would skip steps an uninterrupted run takes."""
+    return scaler.state_dict() if scaler is not None else None
+
+
+def restore_scaler(scaler, state: dict | None) -> None:
+    """What `scaler_state` saved; nothing from a checkpoint without it (older, or saved where fp16 had no scaler)."""
+    if scaler is not None and state:
+        scaler.load_state_dict(state)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -232,12 +232,14 @@ class Loop:
             "initial_eval": dict(self.initial_eval),
             "last_train_loss": self.last_train_loss,
             "optimizer_bytes": self.optimizer_bytes,
+            "scaler": ckpt.scaler_state(self.acc.scaler),
         }
 
     def restore(self, state: dict) -> None:
         self.window.restore(state["window"])
         self.last_eval, self.initial_eval = dict(state["last_eval"]), dict(state["initial_eval"])
         self.last_train_loss, self.optimizer_bytes = state["last_train_loss"], state["optimizer_bytes"]
+        ckpt.restore_scaler(self.acc.scaler, state.get("scaler"))
 
     def final_metrics(self) -> dict:
         return {

@@ -123,7 +123,9 @@ def _train_locked(
     position = _resume_or_start(run, loop, accelerator, digest, fresh)
     own_tracker = tracker is None and main
     if own_tracker:
-        tracker = make_tracker(cfg, digest, run_id=digest, root=Path(cfg.run_root), concurrent=pack is not None)
+        tracker = make_tracker(
+            cfg, digest, run_id=digest, root=Path(cfg.run_root), concurrent=pack is not None, resumed=position.step > 0
+        )
     loop.tracker = tracker if main else None
     status = "failed"
     try:

@@ -47,7 +47,9 @@ def flat_config(cfg: DictConfig, config_hash: str) -> dict[str, Any]:
 
 
 class WandbTracker:
-    def __init__(self, cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False):
+    def __init__(
+        self, cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False, resumed=False
+    ):
         import wandb
 
         tracking = cfg.tracking
@@ -67,6 +69,9 @@ class WandbTracker:
             tags=[*tracking.tags, cfg.model.name, cfg.data.name, f"targets={targets_label(cfg.lora.targets)}"],
             config=flat_config(cfg, config_hash),
             reinit="create_new" if concurrent else "finish_previous",
+            # A run resumed from its checkpoint continues its W&B run (same id, history after the checkpoint's
+            # step); a run started over (a first start, --force) must not append to an old run of that id.
+            resume="allow" if resumed else None,
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
@@ -99,8 +104,11 @@ class WandbTracker:
             self.run = None
 
 
-def make_tracker(cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False) -> Tracker:
-    """concurrent: other runs of this process stay open meanwhile (a pack's trials), each its own W&B run."""
+def make_tracker(
+    cfg: DictConfig, config_hash: str, run_id: str, root: Path, concurrent: bool = False, resumed: bool = False
+) -> Tracker:
+    """concurrent: other runs of this process stay open meanwhile (a pack's trials), each its own W&B run.
+    resumed: the run continues from a checkpoint, so it continues its W&B run too."""
     if cfg.tracking.backend == "none" or cfg.tracking.mode == "disabled":
         return NullTracker()
-    return WandbTracker(cfg, config_hash, run_id, root, concurrent)
+    return WandbTracker(cfg, config_hash, run_id, root, concurrent, resumed)
