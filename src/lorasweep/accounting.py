@@ -104,7 +104,9 @@ def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
 
     memory/base_weights_bytes      frozen parameters and buffers of the model as stored: a quantized base counts
                                    its packed integers plus their quantization statistics
-    memory/trainable_bytes         the trainable parameters (LoRA A, B and modules_to_save)
+    memory/trainable_bytes         the trainable parameters (LoRA A, B, DoRA's magnitude and modules_to_save):
+                                   float32 on any base, a bf16 one too (lora/layer.py adapter_dtype), so 4
+                                   bytes per params/trainable
     memory/gradient_bytes          their gradients (same dtype and shape as the parameters, held between
                                    backward and the optimizer step)
     memory/optimizer_state_bytes   what the optimizer keeps (optimizer_state_breakdown): 0 before its first step;

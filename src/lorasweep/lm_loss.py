@@ -12,6 +12,9 @@ recomputes each chunk's logits (the dropout of a LoRA on the head replayed from 
 returns the gradients of the hidden rows and of the head's trainable parameters (LoRA on lm_head,
 `modules_to_save: [lm_head]`), so the saved log-softmax of every position (n × vocabulary) is never held either.
 
+Selecting the target rows (a boolean index) waits for the device once per forward: their number sets the
+shapes. On fake tensors (the memory estimate) labels have no values, and every position counts as a target.
+
 A model whose head is not a plain last step (logit soft-capping, a logit scale) or is a mixed-adapter layer
 (lora/multi_layers.py: one adapter per example, so it needs the batch's rows) takes the full computation.
 """
