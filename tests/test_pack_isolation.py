@@ -75,6 +75,38 @@ def test_each_trial_keeps_its_own_autocast_depth():
     assert torch.equal(out["b"].float(), torch.full((1, 8), 16.0))  # 8 x (1 + 1), not the cached 8 x 1
 
 
+def test_checkpointed_layers_in_a_pack_get_their_solo_gradients():
+    """Non-reentrant checkpoints around a shared frozen layer, a trainable weight and dropout, in two trials whose
+    backward is combined: each trial's gradient equals the one it gets alone (its recomputation in the hub saves
+    nothing of the frozen matmul and draws its own dropout mask again)."""
+    from torch.utils.checkpoint import checkpoint
+
+    layer = _frozen_linear()
+
+    def block(x, w):
+        return nn.functional.dropout(layer(x) @ w, 0.5, training=True).tanh()
+
+    def trial(seed: int):
+        torch.manual_seed(seed)
+        x, w = torch.randn(3, 8), torch.randn(8, 8, requires_grad=True)
+        loss = checkpoint(block, checkpoint(block, x, w, use_reentrant=False), w, use_reentrant=False).sum()
+        backward(loss)
+        return w.grad
+
+    backward = torch.Tensor.backward
+    solo = {seed: trial(seed) for seed in (1, 2)}
+    pack = Pack()
+    layer.forward, backward = functools.partial(pack.linear, layer), pack.backward
+    for seed in solo:
+        pack.start(str(seed), trial, seed)
+    packed = {}
+    pack.run(lambda slot: packed.__setitem__(int(slot.label), slot.error or slot.result))
+    assert pack.batched_calls > 0
+    for seed, grad in solo.items():
+        assert not isinstance(packed[seed], BaseException), packed[seed]
+        torch.testing.assert_close(packed[seed], grad, rtol=1e-5, atol=1e-6)
+
+
 def _assert_each_equals_its_solo_run(cfgs, results, tmp_path) -> None:
     for cfg in cfgs:
         digest = config_hash(cfg)
