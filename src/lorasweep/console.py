@@ -41,18 +41,32 @@ def print_result(cfg, metrics: dict) -> None:
             initial = metrics.get(name.replace("eval/", "eval/initial_"))
             baseline = f"  (untrained: {initial:.4f})" if initial is not None else ""
             lines.append((name.replace("/", " ").replace("_", " "), f"{metrics[name]:.4f}{baseline}"))
-    if metrics.get("memory/predicted_peak_bytes") and metrics.get("memory/peak_bytes"):
-        lines.append(
-            (
-                "peak memory",
-                f"{metrics['memory/peak_bytes'] / 2**20:.1f} MiB measured, "
-                f"{metrics['memory/predicted_peak_bytes'] / 2**20:.1f} MiB predicted",
-            )
-        )
+    from .runstore import RunDir
+
+    lines += memory_lines(metrics, RunDir(run_dir).env().get("device", ""))
     lines.append(("run directory", str(run_dir)))
     width = max(17, *(len(key) + 2 for key, _ in lines))  # the README's demo block: 17
     for key, value in lines:
         print(f"{key + ':':<{width}}{value}")
+
+
+def memory_lines(metrics: dict, device: str) -> list[tuple[str, str]]:
+    """The peak of the run's tensors, measured beside predicted (the same quantity: docs/memory.md), then on CPU
+    the process's peak resident set, which is another: the interpreter, libraries and data are in it too."""
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    lines, measured = [], metrics.get("memory/tensor_peak_bytes")
+    predicted = None
+    if metrics.get("memory/predicted_peak_bytes"):
+        from .estimate.fit import run_peak  # a step's or an evaluation batch's, whichever is larger
+
+        predicted = run_peak(metrics)[0]
+    figures = [f"{mib(measured)} measured"] if measured else []
+    figures += [f"{mib(predicted)} predicted"] if predicted else []
+    if figures:
+        lines.append(("peak tensors", ", ".join(figures)))
+    if metrics.get("memory/peak_bytes") and not device.startswith("cuda"):  # on CUDA the same figure as above
+        lines.append(("peak RSS", f"{mib(metrics['memory/peak_bytes'])} (the process: interpreter, libraries, data)"))
+    return lines
 
 
 def eight_bit_note(cfg) -> str:

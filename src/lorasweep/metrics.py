@@ -90,7 +90,16 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "memory/peak_bytes",
-        "the run's own peak: CUDA max allocated, or CPU peak resident set (README)",
+        "the run's own peak: CUDA max allocated; on CPU the process's peak resident set (interpreter, libraries "
+        "and data included; docs/memory.md)",
+        "minimize",
+        "bytes",
+        deterministic=False,
+    ),
+    Metric(
+        "memory/tensor_peak_bytes",
+        "the most bytes the run's tensors held at once (weights, gradients, optimizer state, activations): what "
+        "memory/predicted_peak_bytes predicts; CUDA max allocated, CPU a live-tensor counter (docs/memory.md)",
         "minimize",
         "bytes",
         deterministic=False,

@@ -27,7 +27,7 @@ from .fingerprints import changes, fingerprint, with_loaded_commit
 from .internals import reset_accelerator_settings
 from .loop import Callbacks, Loop
 from .lora import save_adapter
-from .memory import PeakMemory
+from .memory import PeakMemory, TensorPeak
 from .metrics import is_final_metric
 from .preflight import check_config
 from .ranks import broadcast_from_main
@@ -114,6 +114,7 @@ def _train_locked(
     resources = resources or Resources(keep=False)
     pack = resources.pack  # packed with other trials (lorasweep/pack/): the process's memory is the pack's
     memory = pack.memory if pack is not None else PeakMemory(accelerator.device).start()
+    tensors = TensorPeak(accelerator.device, enabled=pack is None)  # a pack's trials share one process's tensors
     parts = build_components(cfg, accelerator, resources)
     if main:
         env = environment_record(cfg.seed, str(accelerator.device), accelerator.num_processes)
@@ -130,8 +131,9 @@ def _train_locked(
     status = "failed"
     try:
         try:
-            status = loop.run(position)
-            final = _record(loop, parts.figures, memory, status, digest, pack=pack)
+            with tensors.counting(parts.model, parts.optimizer):
+                status = loop.run(position)
+            final = _record(loop, parts.figures, memory, status, digest, pack=pack, tensors=tensors)
             if main:
                 _publish(
                     cfg, run, loop, final, accelerator.unwrap_model(parts.model) if status == "completed" else None
@@ -140,7 +142,7 @@ def _train_locked(
             status = "failed"
             if main:  # a failed or killed run still leaves its record: how far it got and what it cost
                 ending = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-                run.write_metrics(_record(loop, parts.figures, memory, ending, digest, exc, pack))
+                run.write_metrics(_record(loop, parts.figures, memory, ending, digest, exc, pack, tensors))
             raise
         accelerator.wait_for_everyone()
         return final
@@ -189,6 +191,7 @@ def _record(
     digest: str,
     error: BaseException | None = None,
     pack=None,
+    tensors: TensorPeak | None = None,
 ) -> dict:
     """What a run leaves in metrics.json however it ended; only status "completed" marks it complete. A packed
     run's process held other trials too: its peak is the pack's (memory/pack_peak_bytes), and `packed_with` names
@@ -197,6 +200,7 @@ def _record(
         **figures,
         **loop.final_metrics(),
         ("memory/peak_bytes" if pack is None else "memory/pack_peak_bytes"): memory.peak_bytes(),
+        **(tensors.figures(memory) if tensors is not None else {}),
         "status": status,
         "step": loop.position.step,
         "config_hash": digest,
