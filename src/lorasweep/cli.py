@@ -262,17 +262,29 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _quiet_libraries() -> None:
-    """Library progress bars and load reports drown lorasweep's own output."""
+    """Library progress bars and load reports drown lorasweep's own output. Said through the libraries' own
+    environment variables, so that a command that never loads them (`--help`, `runs`, `status`, `report`) does
+    not import them for this (1-2 s); set directly where they are loaded already (the CLI called in-process)."""
     import logging
-
-    import datasets
-    import transformers
+    import os
 
     # bitsandbytes warns at import about an optional kernels package (a slower CPU fallback; harmless).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)  # what the user set wins
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+# Read when each library is imported: datasets' and the hub's (transformers') progress bars, transformers' logs.
+_QUIET_ENV = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 
 def _run_root_spelling(argv: list[str]) -> list[str]:

@@ -8,7 +8,6 @@ QLoRA + 8-bit run from a plain one with the same LoRA settings.
 
 from __future__ import annotations
 
-from .lora.targets import targets_label
 from .metrics import HEADLINE
 from .runstore import RunDir
 
@@ -37,6 +36,8 @@ TEMPLATE_WIDTH = 24  # a template in a table: its first characters, one line
 def settings(cfg) -> dict:
     """The distinguishing settings of a config, as plain values ({column: value})."""
     from omegaconf import OmegaConf
+
+    from .lora.targets import targets_label  # here, not at the top: lora imports torch, which `runs` never needs
 
     out = {}
     for column, key, default in SETTINGS:

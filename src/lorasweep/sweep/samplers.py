@@ -10,13 +10,22 @@ from __future__ import annotations
 import optuna
 
 from ..errors import UserError
-from ..estimate.fit import constraint  # trials predicted over the memory cap are infeasible
 
 
+# Trials predicted over the memory cap are infeasible (estimate.fit.constraint). Imported when a sampler is built:
+# the estimate imports torch, which `status` and `report` (they validate specs here) never need.
 def _tpe(spec, **options):
+    from ..estimate.fit import constraint
+
     return optuna.samplers.TPESampler(
         **{"n_startup_trials": 4, "constraints_func": constraint, "multivariate": len(spec.params) > 1, **options}
     )
+
+
+def _nsga2(spec, **options):
+    from ..estimate.fit import constraint
+
+    return optuna.samplers.NSGAIISampler(**{"constraints_func": constraint, **options})
 
 
 def _grid(spec, **options):
@@ -29,7 +38,7 @@ SAMPLERS = {
     "random": lambda spec, **o: optuna.samplers.RandomSampler(**o),
     "qmc": lambda spec, **o: optuna.samplers.QMCSampler(**{"scramble": True, "warn_independent_sampling": False, **o}),
     # multi-objective (a genetic algorithm; fine for one too)
-    "nsga2": lambda spec, **o: optuna.samplers.NSGAIISampler(**{"constraints_func": constraint, **o}),
+    "nsga2": _nsga2,
     "grid": _grid,
 }
 PRUNERS = {

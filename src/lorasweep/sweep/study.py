@@ -88,9 +88,12 @@ def check_retry_failed(retry_failed: int) -> None:
         raise UserError(f"--retry-failed must be >= 0, got {retry_failed}")
 
 
-def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[optuna.Study, SweepSpec, list[str]]:
+def load_study(
+    study_name: str, storage_url: str, create: bool = True, sampling: bool = True
+) -> tuple[optuna.Study, SweepSpec, list[str]]:
     """The study, its spec and the sweep's command-line overrides; `create=False`: a missing file storage is an
-    error, not a new empty database (status, report)."""
+    error, not a new empty database (status, report); `sampling=False`: without the spec's sampler and pruner,
+    for reading trials only (status, report: building the memory-cap constraint would import torch)."""
     storage = open_storage(storage_url, create=create)
     try:
         summary = optuna.study.load_study(study_name=study_name, storage=storage)
@@ -103,6 +106,8 @@ def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[
     if SPEC_ATTR not in attrs:
         raise UserError(f"study {study_name!r} was not created by lorasweep (no spec stored on it)")
     spec = SweepSpec.from_dict(attrs[SPEC_ATTR])
+    if not sampling:
+        return summary, spec, list(attrs.get(OVERRIDES_ATTR, []))
     study = optuna.load_study(
         study_name=study_name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
     )
@@ -112,4 +117,4 @@ def load_study(study_name: str, storage_url: str, create: bool = True) -> tuple[
 def open_study(study_name: str, storage_url: str | None, run_root: str = "runs"):
     """load_study of an existing study (nothing created), the storage defaulting to the run root's sqlite file
     (status, report)."""
-    return load_study(study_name, storage_url or default_storage_url(run_root), create=False)
+    return load_study(study_name, storage_url or default_storage_url(run_root), create=False, sampling=False)

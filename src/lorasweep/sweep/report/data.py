@@ -15,7 +15,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ...lora.adapter_io import read_label_names
 from ...metrics import HEADLINE, label
 from ...runstore import RunDir
 from ..spec import SweepSpec
@@ -64,6 +63,8 @@ class TrialRow:
                 row[metric] = self.metrics[metric]
         for metric, title in COSTS.items():
             row[title] = self.metrics.get(metric)
+        from ...lora.adapter_io import read_label_names  # here: lora imports torch, which `status` never needs
+
         if self.run_dir is not None and (names := read_label_names(Path(self.run_dir) / "adapter")):
             row["labels"] = ", ".join(names)
         row["config hash"] = self.config_hash or None
