@@ -54,22 +54,18 @@ def device_memory(device: str) -> int:
     raise UserError("cannot tell this machine's memory: give a cap (cluster.memory_cap or --memory-cap)")
 
 
-_ESTIMATES: dict[tuple, dict] = {}  # a sweep worker estimates a trial for the cap, then its run: once
-
-
 def cached_estimate(
     cfg, device: str | None = None, micro_batch: int | None = None, num_processes: int | None = None
 ) -> dict:
-    """estimate_config, remembered per (config hash, device, micro batch, processes) in this process: the hash
-    covers every key that changes what a step holds (data, model, LoRA, optimizer, precision, batch sizes)."""
-    from ..config import config_hash
+    """estimate_config, remembered per shape in this process (prediction_cache.py: the config without the keys
+    that cannot change what a step holds, such as the learning rate or α): a sweep worker estimates a trial for
+    the cap, then its run, and trials of one shape, once."""
+    from ..prediction_cache import per_shape
 
     device = device or default_device(cfg)
     micro = micro_batch or micro_batch_of(cfg)
-    key = (config_hash(cfg), device, micro, num_processes or processes(cfg))
-    if key not in _ESTIMATES:
-        _ESTIMATES[key] = estimate_config(cfg, device, micro_batch=micro, num_processes=key[3])
-    return _ESTIMATES[key]
+    n = num_processes or processes(cfg)
+    return per_shape(cfg, device, micro, n, lambda: estimate_config(cfg, device, micro_batch=micro, num_processes=n))
 
 
 def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
