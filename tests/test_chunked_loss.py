@@ -41,7 +41,7 @@ def _grads(model):
     return grads
 
 
-def _compare(model, batch, chunk_bytes=FIVE_ROWS, autocast=False, grad_atol=1e-6):
+def _compare(model, batch, chunk_bytes=FIVE_ROWS, autocast=False, grad_tolerance=(1e-5, 1e-6)):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         torch.manual_seed(5)  # the same dropout masks for both
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
@@ -57,7 +57,8 @@ def _compare(model, batch, chunk_bytes=FIVE_ROWS, autocast=False, grad_atol=1e-6
     assert int(ours[2]) == int(ref[2]) == 8 + 8 + 5 and int(ours[3]) == int(ref[3])
     assert mine.keys() == theirs.keys() and mine
     for name in mine:
-        torch.testing.assert_close(mine[name], theirs[name], rtol=1e-5, atol=grad_atol, msg=name)
+        rtol, atol = grad_tolerance
+        torch.testing.assert_close(mine[name], theirs[name], rtol=rtol, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -73,7 +74,9 @@ def test_one_chunk_and_bf16_autocast():
     apply_lora(model, "all", rank=4, alpha=8)
     randomize_lora(model)
     _compare(model, _batch(), chunk_bytes=2**30)
-    _compare(model, _batch(1), autocast=True, grad_atol=1e-4)  # the head under the forward's own autocast
+    # The head under the forward's own autocast: the same loss; the gradients to bf16 rounding (the fused head
+    # rounds d loss / d logits to bf16 before it is scaled by 1 / count, autograd after).
+    _compare(model, _batch(1), autocast=True, grad_tolerance=(0.02, 1e-3))
 
 
 def test_lora_on_the_lm_head_replays_its_dropout_in_backward():

@@ -7,10 +7,11 @@ is not IGNORE, `chunk_rows` rows at a time, each chunk's logits in float32 as th
 (batch, sequence, vocabulary) tensor exists: a Llama-3 eval batch of 128 × 1024 tokens held 67 GB of float32
 logits (and a copy); a chunk holds CHUNK_BYTES of them.
 
-Training goes through one autograd node (`_ChunkedNLL`) that keeps only the selected hidden rows: its backward
-recomputes each chunk's logits (the dropout of a LoRA on the head replayed from the saved generator state) and
-returns the gradients of the hidden rows and of the head's trainable parameters (LoRA on lm_head,
-`modules_to_save: [lm_head]`), so the saved log-softmax of every position (n × vocabulary) is never held either.
+Training goes through one autograd node (`_ChunkedNLL`) that holds n × hidden, never the log-softmax of every
+position (n × vocabulary): for a frozen lm_head the hidden rows' gradient, computed with each chunk's logits
+(Liger's fusion); for a head with trainable parts (a LoRA on lm_head, `modules_to_save: [lm_head]`) or one a
+pack routes, the rows themselves, each chunk's logits recomputed in backward (the head's dropout replayed from
+the saved generator state) for the gradients of the rows and of the head's parameters.
 
 Selecting the target rows (a boolean index) waits for the device once per forward: their number sets the
 shapes. On fake tensors (the memory estimate) labels have no values, and every position counts as a target.
@@ -157,10 +158,20 @@ def _draws_random(head: nn.Module) -> bool:
 
 
 class _ChunkedNLL(torch.autograd.Function):
-    """(summed loss, correct) of head(hidden) against targets; saves the rows, recomputes each chunk in backward."""
+    """(summed loss, correct) of head(hidden) against targets, in chunks. A frozen plain Linear head (the usual
+    lm_head) is fused: each chunk's hidden gradient, (softmax − onehot)·W, is computed with its logits and kept
+    (n × hidden, the size of the rows themselves). Any other head (a LoRA on it, a trained head, one the pack
+    routes) keeps the rows and recomputes each chunk in backward, its dropout replayed."""
 
     @staticmethod
     def forward(ctx, hidden, targets, head, rows, autocast, *params):
+        ctx.fused = not params and type(head) is nn.Linear and "forward" not in vars(head)
+        ctx.mark_non_differentiable(targets)
+        if ctx.fused:
+            total, correct, grad = _fused(head, hidden, targets, rows)
+            ctx.save_for_backward(grad)
+            ctx.mark_non_differentiable(correct)
+            return total, correct
         device = hidden.device
         ctx.rng = None
         if _draws_random(head):  # replayed in backward, as torch.utils.checkpoint does
@@ -173,6 +184,9 @@ class _ChunkedNLL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, _grad_correct):
+        if ctx.fused:
+            (grad,) = ctx.saved_tensors
+            return (grad * grad_total, None, None, None, None)
         hidden, targets = ctx.saved_tensors
         need_hidden = ctx.needs_input_grad[0]
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[5:]) if need]
@@ -196,6 +210,24 @@ class _ChunkedNLL(torch.autograd.Function):
                     if g is not None:
                         grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
         return (grad_hidden, None, None, None, None, *grad_params)
+
+
+def _fused(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, rows: int):
+    """(summed loss, correct, d loss / d hidden) for a frozen Linear head, one chunk of logits at a time. The
+    gradient is what autograd's backward computes: d/dlogits in float32, cast to the logits' dtype, times W."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    grad = torch.empty_like(hidden)
+    for start in range(0, hidden.shape[0], rows):
+        z = head(hidden[start : start + rows])
+        logits, target = _float(z), targets[start : start + rows]
+        total = total + _nll(logits, target)
+        correct = correct + (logits.argmax(-1) == target).sum()
+        trained = (target != IGNORE).unsqueeze(1).to(logits.dtype)  # (static shapes: fake tensors too)
+        d_logits = torch.softmax(logits, dim=-1).mul_(trained)
+        d_logits.scatter_add_(1, target.clamp(min=0).unsqueeze(1), -trained)
+        grad[start : start + rows] = d_logits.to(z.dtype) @ head.weight.to(z.dtype)
+    return total, correct, grad
 
 
 def _autocast(state: tuple | None):
