@@ -25,9 +25,12 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
-# The default run (what a developer runs; about 5 min on 2 cores: 653 tests in 4m35s on 2026-11-30). CI also runs test-wheel, test-slow, test-slurm.
+# The default run (what a developer runs), one pytest-xdist worker per core, each test module on one worker (its
+# module fixtures built once); TEST_WORKERS=0 runs it in this process. Its time on 2 cores: docs/benchmarks.md.
+# CI also runs test-wheel, test-slow, test-slurm.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q -m "not slow and not slurm"
+	$(PY) -m pytest -q -m "not slow and not slurm" -n $(TEST_WORKERS) --dist loadscope
 
 # The wheel outside the repository: built, installed with its dependencies into a fresh virtualenv, then
 # `lorasweep train --cfg`, a 3-step run and a SLURM dry run from an empty directory (~3 min).

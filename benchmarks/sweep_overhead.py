@@ -9,9 +9,14 @@ wall(N) = startup + N x per_trial + loops(N), two budgets give both unknowns:
     startup   = (wall_short - loops_short) - short x per_trial
 
 Repeats are interleaved (short, long, short, long, ...); the table gives median and min-max over them.
-`--process-per-trial` also times the same configs as one `lorasweep train` process each (Hydra multirun's way).
+`--shapes new` (the default) searches rank and targets, so nearly every trial has a shape of its own and its own
+memory prediction; `--shapes one` searches only the learning rate and α, so every trial shares one prediction
+(prediction_cache.py). `--process-per-trial` also times the same configs as one `lorasweep train` process each
+(Hydra multirun's way). `--startup` times commands that train nothing instead (a fresh process each, median of
+--repeats): `--help`, `runs` on an empty and on a sweep's run root, `status` and `report` of that sweep.
 
-    python benchmarks/sweep_overhead.py [--trials 8] [--few 2] [--steps 10] [--repeats 3] [--process-per-trial]
+    python benchmarks/sweep_overhead.py [--trials 8] [--few 2] [--steps 10] [--repeats 3] [--shapes new|one]
+        [--process-per-trial] [--startup] [overrides ...]
 """
 
 from __future__ import annotations
@@ -37,7 +42,18 @@ COMMON = [
 ]
 
 
-def _spec(work: Path, trials: int) -> Path:
+SHAPES = {  # what the trials search: a new shape (and memory prediction) nearly every trial, or one for all
+    "new": """
+          lora.rank: {type: int, low: 1, high: 64, log: true}
+          lora.targets: {type: categorical, choices: [qv, all]}
+          optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}""",
+    "one": """
+          lora.alpha: {type: float, low: 4, high: 64, log: true}
+          optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}""",
+}
+
+
+def _spec(work: Path, trials: int, shapes: str = "new") -> Path:
     path = work / f"spec{trials}.yaml"
     path.write_text(
         textwrap.dedent(f"""
@@ -45,18 +61,16 @@ def _spec(work: Path, trials: int) -> Path:
         n_trials: {trials}
         pruner: {{name: none}}
         sampler: {{name: random, seed: 0}}
-        params:
-          lora.rank: {{type: int, low: 1, high: 64, log: true}}
-          lora.targets: {{type: categorical, choices: [qv, all]}}
-          optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-3, log: true}}
-    """)
+        params:""")
+        + SHAPES[shapes]
+        + "\n"
     )
     return path
 
 
-def _sweep(work: Path, trials: int, steps: int, extra: list[str]) -> tuple[float, float, list[str]]:
+def _sweep(work: Path, trials: int, steps: int, extra: list[str], shapes: str = "new", root=None):
     """(wall seconds of the command, seconds inside its training loops, the trials' overrides)."""
-    root = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
+    root = root or Path(tempfile.mkdtemp(prefix="runs-", dir=work))
     start = time.perf_counter()
     subprocess.run(
         [
@@ -64,7 +78,7 @@ def _sweep(work: Path, trials: int, steps: int, extra: list[str]) -> tuple[float
             "-m",
             "lorasweep.cli",
             "sweep",
-            str(_spec(work, trials)),
+            str(_spec(work, trials, shapes)),
             *COMMON,
             *extra,
             f"trainer.max_steps={steps}",
@@ -86,23 +100,28 @@ def main(argv=None) -> int:
     parser.add_argument("--few", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="new")
     parser.add_argument("--process-per-trial", action="store_true")
+    parser.add_argument("--startup", action="store_true", help="time commands that train nothing, then stop")
     parser.add_argument(
         "overrides", nargs="*", help="more overrides for every trial (e.g. trainer.predict_memory=false)"
     )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="lorasweep-bench-"))
+    if args.startup:
+        _startup(work, args.repeats)
+        return 0
     startups, per_trials, ratios = [], [], []
     for _ in range(args.repeats):
-        short = _sweep(work, args.few, args.steps, args.overrides)
-        long = _sweep(work, args.trials, args.steps, args.overrides)
+        short = _sweep(work, args.few, args.steps, args.overrides, args.shapes)
+        long = _sweep(work, args.trials, args.steps, args.overrides, args.shapes)
         per_trial = ((long[0] - long[1]) - (short[0] - short[1])) / (args.trials - args.few)
         per_trials.append(per_trial)
         startups.append((short[0] - short[1]) - args.few * per_trial)
         ratios.append(long[0] / long[1])
     print(
         f"one worker, MiniLM, batch 16, {args.steps} steps a trial; {args.few} and {args.trials} trials, "
-        f"{args.repeats} interleaved repeats {' '.join(args.overrides)}"
+        f"{args.repeats} interleaved repeats, shapes: {args.shapes} {' '.join(args.overrides)}"
     )
     print(f"{'figure':<34} {'median':>8} {'min':>8} {'max':>8}")
     for name, values in (
@@ -114,6 +133,31 @@ def main(argv=None) -> int:
     if args.process_per_trial:
         _process_per_trial(work, args)
     return 0
+
+
+def _startup(work: Path, repeats: int) -> None:
+    """Median wall seconds (min-max) of commands that train nothing, each in a fresh process; the study and runs
+    they read come from a 2-trial sweep of 3 steps run first."""
+    root = work / "startup-runs"
+    _sweep(work, 2, 3, [], "new", root=root)
+    empty = work / "empty"
+    empty.mkdir()
+    commands = {
+        "lorasweep --help": ["--help"],
+        "lorasweep runs (no runs)": ["runs", "--run-root", str(empty)],
+        "lorasweep runs (2 runs)": ["runs", "--run-root", str(root)],
+        "lorasweep status": ["status", "--study", "overhead2", "--run-root", str(root)],
+        "lorasweep report": ["report", "--study", "overhead2", "--run-root", str(root), "--wandb", "none"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):  # interleaved, as the sweeps above
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "lorasweep.cli", *argv], check=True, capture_output=True, env=ENV)
+            times[name].append(time.perf_counter() - start)
+    print(f"command startup, a fresh process each, median (min-max) of {repeats}")
+    for name, values in times.items():
+        print(f"{name:<34} {statistics.median(values):>6.2f} s ({min(values):.2f}-{max(values):.2f})")
 
 
 def _process_per_trial(work: Path, args) -> None:
