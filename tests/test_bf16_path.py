@@ -187,3 +187,22 @@ def test_predict_serves_runs_of_a_bf16_checkpoint_on_nf4_computing_in_bf16(bf16_
     assert main([*argv, "--run-root", str(runs), "--max-new-tokens", "3"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [o["adapter"] for o in out] == ["r2", "r4", "base"] and all("generation" in o for o in out)
+
+
+def test_the_8b_estimate_holds_float32_lora_on_its_bf16_base():
+    """`lorasweep estimate model=llama3_8b data=synth_sft lora=all lora.rank=16` reported 80.0 MiB (bf16 LoRA);
+    the run's own setup on the fake bf16 model (no step traced here: the weights decide it) holds 160 MiB."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from lorasweep.estimate.fake_model import build_fake_model
+    from lorasweep.estimate.size import format_bytes
+    from lorasweep.estimate.step import prepare, weight_account
+
+    cfg = compose(["model=llama3_8b", "data=synth_sft", "lora=all", "lora.rank=16"])
+    with torch.random.fork_rng(devices=[]), FakeTensorMode(allow_non_fake_inputs=True):
+        model = build_fake_model(cfg.model, cfg.data.task, cfg.data.num_labels)
+        assert model.dtype == torch.bfloat16
+        report, _ = prepare(model, cfg)
+        account = weight_account(model)
+    assert report.lora_parameters == 41_943_040
+    assert account["memory/trainable_bytes"] == 167_772_160 and format_bytes(167_772_160) == "160.0 MiB"
