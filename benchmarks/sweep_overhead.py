@@ -14,9 +14,12 @@ memory prediction; `--shapes one` searches only the learning rate and α, so eve
 (prediction_cache.py). `--process-per-trial` also times the same configs as one `lorasweep train` process each
 (Hydra multirun's way). `--startup` times commands that train nothing instead (a fresh process each, median of
 --repeats): `--help`, `runs` on an empty and on a sweep's run root, `status` and `report` of that sweep.
+`--in-process N` measures a warm worker's fixed cost per trial directly instead (run.train's wall time less its
+loop time, one process, N rounds interleaved): trials of one shape with the memory prediction on and off, and a
+new shape each time (prediction on); robust where the two-budget difference drowns in a loaded machine's noise.
 
     python benchmarks/sweep_overhead.py [--trials 8] [--few 2] [--steps 10] [--repeats 3] [--shapes new|one]
-        [--process-per-trial] [--startup] [overrides ...]
+        [--process-per-trial] [--startup] [--in-process N] [overrides ...]
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="new")
     parser.add_argument("--process-per-trial", action="store_true")
     parser.add_argument("--startup", action="store_true", help="time commands that train nothing, then stop")
+    parser.add_argument("--in-process", type=int, default=0, metavar="N", help="fixed cost per trial, N rounds")
     parser.add_argument(
         "overrides", nargs="*", help="more overrides for every trial (e.g. trainer.predict_memory=false)"
     )
@@ -110,6 +114,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lorasweep-bench-"))
     if args.startup:
         _startup(work, args.repeats)
+        return 0
+    if args.in_process:
+        _in_process(work, args.in_process, args.steps, args.overrides)
         return 0
     startups, per_trials, ratios = [], [], []
     for _ in range(args.repeats):
@@ -158,6 +165,35 @@ def _startup(work: Path, repeats: int) -> None:
     print(f"command startup, a fresh process each, median (min-max) of {repeats}")
     for name, values in times.items():
         print(f"{name:<34} {statistics.median(values):>6.2f} s ({min(values):.2f}-{max(values):.2f})")
+
+
+def _in_process(work: Path, rounds: int, steps: int, extra: list[str]) -> None:
+    """A warm worker's fixed cost per trial (run.train's wall less its loop), interleaved; each round's trials
+    get a new learning rate, α and seed (one shape) or also a new rank (a new shape: a new prediction)."""
+    os.environ.update({k: ENV[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY")})
+    from lorasweep.config import compose
+    from lorasweep.resources import Resources
+    from lorasweep.run import train
+
+    base = [*COMMON, f"trainer.max_steps={steps}", f"run_root={work / 'in-process'}", *extra]
+    kinds = {
+        "one shape, prediction on": [],
+        "one shape, predict_memory=false": ["trainer.predict_memory=false"],
+        "a new shape each trial": ["lora.rank={rank}"],
+    }
+    costs: dict[str, list[float]] = {kind: [] for kind in kinds}
+    resources = Resources(keep=True)  # what a worker keeps between trials
+    for i in range(rounds + 1):  # round 0: the process's first trial of each kind (imports, first trace)
+        for kind, more in kinds.items():
+            point = [f"optim.lr={1e-4 * (1 + i)}", f"lora.alpha={4 + i}", f"seed={i}"]
+            cfg = compose([*base, *point, *(m.format(rank=20 + i) for m in more)])
+            start = time.perf_counter()
+            metrics = train(cfg, resources=resources, force=True)
+            if i:
+                costs[kind].append(time.perf_counter() - start - metrics["perf/loop_time_s"])
+    print(f"a warm worker's fixed cost per trial (wall less loop), {rounds} interleaved rounds, {steps} steps")
+    for kind, values in costs.items():
+        print(f"{kind:<34} {statistics.median(values):>6.2f} s ({min(values):.2f}-{max(values):.2f})")
 
 
 def _process_per_trial(work: Path, args) -> None:
