@@ -3,6 +3,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Under pytest-xdist (make test: a worker per core) each worker gets one torch thread: two workers of two threads
+# each on 2 cores ran slower than one process (docs/benchmarks.md). Set before torch is imported; subprocesses
+# that tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

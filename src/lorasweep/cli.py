@@ -268,8 +268,10 @@ def _quiet_libraries() -> None:
     import logging
     import os
 
-    # bitsandbytes warns at import about an optional kernels package (a slower CPU fallback; harmless).
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes warns at import about an optional kernels package (a slower CPU fallback; harmless), and
+    # `kernels` (transformers >= 5.25 installs it) that offline it skips a publisher check of the cached kernel.
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)  # what the user set wins
     if "datasets" in sys.modules:

@@ -33,6 +33,11 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def uses_bitsandbytes(cfg) -> bool:
+    """A quantized base or an 8-bit optimizer: the settings that load bitsandbytes."""
+    return cfg.model.quantization != "none" or cfg.optim.name in EIGHT_BIT_OPTIMIZERS
+
+
 def require_bitsandbytes(setting: str) -> None:
     """One-line error for a setting that needs bitsandbytes when it is not installed."""
     if not bitsandbytes_available():

@@ -83,9 +83,14 @@ def _packaged_vocab_size() -> int:
 
 
 @contextlib.contextmanager
-def bitsandbytes_constants():
+def bitsandbytes_constants(needed: bool = True):
     """bitsandbytes builds its 8-bit code book (create_dynamic_map: double quantization, 8-bit optimizers) with
-    `.tolist()`, which fake tensors cannot answer: build that constant with real tensors (256 floats)."""
+    `.tolist()`, which fake tensors cannot answer: build that constant with real tensors (256 floats).
+    `needed=False` (no quantized base, no 8-bit optimizer) leaves bitsandbytes unimported: importing it loads
+    hub kernels and logs about them (bitsandbytes >= 0.49 with the `kernels` package transformers 5.25 brings)."""
+    if not needed:
+        yield
+        return
     try:
         import bitsandbytes.functional as bnbf
     except ImportError:

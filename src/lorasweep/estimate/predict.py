@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from ..config import config_hash
 from ..errors import UserError
+from ..optim import uses_bitsandbytes
 from .fake_model import bitsandbytes_constants, build_fake_model, int8_without_outliers
 from .live import CUDA_BLOCK, LiveBytes
 from .step import batch_of, measure_eval, measure_steps, prepare, weight_account, with_mixed_precision
@@ -62,7 +63,8 @@ def estimate_config(
     traced_on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with torch.random.fork_rng(devices=[]), FakeTensorMode(allow_non_fake_inputs=True), bitsandbytes_constants():
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with torch.random.fork_rng(devices=[]), fake, bitsandbytes_constants(uses_bitsandbytes(cfg)):
         model = build_fake_model(cfg.model, cfg.data.task, cfg.data.num_labels, traced_on)
         report, optimizer = prepare(model, cfg)
         account = weight_account(model)
