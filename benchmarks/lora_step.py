@@ -25,7 +25,7 @@ import torch
 from interleaved import time_interleaved
 
 from lorasweep.lora import apply_lora, resolve_targets
-from lorasweep.models import load_pretrained, packaged_minilm_dir
+from lorasweep.model.load import load_pretrained, packaged_minilm_dir
 
 RANK, ALPHA = 8, 16
 

@@ -88,7 +88,7 @@ CONFIGS = [
 
 
 def row(label, overrides, micro, length, device):
-    from lorasweep.config import compose
+    from lorasweep.config.schema import compose
     from lorasweep.estimate import estimate_config
     from lorasweep.estimate.measure import measure_config
 

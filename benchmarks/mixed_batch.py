@@ -31,7 +31,7 @@ import torch
 
 from lorasweep.lora import apply_lora, load_adapter, merge_lora, save_adapter
 from lorasweep.lora.multi import load_adapters
-from lorasweep.models import build_tiny, load_pretrained, packaged_minilm_dir
+from lorasweep.model.load import build_tiny, load_pretrained, packaged_minilm_dir
 
 LOADED = 32
 SMALL_LLAMA = dict(

@@ -122,12 +122,12 @@ def solo_check(sweeps: list[dict], work: Path) -> list[dict]:
     evaluation any packed copy of it reached); one row per packed trial."""
     from omegaconf import OmegaConf
 
-    from lorasweep.loop import Callbacks
-    from lorasweep.reproduce import recompose
-    from lorasweep.resources import Resources
-    from lorasweep.run import train
-    from lorasweep.runstore import RunDir
-    from lorasweep.tracking import NullTracker
+    from lorasweep.runs.store import RunDir
+    from lorasweep.training.lifecycle import train
+    from lorasweep.training.loop import Callbacks
+    from lorasweep.training.reproduce import recompose
+    from lorasweep.training.resources import Resources
+    from lorasweep.training.tracking import NullTracker
 
     packed = []  # (K, trial number, state, run dir)
     for sweep in sweeps:
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     rows = summarize(sweeps, args.packs, args.trials)
     checks = None
     if args.solo_check:
-        from lorasweep.cli import _quiet_libraries
+        from lorasweep.cli.main import _quiet_libraries
 
         _quiet_libraries()
         first = [s for s in sweeps[: len(args.packs)] if s["pack"] > 1]

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args(argv)
-    from lorasweep.cli import _quiet_libraries
+    from lorasweep.cli.main import _quiet_libraries
     from lorasweep.sweep.launch import run_sweep
 
     _quiet_libraries()

@@ -4,12 +4,12 @@
     python benchmarks/qlora.py memory [--steps 2] [--batch 16] [--seq 128] [--device cpu]
 
 step: one training step (forward, backward, AdamW) of LoRA r=8 on the nf4 base (bitsandbytes Linear4bit, built by
-lorasweep.quantize once and deep-copied, so both libraries wrap the very same quantized layers). Interleaved, one
+lorasweep.model.quantize once and deep-copied, so both libraries wrap the very same quantized layers). Interleaved, one
 step of each variant per round, median over the rounds: the ratio lorasweep / peft is what to read.
 
 memory: MiniLM (classification, LoRA r=16 on all six projections) and a tiny Llama (causal LM, hidden 256,
 4 layers, r=16 on all seven) for quantization none|nf4 × optimizer adamw|adamw8bit: the memory account of
-lorasweep.accounting (base weights, trainable, gradients, optimizer state) and the peak. Each configuration runs
+lorasweep.lora.accounting (base weights, trainable, gradients, optimizer state) and the peak. Each configuration runs
 in its own process; its peak is that of the `--steps` training steps (the model built and quantized before, its
 loading spike left out): on CPU the peak RSS (VmHWM reset after the build) minus the RSS after the imports, so
 the interpreter and libraries do not count; on CUDA the allocator's peak.
@@ -35,8 +35,8 @@ RANK, ALPHA = 8, 16
 
 
 def _quantized_minilm(device):
-    from lorasweep.models import load_pretrained, packaged_minilm_dir
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.load import load_pretrained, packaged_minilm_dir
+    from lorasweep.model.quantize import quantize_model
 
     torch.manual_seed(0)
     model = load_pretrained(packaged_minilm_dir(), "classification", num_labels=2).to(device)
@@ -123,12 +123,12 @@ def step_main(args) -> int:
 
 def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq, device) -> dict:
     """Runs in a child process: the memory account and the peak of one configuration."""
-    from lorasweep.accounting import memory_account
     from lorasweep.lora import apply_lora
-    from lorasweep.memory import PeakMemory, resident_bytes
-    from lorasweep.models import build_tiny, load_pretrained, packaged_minilm_dir
-    from lorasweep.optim import build_optimizer
-    from lorasweep.quantize import quantize_model
+    from lorasweep.lora.accounting import memory_account
+    from lorasweep.model.load import build_tiny, load_pretrained, packaged_minilm_dir
+    from lorasweep.model.quantize import quantize_model
+    from lorasweep.step.optim import build_optimizer
+    from lorasweep.training.memory import PeakMemory, resident_bytes
 
     class Optim:
         name, lr, beta1, beta2, eps, weight_decay, min_8bit_size = optimizer_name, 1e-4, 0.9, 0.999, 1e-8, 0.0, 4096
@@ -161,7 +161,7 @@ def one_config(model_name, quantization, optimizer_name, steps, batch_size, seq,
     optimizer = build_optimizer(Optim, [p for p in model.parameters() if p.requires_grad])
     batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
-    peak = PeakMemory(device).start()  # lorasweep's own per-run peak (memory.py)
+    peak = PeakMemory(device).start()  # lorasweep's own per-run peak (training/memory.py)
     for _ in range(steps):
         model(**batch).loss.backward()
         optimizer.step()

@@ -11,7 +11,7 @@ wall(N) = startup + N x per_trial + loops(N), two budgets give both unknowns:
 Repeats are interleaved (short, long, short, long, ...); the table gives median and min-max over them.
 `--shapes new` (the default) searches rank and targets, so nearly every trial has a shape of its own and its own
 memory prediction; `--shapes one` searches only the learning rate and α, so every trial shares one prediction
-(prediction_cache.py). `--process-per-trial` also times the same configs as one `lorasweep train` process each
+(estimate/shape_cache.py). `--process-per-trial` also times the same configs as one `lorasweep train` process each
 (Hydra multirun's way). `--startup` times commands that train nothing instead (a fresh process each, median of
 --repeats): `--help`, `runs` on an empty and on a sweep's run root, `status` and `report` of that sweep.
 `--in-process N` measures a warm worker's fixed cost per trial directly instead (run.train's wall time less its
@@ -171,9 +171,9 @@ def _in_process(work: Path, rounds: int, steps: int, extra: list[str]) -> None:
     """A warm worker's fixed cost per trial (run.train's wall less its loop), interleaved; each round's trials
     get a new learning rate, α and seed (one shape) or also a new rank (a new shape: a new prediction)."""
     os.environ.update({k: ENV[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY")})
-    from lorasweep.config import compose
-    from lorasweep.resources import Resources
-    from lorasweep.run import train
+    from lorasweep.config.schema import compose
+    from lorasweep.training.lifecycle import train
+    from lorasweep.training.resources import Resources
 
     base = [*COMMON, f"trainer.max_steps={steps}", f"run_root={work / 'in-process'}", *extra]
     kinds = {

@@ -30,9 +30,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from lorasweep import memory, run
-    from lorasweep.config import compose
-    from lorasweep.runstore import RunDir
+    from lorasweep.config.schema import compose
+    from lorasweep.runs.store import RunDir
+    from lorasweep.training import lifecycle as run
+    from lorasweep.training import memory
 
     if args.threads:
         torch.set_num_threads(args.threads)

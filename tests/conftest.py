@@ -12,7 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest
 import torch
 
-from lorasweep.models import build_tiny, load_pretrained, packaged_minilm_dir
+from lorasweep.model.load import build_tiny, load_pretrained, packaged_minilm_dir
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from lorasweep.accounting import count_parameters, optimizer_state_breakdown, optimizer_state_bytes
 from lorasweep.lora import apply_lora
+from lorasweep.lora.accounting import count_parameters, optimizer_state_breakdown, optimizer_state_bytes
 
 
 def test_roberta_base_qv_r8_matches_lora_paper():

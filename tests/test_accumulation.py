@@ -12,13 +12,13 @@ import sys
 import pytest
 import torch
 
-from lorasweep.checkpoint import MICRO_BATCHES, Position, in_examples, latest_checkpoint
-from lorasweep.config import compose
+from lorasweep.config.schema import compose
 from lorasweep.errors import UserError
-from lorasweep.loop import item_count
-from lorasweep.metrics import deterministic_metrics
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.runs.metrics import deterministic_metrics
+from lorasweep.runs.store import RunStore
+from lorasweep.training.checkpoint import MICRO_BATCHES, Position, in_examples, latest_checkpoint
+from lorasweep.training.lifecycle import Callbacks, train
+from lorasweep.training.loop import item_count
 
 REL = 1e-5
 SFT = [
@@ -144,7 +144,7 @@ def test_two_processes_with_accumulation_match_one_pass(whole, tmp_path):
 
 def test_the_measured_defect_through_the_command_line(tmp_path, capsys):
     """Issue 25's measurement as a user makes it: micro batch 8, 2 and 1 print one hash and one eval loss."""
-    from lorasweep.cli import main
+    from lorasweep.cli.main import main
 
     printed = []
     for micro in (8, 2, 1):

@@ -9,7 +9,7 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from lorasweep.lora import apply_lora, load_adapter, save_adapter
-from lorasweep.models import load_pretrained
+from lorasweep.model.load import load_pretrained
 
 IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 

@@ -13,12 +13,12 @@ from conftest import randomize_lora, tiny
 from peft import PeftModel
 from safetensors import safe_open
 
-from lorasweep.cli import main
-from lorasweep.config import compose, config_hash
+from lorasweep.cli.main import main
+from lorasweep.config.schema import compose, config_hash
 from lorasweep.lora import apply_lora, load_adapter, load_adapters, save_adapter
-from lorasweep.models import load_pretrained
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.model.load import load_pretrained
+from lorasweep.runs.store import RunStore
+from lorasweep.training.lifecycle import Callbacks, train
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 RUN = ["data=synth_sft", "trainer=smoke", "data.max_train_examples=32", "data.max_eval_examples=8"]
@@ -129,7 +129,7 @@ def test_dora_magnitude_and_a_trained_head_are_float32_on_a_bf16_base():
 
 
 def _serving_base(bf16_dir, quantization):
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.quantize import quantize_model
 
     base = load_pretrained(bf16_dir, "causal_lm").eval()
     if quantization == "nf4":
@@ -194,8 +194,8 @@ def test_the_8b_estimate_holds_float32_lora_on_its_bf16_base():
     the run's own setup on the fake bf16 model (no step traced here: the weights decide it) holds 160 MiB."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from lorasweep.estimate.byte_sizes import format_bytes
     from lorasweep.estimate.fake_model import build_fake_model
-    from lorasweep.estimate.size import format_bytes
     from lorasweep.estimate.step import prepare, weight_account
 
     cfg = compose(["model=llama3_8b", "data=synth_sft", "lora=all", "lora.rank=16"])

@@ -1,4 +1,4 @@
-"""The causal-LM loss at the target positions, in chunks (lm_loss.py): the same loss, accuracy and gradients as
+"""The causal-LM loss at the target positions, in chunks (step/lm_loss.py): the same loss, accuracy and gradients as
 the full-vocabulary computation it replaced, on every causal architecture, and the logits never held whole."""
 
 import pytest
@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from conftest import randomize_lora, tiny
 
 from lorasweep.estimate.live import LiveBytes
-from lorasweep.lm_loss import causal_lm_losses
 from lorasweep.lora import apply_lora
-from lorasweep.tasks import evaluate, forward_loss
+from lorasweep.step.lm_loss import causal_lm_losses
+from lorasweep.step.tasks import evaluate, forward_loss
 
 ARCHS = ["gpt2", "llama", "gpt_neox", "phi3"]
 VOCAB = 512  # models.TINY_CONFIGS
@@ -27,7 +27,7 @@ def _batch(seed=0, n=3, length=12):
 
 
 def _reference(model, batch):
-    """What tasks.py computed before: full logits in float32, shifted, cross-entropy over the trained tokens."""
+    """What step/tasks.py computed before: full logits in float32, shifted, cross-entropy over the trained tokens."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     flat, target = logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1)
     total = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 FAST = ["trainer=smoke", "tracking=none", "data.max_train_examples=16", "data.max_eval_examples=8"]
 
@@ -52,19 +52,19 @@ def test_demo_compares_lora_with_full_fine_tuning(capsys):
 
 def test_a_bug_keeps_its_traceback_and_bad_input_is_one_line(capsys, monkeypatch, tmp_path):
     """Only UserError (and the config libraries' errors) become one line; a ValueError from a bug propagates."""
-    import lorasweep.compare
+    import lorasweep.cli.compare
     from lorasweep.errors import UserError
 
     def buggy(*_args, **_kwargs):
         raise ValueError("a bug, not bad input")
 
-    monkeypatch.setattr(lorasweep.compare, "list_runs", buggy)
+    monkeypatch.setattr(lorasweep.cli.compare, "list_runs", buggy)
     with pytest.raises(ValueError, match="a bug"):
         main(["runs", "--run-root", str(tmp_path)])
 
     def refuse(*_args, **_kwargs):
         raise UserError("no such run root")
 
-    monkeypatch.setattr(lorasweep.compare, "list_runs", refuse)
+    monkeypatch.setattr(lorasweep.cli.compare, "list_runs", refuse)
     assert main(["runs", "--run-root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "lorasweep: error: no such run root\n"

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from lorasweep import internals
-from lorasweep.composition import compose_overrides, describe
-from lorasweep.config import compose, config_hash, register_configs
+from lorasweep.config.composition import compose_overrides, describe
+from lorasweep.config.schema import compose, config_hash, register_configs
 from lorasweep.errors import UserError
 from lorasweep.sources import user_config_dirs
 
@@ -84,7 +84,7 @@ def test_cached_compose_fails_like_a_full_compose(overrides):
         compose(overrides)
     try:
         compose_uncached(overrides)
-        from lorasweep.config import check_keys
+        from lorasweep.config.schema import check_keys
 
         check_keys(compose_uncached(overrides))
     except ValueError as full:

@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from lorasweep.config import canonical_json, compose, config_hash
+from lorasweep.config.schema import canonical_json, compose, config_hash
 from lorasweep.sources import CONF_DIR
 
 CONF_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.name != "train.yaml" and "local" not in p.parts)

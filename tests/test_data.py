@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lorasweep import data
-from lorasweep.config import DataConfig
+from lorasweep.config.schema import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DATA = ROOT / "conf" / "data"

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from chat_models import conversations, save_chat_model
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 

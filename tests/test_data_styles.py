@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from lorasweep import data
-from lorasweep.config import DataConfig
+from lorasweep.config.schema import DataConfig
 from lorasweep.data import chat
 from lorasweep.errors import UserError
-from lorasweep.scoring import average_ranks, classification_scores, regression_scores
+from lorasweep.step.scoring import average_ranks, classification_scores, regression_scores
 
 
 @pytest.fixture(scope="session")
@@ -246,7 +246,7 @@ def test_generation_stops_at_the_templates_end_of_turn_token(chat_dirs):
 
 def test_shipped_chat_set_trains_every_assistant_turn(minilm_dir, tmp_path):
     """data=synth_chat on the tiny models' tokenizer (MiniLM's, no template): the shipped ChatML template."""
-    from lorasweep.config import compose
+    from lorasweep.config.schema import compose
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
     config = compose(["model=tiny_llama", "data=synth_chat"]).data
@@ -268,9 +268,9 @@ def test_shipped_chat_set_trains_every_assistant_turn(minilm_dir, tmp_path):
 
 
 def test_tables_tell_datasets_apart():
-    """runs / compare / the leaderboard show data, style and template where runs differ (runrow.py)."""
-    from lorasweep.config import compose
-    from lorasweep.runrow import settings, settings_columns
+    """runs / compare / the leaderboard show data, style and template where runs differ (runs/rows.py)."""
+    from lorasweep.config.schema import compose
+    from lorasweep.runs.rows import settings, settings_columns
 
     sft = settings(compose(["model=tiny_llama", "data=synth_sft"]))
     chat_run = settings(compose(["model=tiny_llama", "data=synth_chat"]))

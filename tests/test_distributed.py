@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from lorasweep.config import compose
-from lorasweep.run import train
+from lorasweep.config.schema import compose
+from lorasweep.training.lifecycle import train
 
 OVERRIDES = [
     "trainer=smoke",

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 import pytest
 
-from lorasweep.cli import _run_root_spelling, cli, main
+from lorasweep.cli.main import _run_root_spelling, cli, main
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -168,7 +168,7 @@ def known_options(name: str) -> set[str]:
     return {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")} | {"--help"}
 
 
-# Options several commands share (declared once in cli.py: --run-root, --study, --storage, --config-dir): shown
+# Options several commands share (declared once in cli/main.py: --run-root, --study, --storage, --config-dir): shown
 # with one command, they count as shown for all.
 SHARED = {
     o

@@ -8,11 +8,11 @@ import torch
 from conftest import tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from lorasweep.accounting import count_parameters
 from lorasweep.errors import UserError
 from lorasweep.lora import apply_lora, load_adapter, lora_layers, merge_lora, save_adapter, unmerge_lora
+from lorasweep.lora.accounting import count_parameters
 from lorasweep.lora.targets import resolve_targets
-from lorasweep.models import load_pretrained
+from lorasweep.model.load import load_pretrained
 
 IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -168,7 +168,7 @@ def test_gradients_equal_peft(minilm_dir, minilm_batch):
 
 def test_dora_refused_on_a_quantized_base():
     pytest.importorskip("bitsandbytes")
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.quantize import quantize_model
 
     model = tiny("llama")
     quantize_model(model, "nf4")
@@ -215,7 +215,7 @@ def test_dora_adapters_mix_with_plain_ones_in_one_batch(arch, preset, tmp_path):
 def test_dora_adapter_on_a_quantized_base_is_refused_for_mixed_batches(tmp_path):
     pytest.importorskip("bitsandbytes")
     from lorasweep.lora.multi import load_adapters
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.quantize import quantize_model
 
     model = tiny("llama")
     apply_lora(model, "qv", rank=4, alpha=8, dora=True)

@@ -8,12 +8,12 @@ import pytest
 import tomllib
 import torch
 
-from lorasweep.config import compose
+from lorasweep.config.schema import compose
 from lorasweep.errors import UserError
 from lorasweep.estimate import estimate_config, format_bytes, parse_memory_size
-from lorasweep.estimate.architectures import SHIPPED_DIR, shipped_architectures
 from lorasweep.estimate.live import LiveBytes
 from lorasweep.estimate.measure import measure_config
+from lorasweep.model.hub_config import SHIPPED_DIR, shipped_architectures
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = (
@@ -49,7 +49,7 @@ def test_llama3_8b_every_projection_r16_offline_matches_the_exact_lora_count():
     # in bf16 (2 x 128256 x 4096 x 2 bytes = 2.1 GB)
     assert 5.5e9 < account["memory/base_weights_bytes"] < 6.5e9
     assert account["sequence_length"] == 32 and "data.max_length" in account["sequence_length_source"]
-    assert account["config_hash"] == __import__("lorasweep.config", fromlist=["x"]).config_hash(cfg)
+    assert account["config_hash"] == __import__("lorasweep.config.schema", fromlist=["x"]).config_hash(cfg)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ def test_cuda_estimate_on_a_cpu_machine_uses_cuda_allocation_granularity():
 
 @pytest.mark.parametrize("name", ["llama3_8b", "llama3_70b", "mistral_7b", "qwen2_5_7b"])
 def test_shipped_architectures_are_the_models_configs_name(name):
-    from lorasweep.estimate.architectures import architecture_config
+    from lorasweep.model.hub_config import architecture_config
 
     cfg = compose([f"model={name}", "data=synth_sft"])
     config = architecture_config(cfg.model)
@@ -157,7 +157,7 @@ def test_big_shipped_models_estimate_offline(name):
 
 def test_architecture_configs_are_package_data():
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lorasweep"]
-    assert "architectures/*.json" in data and len(list(SHIPPED_DIR.glob("*.json"))) == 4
+    assert "model/known_configs/*.json" in data and len(list(SHIPPED_DIR.glob("*.json"))) == 4
 
 
 def test_unknown_architecture_is_one_line_naming_what_to_provide():

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 LLAMA = ["model=tiny_llama", "data=synth_sft", "lora=all"]
 

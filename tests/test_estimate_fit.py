@@ -7,11 +7,11 @@ import textwrap
 import pytest
 from optuna.trial import TrialState
 
-from lorasweep.config import compose, config_hash
+from lorasweep.config.schema import compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.estimate import estimate_config
 from lorasweep.estimate.fit import OVER_CAP_ATTR, constraint, plan_micro_batch
-from lorasweep.runstore import RunStore
+from lorasweep.runs.store import RunStore
 from lorasweep.sweep.memory_estimate import estimate_sweep, format_sweep_estimate
 
 LLAMA = [
@@ -33,10 +33,10 @@ def _peak(cfg, micro):
 def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch):
     """The real Loop.step (collator, accelerate, scheduler) under a live-storage counter, against the prediction
     that the run itself recorded for its config."""
-    from lorasweep import loop as loop_module
     from lorasweep.estimate.live import LiveBytes
     from lorasweep.estimate.step import model_tensors
-    from lorasweep.run import train
+    from lorasweep.training import loop as loop_module
+    from lorasweep.training.lifecycle import train
 
     cfg = compose(
         [
@@ -49,7 +49,7 @@ def test_the_runs_own_second_step_holds_what_was_predicted(tmp_path, monkeypatch
             "data.text_field=instruction",
             f"run_root={tmp_path}",
         ]
-    )  # max_length 5 cuts every example: 8 x 5, every token a target (what the estimate assumes: lm_loss.py)
+    )  # max_length 5 cuts every example: 8 x 5, every token a target (what the estimate assumes: step/lm_loss.py)
     peaks, real_step = [], loop_module.Loop.step
 
     def counted_step(self, micro_batches):
@@ -86,7 +86,7 @@ def test_micro_batch_auto_picks_the_largest_divisor_that_fits_and_keeps_the_hash
 
 @pytest.mark.slow
 def test_a_run_with_micro_batch_auto_records_its_choice_and_trains_the_same_batch(tmp_path):
-    from lorasweep.run import train
+    from lorasweep.training.lifecycle import train
 
     base, cfg, cap, auto = _auto(tmp_path)
     metrics = train(auto)
@@ -145,7 +145,7 @@ def test_a_sweep_with_a_cap_skips_and_explains_what_does_not_fit(tmp_path):
     assert constraint(skipped)[0] > 0 >= constraint(trials[2])[0]
     assert not RunStore(tmp_path / "runs").run(skipped.user_attrs["config_hash"]).path.exists()  # never trained
 
-    from lorasweep.cli import main  # the reason where a user reads the sweep: status and the report
+    from lorasweep.cli.main import main  # the reason where a user reads the sweep: status and the report
 
     assert main(["status", "--study", "capped", "--run-root", str(tmp_path / "runs")]) == 0
     assert main(["report", "--study", "capped", "--run-root", str(tmp_path / "runs"), "--wandb", "none"]) == 0
@@ -175,7 +175,7 @@ def test_spec_memory_cap_is_checked_and_the_command_line_wins():
 
 def test_predict_memory_false_skips_the_per_run_prediction_and_keeps_the_hash(tmp_path):
     """The per-run prediction is advice: trainer.predict_memory=false leaves it out (and is not hashed)."""
-    from lorasweep.run import train
+    from lorasweep.training.lifecycle import train
 
     small = [
         "trainer=smoke",

@@ -8,8 +8,8 @@ import re
 import pytest
 from conftest import tiny
 
-from lorasweep.cli import main
-from lorasweep.fingerprints import DigestCache, changes, fingerprint, hub_commit
+from lorasweep.cli.main import main
+from lorasweep.config.fingerprints import DigestCache, changes, fingerprint, hub_commit
 
 FAST = [
     "model=tiny_llama",
@@ -70,7 +70,7 @@ def test_an_edited_eval_file_trains_a_new_run_and_reproduce_names_it(tmp_path, c
 def save_tiny_llama(directory, seed):
     from transformers import AutoTokenizer
 
-    from lorasweep.models import packaged_minilm_dir
+    from lorasweep.model.load import packaged_minilm_dir
 
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
     tiny("llama", seed=seed, vocab_size=len(tokenizer)).save_pretrained(directory)
@@ -169,10 +169,10 @@ def test_a_hub_models_commit_is_read_from_the_cache_offline(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_trained_on_other_inputs(tmp_path):
-    from lorasweep.config import compose
+    from lorasweep.config.schema import compose
     from lorasweep.errors import UserError
-    from lorasweep.run import Callbacks, train
-    from lorasweep.runstore import RunStore
+    from lorasweep.runs.store import RunStore
+    from lorasweep.training.lifecycle import Callbacks, train
 
     cfg = compose([*FAST, "trainer.max_steps=4", "trainer.checkpoint_every=2", f"run_root={tmp_path / 'runs'}"])
     steps = iter(range(100))

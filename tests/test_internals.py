@@ -67,7 +67,7 @@ def test_hydra_search_path_puts_user_folders_first_then_the_package_then_the_sch
 def test_hydra_compose_reads_the_first_folder_that_has_a_file(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
-    from lorasweep.config import register_configs
+    from lorasweep.config.schema import register_configs
 
     register_configs()
     (tmp_path / "lora").mkdir()
@@ -83,7 +83,7 @@ def test_hydra_apply_value_overrides_is_what_a_full_compose_does():
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ValidationError
 
-    from lorasweep.config import register_configs
+    from lorasweep.config.schema import register_configs
 
     register_configs()
     search = internals.hydra_search_path([])

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from lorasweep.config import compose, config_hash
-from lorasweep.resources import Resources
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.config.schema import compose, config_hash
+from lorasweep.runs.store import RunStore
+from lorasweep.training.lifecycle import Callbacks, train
+from lorasweep.training.resources import Resources
 
 SMALL = [
     "trainer=smoke",
@@ -45,7 +45,7 @@ def _hold_lock(run_dir) -> subprocess.Popen:
             "-c",
             textwrap.dedent(f"""
         import time
-        from lorasweep.runlock import RunLock
+        from lorasweep.runs.lock import RunLock
         with RunLock({str(run_dir)!r}):
             print("held", flush=True)
             time.sleep(600)
@@ -159,7 +159,7 @@ def test_pruned_and_failed_runs_leave_a_record(tmp_path, capsys):
     assert failed["status"] == "failed" and "disk on fire" in failed["error"] and failed["step"] == 3
     assert failed["params/trainable"] > 0
 
-    from lorasweep.cli import main
+    from lorasweep.cli.main import main
 
     capsys.readouterr()
     assert main(["runs", "--run-root", str(tmp_path)]) == 0
@@ -353,12 +353,12 @@ def test_force_reruns_from_step_zero_and_a_late_failure_leaves_a_record(tmp_path
     assert not [h for h in run.history() if "event" in h]  # no resume: a rerun from step 0
     assert again["status"] == "completed" and again["eval/loss"] == first["eval/loss"]
 
-    import lorasweep.run
+    import lorasweep.training.lifecycle
 
     def full_disk(*_args, **_kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(lorasweep.run, "save_adapter", full_disk)
+    monkeypatch.setattr(lorasweep.training.lifecycle, "save_adapter", full_disk)
     with pytest.raises(OSError):
         train(cfg, force=True)
     record = run.metrics()
@@ -366,7 +366,7 @@ def test_force_reruns_from_step_zero_and_a_late_failure_leaves_a_record(tmp_path
 
 
 def test_one_ctrl_c_after_a_term_still_checkpoints():
-    from lorasweep.signals import StopOnSignal
+    from lorasweep.training.signals import StopOnSignal
 
     stop = StopOnSignal()
     stop._handle(signal.SIGTERM, None)

@@ -105,7 +105,7 @@ def test_bad_init_and_pissa_on_a_quantized_base_are_refused_and_change_nothing()
         apply_lora(model, "all", rank=48, alpha=8, init="pissa")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     pytest.importorskip("bitsandbytes")
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.quantize import quantize_model
 
     quantize_model(model, "nf4")
     with pytest.raises(UserError, match="lora.init=pissa needs the float base weights"):

@@ -8,10 +8,10 @@ import torch
 from conftest import randomize_lora, tiny
 from omegaconf import OmegaConf
 
-from lorasweep.config import OptimConfig, canonical_json, compose, config_hash
+from lorasweep.config.schema import OptimConfig, canonical_json, compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.lora import apply_lora, lora_layers
-from lorasweep.optim import build_optimizer, parameter_groups
+from lorasweep.step.optim import build_optimizer, parameter_groups
 
 
 def _optim(**overrides):

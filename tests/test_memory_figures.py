@@ -1,12 +1,12 @@
-"""One meaning per memory figure (memory.py): the run's tensor peak is what the prediction predicts, counted only
-where a peak can be; the process's RSS is printed beside it under its own name."""
+"""One meaning per memory figure (training/memory.py): the run's tensor peak is what the prediction predicts, counted
+only where a peak can be; the process's RSS is printed beside it under its own name."""
 
 import torch
 from conftest import tiny
 
-from lorasweep.config import compose
-from lorasweep.console import memory_lines, print_result
-from lorasweep.memory import TensorPeak
+from lorasweep.cli.console import memory_lines, print_result
+from lorasweep.config.schema import compose
+from lorasweep.training.memory import TensorPeak
 
 
 def _train(model, optimizer, shapes, peak: TensorPeak, eval_shape=None):
@@ -53,7 +53,7 @@ def test_a_pack_or_an_accelerator_records_no_counter():
 
 
 def test_a_run_records_a_tensor_peak_the_prediction_matches_and_prints_the_rss_apart(tmp_path, capsys):
-    from lorasweep.run import train
+    from lorasweep.training.lifecycle import train
 
     cfg = compose(
         [

@@ -1,8 +1,8 @@
 """The metric registry is the one list: every metric a run records is in it, with a meaning and a unit."""
 
-from lorasweep.config import compose
-from lorasweep.metrics import BY_NAME, deterministic_metrics, objective_names
-from lorasweep.run import train
+from lorasweep.config.schema import compose
+from lorasweep.runs.metrics import BY_NAME, deterministic_metrics, objective_names
+from lorasweep.training.lifecycle import train
 
 
 def test_every_recorded_metric_is_registered_and_objectives_follow_the_task(tmp_path):

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from lorasweep.lora import apply_lora, load_adapter, merge_lora, save_adapter
 from lorasweep.lora.multi import MultiLoraLayer, load_adapters
-from lorasweep.models import load_pretrained
-from lorasweep.predict import generate_mixed, parse_adapter_specs, predict_file, resolve_adapter_path
+from lorasweep.model.load import load_pretrained
+from lorasweep.serve.predict import generate_mixed, parse_adapter_specs, predict_file, resolve_adapter_path
 
 TEXTS = ["a fine film", "a long, dull evening at the cinema", "ok", "not bad at all, really", "dreadful"]
 
@@ -283,7 +283,7 @@ def test_predict_command_line(minilm_adapters, references, tmp_path, capsys):
     adapter names fail before anything runs."""
     import json
 
-    from lorasweep.cli import main
+    from lorasweep.cli.main import main
 
     refs, tokenizer = references
     (name, path), *_ = list(minilm_adapters.items())

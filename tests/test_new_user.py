@@ -6,9 +6,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from lorasweep.cli import main
-from lorasweep.config import compose
-from lorasweep.predict import base_config
+from lorasweep.cli.main import main
+from lorasweep.config.schema import compose
+from lorasweep.serve.predict import base_config
 
 TINY = [
     "model=tiny_gpt2",
@@ -133,7 +133,7 @@ def test_reproduce_from_wandb_without_an_api_key_is_one_line(tiny_runs, tmp_path
 
 
 def test_reproduce_on_fewer_processes_than_recorded_states_its_tolerance(tiny_runs, monkeypatch, capsys):
-    from lorasweep import reproduce
+    from lorasweep.training import reproduce
 
     root, (a, _) = tiny_runs
     env_file = root / a / "env.json"
@@ -155,7 +155,7 @@ def test_reproduce_reruns_a_two_process_run_with_two_processes(tmp_path, capsys)
     import subprocess
     import sys
 
-    from lorasweep.runstore import RunStore
+    from lorasweep.runs.store import RunStore
 
     overrides = [
         "trainer=smoke",
@@ -199,7 +199,7 @@ def test_docs_list_every_key_left_out_of_the_hash_and_gitignore_has_slurm_logs()
     import re
     from pathlib import Path
 
-    from lorasweep.config import NON_SEMANTIC_KEYS
+    from lorasweep.config.schema import NON_SEMANTIC_KEYS
 
     repo = Path(__file__).resolve().parents[1]
     configs_doc = repo / "docs" / "configs.md"

@@ -11,15 +11,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lorasweep.config import compose, config_hash
+from lorasweep.config.schema import compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.pack.scheduler import Pack
 from lorasweep.pack.size import parse_pack
-from lorasweep.resources import Resources
-from lorasweep.run import train
-from lorasweep.runstore import RunDir, RunStore
+from lorasweep.runs.store import RunDir, RunStore
 from lorasweep.sweep.launch import run_sweep
 from lorasweep.sweep.worker import run_worker
+from lorasweep.training.lifecycle import train
+from lorasweep.training.resources import Resources
 
 SMALL = [
     "tracking=none",

@@ -10,14 +10,14 @@ from optuna.trial import TrialState
 from test_pack import SMALL, _assert_same_history, _close, _spec, _train_pack
 from torch import nn
 
-from lorasweep.config import compose, config_hash
+from lorasweep.config.schema import compose, config_hash
+from lorasweep.model.shared_base import join
 from lorasweep.pack.scheduler import Pack, PackRetry
-from lorasweep.pack.share import join
 from lorasweep.pack.state import take_hooks
-from lorasweep.resources import Resources
-from lorasweep.run import train
-from lorasweep.runstore import RunDir, RunStore
+from lorasweep.runs.store import RunDir, RunStore
 from lorasweep.sweep.launch import run_sweep
+from lorasweep.training.lifecycle import train
+from lorasweep.training.resources import Resources
 
 
 def _frozen_linear(d: int = 8) -> nn.Linear:
@@ -138,7 +138,7 @@ def test_int8_layers_are_not_batched_across_trials():
     activations have an outlier, another trial's output would change. In a pack each trial gets exactly its
     own output."""
     pytest.importorskip("bitsandbytes")
-    from lorasweep.quantize import quantize_model
+    from lorasweep.model.quantize import quantize_model
 
     model = nn.Sequential(_frozen_linear(32), _frozen_linear(32))
     quantize_model(model, "int8", skip=("1",))  # an int8 layer, then a float one (still batched)

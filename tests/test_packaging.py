@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.cli import main
-from lorasweep.config import compose, config_hash
+from lorasweep.cli.main import main
+from lorasweep.config.schema import compose, config_hash
 from lorasweep.sources import CONFIG_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_wheel_ships_configs_specs_and_templates_and_runs_outside_the_repository
     expected |= {f"lorasweep/slurm_templates/{p.name}" for p in (REPO / "slurm").glob("*.sbatch")}
     expected.add("lorasweep/slurm_templates/launch.sh")  # the launcher both templates share
     expected |= {
-        f"lorasweep/architectures/{p.name}"  # the shipped big-model shapes (lorasweep estimate offline)
+        f"lorasweep/model/known_configs/{p.name}"  # the shipped big-model shapes (lorasweep estimate offline)
         for p in (REPO / "src" / "lorasweep" / "architectures").glob("*.json")
     }
     assert expected - names == set()

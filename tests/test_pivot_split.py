@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lorasweep.errors import UserError
-from lorasweep.sweep.report.data import ReportData, TrialRow
+from lorasweep.sweep.report.collect import ReportData, TrialRow
 from lorasweep.sweep.report.pivot import format_pivot, make_pivot, pivot_html
 from lorasweep.sweep.spec import parse_spec
 
@@ -55,7 +55,7 @@ def test_split_through_the_cli(tmp_path, capsys):
     from test_report import SPEC as REPORT_SPEC
     from test_report import recorded_study
 
-    from lorasweep.cli import main
+    from lorasweep.cli.main import main
 
     ratio = {"optim.lora_plus_ratio": {"type": "categorical", "choices": [1.0, 16.0]}}
     spec = {**REPORT_SPEC, "n_trials": 3, "params": {**REPORT_SPEC["params"], **ratio}}  # rank x targets x ratio

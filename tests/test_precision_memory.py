@@ -22,7 +22,7 @@ BASES = [
 def _model(quantization, **overrides):
     model = tiny("llama", attention_dropout=0.0, **overrides)
     if quantization != "none":
-        from lorasweep.quantize import quantize_model
+        from lorasweep.model.quantize import quantize_model
 
         quantize_model(model, quantization)
     torch.manual_seed(1)

@@ -1,9 +1,9 @@
-"""Memory predictions per shape (prediction_cache.py): a key left out of the shape must not change the prediction;
+"""Memory predictions per shape (estimate/shape_cache.py): a key left out of the shape must not change the prediction;
 trials of one shape share one trace, each with its own config hash."""
 
-from lorasweep import prediction_cache
-from lorasweep.config import compose, config_hash
+from lorasweep.config.schema import compose, config_hash
 from lorasweep.estimate import estimate_config
+from lorasweep.estimate import shape_cache as prediction_cache
 from lorasweep.estimate.fit import cached_estimate
 
 BASE = [

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from lorasweep.cli import main
-from lorasweep.config import compose
-from lorasweep.predict import base_config
+from lorasweep.cli.main import main
+from lorasweep.config.schema import compose
+from lorasweep.serve.predict import base_config
 
 SMALL = [
     "trainer=smoke",

@@ -9,10 +9,10 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from conftest import randomize_lora, tiny  # noqa: E402
 
-from lorasweep.accounting import count_parameters, memory_account, optimizer_state_breakdown  # noqa: E402
 from lorasweep.lora import apply_lora, load_adapter, lora_layers, merge_lora, save_adapter  # noqa: E402
-from lorasweep.optim import build_optimizer  # noqa: E402
-from lorasweep.quantize import quantize_model, quantized_summary  # noqa: E402
+from lorasweep.lora.accounting import count_parameters, memory_account, optimizer_state_breakdown  # noqa: E402
+from lorasweep.model.quantize import quantize_model, quantized_summary  # noqa: E402
+from lorasweep.step.optim import build_optimizer  # noqa: E402
 
 
 class Optim:  # the fields of OptimConfig build_optimizer reads
@@ -69,7 +69,7 @@ def test_quantized_lora_layer_matches_the_reference_and_its_gradients():
 def test_gradient_still_flows_after_an_evaluation(minilm, minilm_batch):
     """bitsandbytes repacks a 4-bit weight for a gradient-free CPU kernel at the first no-grad eval forward;
     quantize_model turns that off, else every later training step would lose the base's input gradient."""
-    from lorasweep.models import set_dropout
+    from lorasweep.model.load import set_dropout
 
     set_dropout(minilm, 0.0)
     quantize_model(minilm, "nf4")
@@ -129,7 +129,7 @@ def test_adapter_from_a_quantized_run_loads_in_peft_with_equal_logits(
 ):
     from peft import PeftModel
 
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     torch.manual_seed(0)
     base = load_pretrained(minilm_dir, "classification", num_labels=2).eval()
@@ -147,7 +147,7 @@ def test_adapter_from_a_quantized_run_loads_in_peft_with_equal_logits(
 
 
 def test_lorasweep_loads_its_adapter_onto_a_quantized_base(minilm_dir, minilm_batch, tmp_path):
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     torch.manual_seed(0)
     base = load_pretrained(minilm_dir, "classification", num_labels=2).eval()
@@ -174,7 +174,7 @@ def test_adamw8bit_holds_about_a_quarter_of_adamw_state(minilm_dir, minilm_batch
     """r=16 on every projection of MiniLM: A is 16×384 and B 384×16 or 1536×16, all ≥ 4096 elements, so
     bitsandbytes keeps them 8-bit (tensors under min_8bit_size, 4096, keep 32-bit state: here the biases of the
     head). The count is of what is held: uint8 moments, float32 absmax per 256 elements, the shared code books."""
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     sizes = {}
     for name in ("adamw", "adamw8bit", "paged_adamw8bit"):
@@ -200,7 +200,7 @@ def test_adamw8bit_holds_about_a_quarter_of_adamw_state(minilm_dir, minilm_batch
 
 def test_min_8bit_size_decides_which_tensors_are_8bit(minilm_dir, minilm_batch):
     """MiniLM r=8 on q,v: A, B have 3072 elements, under bitsandbytes' 4096: no saving unless it is lowered."""
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     sizes = {}
     for name, threshold in (("adamw", 4096), ("adamw8bit", 4096), ("adamw8bit", 0)):
@@ -217,7 +217,7 @@ def test_min_8bit_size_decides_which_tensors_are_8bit(minilm_dir, minilm_batch):
 
 
 def test_memory_account_of_a_quantized_base(minilm_dir):
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     accounts = {}
     for quantization in ("none", "nf4", "int8"):
@@ -243,7 +243,7 @@ def test_mixed_adapter_batch_on_a_quantized_base(minilm_dir, minilm_batch, tmp_p
     """Serving (lorasweep predict): adapters of QLoRA runs stacked on the same 4-bit base; each row equals that
     adapter alone through its LoraLayer (the on-the-fly merge is skipped on a quantized base)."""
     from lorasweep.lora import load_adapters
-    from lorasweep.models import load_pretrained
+    from lorasweep.model.load import load_pretrained
 
     torch.manual_seed(0)
     base = load_pretrained(minilm_dir, "classification", num_labels=2).eval()

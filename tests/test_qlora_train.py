@@ -8,11 +8,11 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from lorasweep.cli import main  # noqa: E402
-from lorasweep.config import compose, config_hash, semantic_config  # noqa: E402
-from lorasweep.metrics import deterministic_metrics  # noqa: E402
-from lorasweep.run import Callbacks, train  # noqa: E402
-from lorasweep.runstore import RunStore  # noqa: E402
+from lorasweep.cli.main import main  # noqa: E402
+from lorasweep.config.schema import compose, config_hash, semantic_config  # noqa: E402
+from lorasweep.runs.metrics import deterministic_metrics  # noqa: E402
+from lorasweep.runs.store import RunStore  # noqa: E402
+from lorasweep.training.lifecycle import Callbacks, train  # noqa: E402
 
 SMALL = [
     "trainer=smoke",
@@ -101,7 +101,7 @@ def test_adapter_of_a_qlora_run_loads_in_peft_onto_the_same_quantized_base(tmp_p
     from peft import PeftModel
 
     from lorasweep.lora import load_adapter
-    from lorasweep.resources import Resources
+    from lorasweep.training.resources import Resources
 
     cfg = _cfg(tmp_path, "model.quantization=nf4", "lora=all")
     metrics = train(cfg)
@@ -129,9 +129,9 @@ def test_adapter_of_a_qlora_run_loads_in_peft_onto_the_same_quantized_base(tmp_p
 )
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch, overrides, message):
     if "needs bitsandbytes" in message:
-        import lorasweep.optim
+        import lorasweep.model.bitsandbytes_check
 
-        monkeypatch.setattr(lorasweep.optim, "bitsandbytes_available", lambda: False)
+        monkeypatch.setattr(lorasweep.model.bitsandbytes_check, "bitsandbytes_available", lambda: False)
     runs = tmp_path / "runs"
     code = main(["train", *SMALL, f"run_root={runs}", *overrides])
     err = capsys.readouterr().err

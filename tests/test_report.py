@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from wandb_reader import find_runs, read_run
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 from lorasweep.sweep.samplers import make_sampler
 from lorasweep.sweep.spec import parse_spec
 from lorasweep.sweep.storage import open_storage

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from test_report import recorded_study
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 LR = 0.00031841839274374237  # the best trial's learning rate, as the sampler drew it
 SPEC = {

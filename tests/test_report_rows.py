@@ -1,6 +1,6 @@
 """The order and the state counts every trial table shares (the report's rows, the leaderboard, `status`)."""
 
-from lorasweep.sweep.report.data import best_first, state_summary
+from lorasweep.sweep.report.collect import best_first, state_summary
 
 
 def test_best_first_by_direction_missing_values_last_ties_by_number():

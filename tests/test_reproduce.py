@@ -8,11 +8,11 @@ import sys
 import pytest
 import yaml
 
-from lorasweep.cli import main
-from lorasweep.config import compose, config_hash
-from lorasweep.metrics import deterministic_metrics
-from lorasweep.run import train
-from lorasweep.runstore import RunStore
+from lorasweep.cli.main import main
+from lorasweep.config.schema import compose, config_hash
+from lorasweep.runs.metrics import deterministic_metrics
+from lorasweep.runs.store import RunStore
+from lorasweep.training.lifecycle import train
 
 SMALL = [
     "trainer=smoke",
@@ -47,7 +47,7 @@ def test_reference_config_hash_is_fixed():
 
 @pytest.mark.slow
 def test_hash_is_the_same_in_separate_processes():
-    code = "from lorasweep.config import compose, config_hash; print(config_hash(compose(['lora=all'])))"
+    code = "from lorasweep.config.schema import compose, config_hash; print(config_hash(compose(['lora=all'])))"
     hashes = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -136,8 +136,8 @@ def test_runs_table_and_compare(two_runs, capsys, tmp_path):
 def test_wandb_lookup_rebuilds_the_nested_config(monkeypatch, two_runs):
     """MOCK: the W&B server cannot exist here; a stand-in Api returns what the public API returns for our
     flat config (dotted keys), read back from the offline run's own config."""
-    from lorasweep import reproduce as repro
-    from lorasweep.tracking import flat_config
+    from lorasweep.training import reproduce as repro
+    from lorasweep.training.tracking import flat_config
 
     root, a, _ = two_runs
     cfg = RunStore(root).run(a["config_hash"]).config()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 TINY = [
     "model=tiny_gpt2",

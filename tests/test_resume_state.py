@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from lorasweep import checkpoint as ckpt
-from lorasweep.config import compose, config_hash
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.config.schema import compose, config_hash
+from lorasweep.runs.store import RunStore
+from lorasweep.training import checkpoint as ckpt
+from lorasweep.training.lifecycle import Callbacks, train
 
 INIT_SCALE = 2.0**18
 

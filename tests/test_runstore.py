@@ -1,7 +1,7 @@
 """RunDir reads a run's record and history for everyone (runs, compare, reproduce, the sweep report): what it
 gives for missing, broken and torn files."""
 
-from lorasweep.runstore import RunDir
+from lorasweep.runs.store import RunDir
 
 
 def test_history_skips_a_line_torn_by_a_kill(tmp_path):

@@ -17,11 +17,11 @@ import pytest
 from optuna.trial import TrialState
 from wandb_reader import find_runs, read_run
 
-from lorasweep.config import compose
-from lorasweep.metrics import deterministic_metrics
-from lorasweep.run import train
-from lorasweep.runstore import RunStore
+from lorasweep.config.schema import compose
+from lorasweep.runs.metrics import deterministic_metrics
+from lorasweep.runs.store import RunStore
 from lorasweep.sweep.slurm_array import submit_sweep
+from lorasweep.training.lifecycle import train
 
 REQUIRED = os.environ.get("LORASWEEP_TEST_SLURM") == "1"
 

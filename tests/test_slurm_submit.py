@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 from lorasweep.slurm.submit import submit_train
 from lorasweep.sweep.slurm_array import submit_sweep
 
@@ -97,7 +97,7 @@ def test_a_template_submitted_by_hand_finds_the_launcher_through_python():
 
 
 def test_the_jobs_identity_comes_from_slurms_environment(monkeypatch):
-    from lorasweep.runlock import holder_identity
+    from lorasweep.runs.lock import holder_identity
     from lorasweep.slurm import identity
     from lorasweep.sweep.worker import worker_index, worker_label
 

@@ -1,5 +1,5 @@
 """The code's shape, checked on the source: no import cycle among lorasweep's modules or between its top-level
-parts (lora/, sweep/, config.py, ... each one node; imports inside functions count), and no private attribute
+parts (lora/, sweep/, config/schema.py, ... each one node; imports inside functions count), and no private attribute
 or private module of Optuna, Hydra, Accelerate or argparse used outside internals.py (where each has a test)."""
 
 import ast
@@ -126,3 +126,55 @@ def test_every_folder_of_modules_is_a_package():
     folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     missing = sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").is_file())
     assert missing == []
+
+
+# The parts, bottom to top (docs/ARCHITECTURE.md draws them): a part imports only parts before it. lorasweep/
+# __init__.py ("": the version, and the public API named as strings, imported lazily) and _moved.py (old paths,
+# imported by name only) import nothing else, so they are the bottom; then the top-level helpers.
+LAYERS = [
+    "_moved", "", "errors", "fileio", "choices", "tables", "sources", "internals",
+    "lora", "data", "model", "step", "config", "estimate", "slurm", "runs", "training", "pack", "sweep", "serve",
+    "cli",
+]  # fmt: skip
+MAX_TOP_LEVEL_MODULES = 12
+MAX_LINES = 400
+
+
+def _part(name: str) -> str:
+    return name.split(".")[1] if "." in name else ""
+
+
+def test_every_part_imports_only_the_parts_below_it():
+    modules = _modules()
+    assert {_part(n) for n in modules} <= set(LAYERS), "a new part: place it in LAYERS (and docs/ARCHITECTURE.md)"
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, path in modules.items()
+        for target in _imports(name, path, modules)
+        if _part(target) != _part(name) and LAYERS.index(_part(target)) > LAYERS.index(_part(name))
+    )
+    assert upward == []
+
+
+def test_the_top_level_shows_the_architecture():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            names.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    assert {n: w for n, w in names.items() if len(w) > 1} == {}, "two modules with one name"
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_every_part_says_what_it_owns_and_may_import():
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        owner = init.parent.name
+        assert len(doc) > 40, f"{owner}/__init__.py: say what the package owns"
+        assert "May import" in doc or owner == "cli", f"{owner}/__init__.py: say what it may import"  # cli: the top

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lorasweep.runstore import RunStore
+from lorasweep.runs.store import RunStore
 from lorasweep.sweep.launch import prepare, run_sweep
 from lorasweep.sweep.report import leaderboard, write_html_report
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 from lorasweep.sweep.outcome import NOTE_WIDTH
 from lorasweep.sweep.study import budget_used
 

@@ -12,9 +12,9 @@ import torch
 from conftest import tiny
 from transformers import AutoTokenizer
 
-from lorasweep.config import compose
-from lorasweep.run import train
-from lorasweep.tasks import exact_matches
+from lorasweep.config.schema import compose
+from lorasweep.step.tasks import exact_matches
+from lorasweep.training.lifecycle import train
 
 
 def test_exact_match_counts_generations_equal_to_the_reference(minilm_dir):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from wandb_reader import find_runs, read_run
 
-from lorasweep.config import compose
+from lorasweep.config.schema import compose
 from lorasweep.lora import load_adapter
-from lorasweep.metrics import deterministic_metrics
-from lorasweep.models import build_model
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.model.load import build_model
+from lorasweep.runs.metrics import deterministic_metrics
+from lorasweep.runs.store import RunStore
+from lorasweep.training.lifecycle import Callbacks, train
 
 SMALL = ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32"]
 
@@ -148,7 +148,7 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
     """A local directory in hub layout goes through the same from_pretrained path a hub id does."""
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-    from lorasweep.models import packaged_minilm_dir
+    from lorasweep.model.load import packaged_minilm_dir
 
     hub_dir = tmp_path / "roberta-like"
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
@@ -178,7 +178,7 @@ def test_hub_format_directory_loads_through_the_hub_code(tmp_path):
     assert json.loads((run.adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(hub_dir)
     # The weights came from the directory: the untrained eval loss is the saved model's own loss on that data.
     from lorasweep.data import make_collator, tokenized_splits
-    from lorasweep.tasks import evaluate
+    from lorasweep.step.tasks import evaluate
 
     saved = RobertaForSequenceClassification.from_pretrained(hub_dir).eval()
     _, eval_set = tokenized_splits(cfg.data, tokenizer, tmp_path / "tok")
@@ -224,7 +224,7 @@ def test_local_config_group_is_optional_and_applied(tmp_path):
 
 @pytest.mark.slow
 def test_reused_model_and_data_give_the_same_result_as_a_fresh_process(tmp_path):
-    from lorasweep.resources import Resources
+    from lorasweep.training.resources import Resources
 
     shared = Resources()
     train(_cfg(tmp_path / "shared", "lora.rank=4"), resources=shared)  # fills the cache
@@ -243,6 +243,6 @@ def test_wandb_run_is_finished_when_training_fails(tmp_path):
         train(cfg, callbacks=Callbacks(on_eval=boom))
     (wandb_file,) = find_runs(cfg.run_root)
     assert read_run(wandb_file).exit_code == 1
-    from lorasweep.config import config_hash
+    from lorasweep.config.schema import config_hash
 
     assert not RunStore(cfg.run_root).run(config_hash(cfg)).is_complete()

@@ -11,7 +11,7 @@ import scipy.stats
 from chat_models import conversations, expected_assistant_labels, save_chat_model
 from transformers import AutoTokenizer
 
-from lorasweep.cli import main
+from lorasweep.cli.main import main
 
 FAST = ["tracking=none", "trainer.eval_every=0", "optim.warmup_steps=0", "trainer.progress=false"]
 

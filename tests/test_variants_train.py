@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from lorasweep.config import compose
-from lorasweep.metrics import deterministic_metrics
-from lorasweep.run import Callbacks, train
-from lorasweep.runstore import RunStore
+from lorasweep.config.schema import compose
+from lorasweep.runs.metrics import deterministic_metrics
+from lorasweep.runs.store import RunStore
+from lorasweep.training.lifecycle import Callbacks, train
 
 SMALL = [
     "trainer=smoke",
@@ -37,7 +37,7 @@ def _cfg(tmp_path, *overrides):
 def test_dora_pissa_lora_plus_run_resumes_exactly_and_its_adapter_loads_in_peft(tmp_path):
     from peft import PeftModel
 
-    from lorasweep.resources import Resources
+    from lorasweep.training.resources import Resources
 
     reference = train(_cfg(tmp_path / "ref", *VARIANTS))
     assert reference["status"] == "completed"

@@ -1,6 +1,6 @@
 """The fixed set of values each such config key takes, one tuple per key, and the one message for a value
 outside it. config.validate checks every key in CHOICES before anything runs; the code that acts on a value
-(data.py, metrics.py, quantize.py, optim.py, ...) imports the same tuple, so no other module lists them.
+(data/, runs/metrics.py, model/quantize.py, step/optim.py, ...) imports the same tuple, so no other module lists them.
 
 The schema fields stay `str` rather than Enum: OmegaConf turns an Enum field's value into an Enum member, which
 would change the config hash of every run filed with a default (config.HASH_OMITTED_DEFAULTS compares types) and

@@ -174,7 +174,7 @@ def _check_columns(ds: datasets.Dataset, columns: dict[str, str], split: str) ->
 
 def source_files(cfg) -> list[str] | None:
     """The files the splits are read from (shipped, local, or a hub-layout directory), sorted; None for a hub id.
-    Also what a run's inputs fingerprint hashes (fingerprints.py)."""
+    Also what a run's inputs fingerprint hashes (config/fingerprints.py)."""
     if cfg.source in ("shipped", "local"):
         return sorted({f for fs in _data_files(cfg)[1].values() for f in fs})
     local = _local_dir(cfg.path)

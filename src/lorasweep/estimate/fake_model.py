@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import quantize
 from ..choices import SEQUENCE_TASKS
-from ..models import TASK_CLASSES, head_size, packaged_minilm_dir, set_dropout
-from .architectures import architecture_config
+from ..model import quantize
+from ..model.hub_config import architecture_config
+from ..model.load import TASK_CLASSES, head_size, packaged_minilm_dir, set_dropout
 
 
 def build_fake_model(model_cfg, task: str, num_labels: int, device: str = "cpu") -> nn.Module:

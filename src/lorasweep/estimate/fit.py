@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .predict import default_device, estimate_config, micro_batch_of, processes, sequence_length
-from .size import format_bytes, parse_memory_size
+from .byte_sizes import format_bytes, parse_memory_size
+from .peak import default_device, estimate_config, micro_batch_of, processes, sequence_length
 
 OVER_CAP_ATTR = "memory_over_cap"  # trial user attr: (predicted - cap) / cap; > 0 is infeasible (Optuna's rule)
 PREDICTED_ATTR = "memory_predicted_peak_bytes"
@@ -57,10 +57,10 @@ def device_memory(device: str) -> int:
 def cached_estimate(
     cfg, device: str | None = None, micro_batch: int | None = None, num_processes: int | None = None
 ) -> dict:
-    """estimate_config, remembered per shape in this process (prediction_cache.py: the config without the keys
+    """estimate_config, remembered per shape in this process (estimate/shape_cache.py: the config without the keys
     that cannot change what a step holds, such as the learning rate or α): a sweep worker estimates a trial for
     the cap, then its run, and trials of one shape, once."""
-    from ..prediction_cache import per_shape
+    from .shape_cache import per_shape
 
     device = device or default_device(cfg)
     micro = micro_batch or micro_batch_of(cfg)
@@ -69,9 +69,9 @@ def cached_estimate(
 
 
 def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
-    """What run.py records beside what it measures: (the micro batch to train with, figures): the micro batch
-    (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not stop the
-    run (it is said, one line); a micro batch that cannot be chosen does (UserError)."""
+    """What training/lifecycle.py records beside what it measures: (the micro batch to train with, figures):
+    the micro batch (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not
+    stop the run (it is said, one line); a micro batch that cannot be chosen does (UserError)."""
     micro, figures = plan_micro_batch(cfg, device)
     if "memory/predicted_peak_bytes" not in figures and cfg.trainer.get("predict_memory", True):
         try:

@@ -25,7 +25,7 @@ def measure_config(cfg, micro: int, length: int, device: str = "cpu") -> dict:
     batches of `micro` x `length`."""
     from accelerate.utils import set_seed
 
-    from ..models import build_model
+    from ..model.load import build_model
 
     set_seed(cfg.seed)
     model, _ = build_model(cfg.model, cfg.data.task, cfg.data.num_labels)

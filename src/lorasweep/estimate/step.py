@@ -1,7 +1,7 @@
 """One training step as the run takes it, instrumented: shared by the prediction (fake tensors) and the
 measurement it is judged against (real tensors, benchmarks/memory_estimate.py and the tests).
 
-`prepare` is what run.py does between building the model and the loop (LoRA, gradient checkpointing, the
+`prepare` is what training/lifecycle.py does between building the model and the loop (LoRA, gradient checkpointing, the
 optimizer); `measure_steps` runs Loop.step's computation (forward and task loss under the run's autocast,
 the weighted backward per micro-batch, clipping, optimizer step, zero_grad) twice under a LiveBytes counter and reports
 the second step: the first creates the optimizer state, the second is what every later step holds (what
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..accounting import quantization_statistics
-from ..optim import build_optimizer
-from ..tasks import forward_loss
+from ..lora.accounting import quantization_statistics
+from ..step.optim import build_optimizer
+from ..step.tasks import forward_loss
 from .live import LiveBytes
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def prepare(model: nn.Module, cfg):
-    """(LoRA report, optimizer): the run's own setup after the model is built (components.py), in its order."""
-    from ..adapt import adapt_model
+    """(LoRA report, optimizer): the run's own setup after the model is built (training/components.py), in its order."""
+    from ..model.adapt import adapt_model
 
     report = adapt_model(model, cfg)
     return report, build_optimizer(cfg.optim, model)
@@ -97,7 +97,7 @@ def measure_steps(
 def measure_eval(model, batch: dict, task: str, counter: LiveBytes) -> int:
     """The peak of one evaluation forward (tasks.evaluate's: eval mode, no gradients) on top of what the counter
     holds after training steps (weights, optimizer state): evaluation runs between steps, each eval batch a
-    training micro-batch at a time, and a causal LM's loss in chunks of the LM head (lm_loss.py)."""
+    training micro-batch at a time, and a causal LM's loss in chunks of the LM head (step/lm_loss.py)."""
     counter.track(batch.values())
     was_training = model.training
     model.eval()

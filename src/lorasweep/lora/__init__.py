@@ -1,4 +1,8 @@
-"""LoRA core: W = W0 + scale·B·A on chosen projections, with merge and peft-format adapters."""
+"""LoRA core: W = W0 + scale·B·A on chosen projections, with merge and peft-format adapters, mixed-adapter batches
+(multi.py) and the parameter and byte accounting (accounting.py).
+
+May import: choices, errors, fileio only. It knows nothing of runs: the bottom of the package.
+"""
 
 from .adapter_io import load_adapter, save_adapter
 from .inject import LoraReport, LoraSettings, apply_lora, lora_layers, lora_settings, merge_lora, unmerge_lora

@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 from torch import nn
 
-from ..accounting import count_parameters
 from ..errors import UserError
+from .accounting import count_parameters
 from .init import changes_base, validate_init
 from .layer import LoraLayer, check_variant_on_base
 from .saved import train_whole

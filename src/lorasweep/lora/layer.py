@@ -99,7 +99,7 @@ class LoraLayer(nn.Module):
         self.initialise(init)
         self.merged = False
         self._merged_gain = None
-        self.shared_base = False  # a packed trial's base is batched with other trials' (pack/share.py)
+        self.shared_base = False  # a packed trial's base is batched with other trials' (model/shared_base.py)
         self.train(base_layer.training)  # a wrapper made for an eval-mode model must not drop out
 
     @torch.no_grad()

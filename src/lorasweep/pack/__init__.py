@@ -1,2 +1,6 @@
-"""Packed trials: K runs at once on one frozen base (scheduler.py: the pack; share.py: the shared base; size.py:
-`--pack K|auto`). docs/packing.md says what a user sees."""
+"""Packed trials: K runs at once on one frozen base (scheduler.py: the pack; state.py: what a trial takes with
+it at each switch; size.py: `--pack K|auto`; the shared base itself is model/shared_base.py).
+docs/packing.md says what a user sees.
+
+May import: training (each trial is a run), model, lora and the top-level helpers.
+"""

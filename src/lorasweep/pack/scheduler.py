@@ -33,7 +33,7 @@ from typing import Any, Callable
 import greenlet
 import torch
 
-from ..memory import PeakMemory
+from ..training.memory import PeakMemory
 from .state import ThreadState
 
 

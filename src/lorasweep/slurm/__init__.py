@@ -8,6 +8,8 @@
 
 slurm/ knows nothing of sweeps: sweep/ uses it (identity, queue, and render/client in sweep/slurm_array.py for
 `sweep --slurm`), never the other way round. The sbatch templates and their shared launcher (slurm/launch.sh)
-are the data package lorasweep.slurm_templates. Signals (INT/TERM/USR1) stay in lorasweep/signals.py: a Ctrl-C on a
-laptop goes through them too.
+are the data package lorasweep.slurm_templates. Signals (INT/TERM/USR1) stay in
+lorasweep/training/signals.py: a Ctrl-C on a laptop goes through them too.
+
+May import: config (a `train --slurm` composes its config), sources, errors, fileio.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import compose, config_hash
+from ..config.schema import compose, config_hash
 from . import client
 from .render import render, save_script, slurm_settings
 

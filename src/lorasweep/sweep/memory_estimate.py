@@ -3,10 +3,10 @@ queued (the prediction itself: estimate/)."""
 
 from __future__ import annotations
 
-from ..config import compose
+from ..config.schema import compose
+from ..estimate.byte_sizes import format_bytes
 from ..estimate.fit import memory_cap, over_cap, run_peak
-from ..estimate.predict import estimate_config
-from ..estimate.size import format_bytes
+from ..estimate.peak import estimate_config
 from .spec import grid_points, trial_overrides
 
 

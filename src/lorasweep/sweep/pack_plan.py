@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..config import compose
+from ..config.schema import compose
 from ..errors import UserError
+from ..estimate.byte_sizes import format_bytes
 from ..estimate.fit import cached_estimate, device_memory, memory_cap, run_peak
-from ..estimate.predict import default_device
-from ..estimate.size import format_bytes
+from ..estimate.peak import default_device
 from ..pack.size import parse_pack
 from .memory_estimate import sweep_points
 from .spec import trial_overrides

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from .. import internals
 from ..errors import one_line
 from ..pack.scheduler import Pack, PackRetry, Slot
-from ..ranks import broadcast_from_main
+from ..step.ranks import broadcast_from_main
 from .heartbeat import Heartbeat
 
 

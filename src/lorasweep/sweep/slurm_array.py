@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import compose
+from ..config.schema import compose
 from ..errors import UserError
 from ..slurm import client, queue
 from ..slurm.render import render, save_script, slurm_settings

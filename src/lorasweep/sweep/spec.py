@@ -29,8 +29,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError, one_line
-from ..metrics import objective_names
 from ..pack.size import parse_pack
+from ..runs.metrics import objective_names
 from .samplers import PRUNERS, SAMPLERS
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -209,7 +209,7 @@ def _memory_cap_override(cap, where: str) -> list[str]:
     comes later and wins."""
     if cap is None:
         return []
-    from ..estimate.size import parse_memory_size
+    from ..estimate.byte_sizes import parse_memory_size
 
     parse_memory_size(cap, f"{where}: memory_cap")
     return [f"cluster.memory_cap={str(cap).replace(' ', '')}"]
@@ -267,9 +267,10 @@ def _parse_param(key: str, body: dict, where: str) -> Param:
 
 def validate_against_config(spec: SweepSpec, overrides: list[str]) -> DictConfig:
     """Every searched key exists in the composed config, every choice (and each end of a range) passes the checks
-    train() makes first (preflight.py), and every objective is a metric train() reports. Returns the base config."""
-    from ..config import compose
-    from ..preflight import check_config
+    train() makes first (training/preflight.py), and every objective is a metric train() reports. Returns the
+    base config."""
+    from ..config.schema import compose
+    from ..training.preflight import check_config
 
     cfg = compose([*spec.fixed, *overrides])
     check_config(cfg)

@@ -7,7 +7,7 @@ import optuna
 from ..slurm import queue
 from .outcome import short_notes
 from .report import format_table, leaderboard
-from .report.data import state_summary
+from .report.collect import state_summary
 from .retry import superseded
 from .spec import SweepSpec
 from .study import BUDGET_ATTR

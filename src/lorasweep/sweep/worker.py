@@ -20,14 +20,14 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from .. import internals
-from ..config import compose, config_hash
+from ..config.schema import compose, config_hash
 from ..errors import one_line
 from ..estimate.fit import check_trial_memory
-from ..ranks import broadcast_from_main
-from ..resources import Resources
-from ..run import Callbacks, train
-from ..runrow import settings
+from ..runs.rows import settings
 from ..slurm import identity
+from ..step.ranks import broadcast_from_main
+from ..training.lifecycle import Callbacks, train
+from ..training.resources import Resources
 from .heartbeat import Heartbeat
 from .packed import follow_packed, run_packed
 from .retry import requeue_copy
@@ -171,7 +171,7 @@ def _run_trial(state, trial, spec: SweepSpec, cli_overrides, resources, should_s
         trial.set_user_attr("overrides", overrides)
         cfg = compose(overrides)
         trial.set_user_attr("config_hash", config_hash(cfg))
-        trial.set_user_attr("settings", settings(cfg))  # what the leaderboard shows (runrow.py)
+        trial.set_user_attr("settings", settings(cfg))  # what the leaderboard shows (runs/rows.py)
         # Predicted over the memory cap (this worker's --memory-cap, else the config's): not trained (estimate/fit.py)
         skip = check_trial_memory(trial, cfg, memory_cap)
         if skip:

@@ -1,5 +1,5 @@
 """`lorasweep report --study NAME [--table ROW COL]`: the leaderboard, an interactive offline HTML page
-(plotly) and a W&B summary run, from one collection of the study's trials (data.py)."""
+(plotly) and a W&B summary run, from one collection of the study's trials (collect.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optuna
 
 from ...errors import UserError
 from ..spec import SweepSpec
-from .data import ReportData, TrialRow, collect, state_summary
+from .collect import ReportData, TrialRow, collect, state_summary
 from .leaderboard import format_table, leaderboard
 from .pivot import Pivot, check_table_keys, format_pivot, make_pivot
 from .wandb_summary import log_summary_to_wandb
@@ -52,7 +52,7 @@ def summary_mode(spec: SweepSpec, overrides: list[str], asked: str = "auto") -> 
     not tracked in W&B gets no summary run there either."""
     if asked != "auto":
         return None if asked == "none" else asked
-    from ...config import compose
+    from ...config.schema import compose
 
     tracking = compose([*spec.fixed, *overrides]).tracking
     return tracking.mode if tracking.backend == "wandb" and tracking.mode != "disabled" else None

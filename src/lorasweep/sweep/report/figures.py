@@ -11,7 +11,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import COSTS, ReportData, TrialRow
+from .collect import COSTS, ReportData, TrialRow
 from .numbers import integer_axis, log_axis, log_ticks, short
 
 

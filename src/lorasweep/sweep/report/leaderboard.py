@@ -5,10 +5,10 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from ...runrow import SETTINGS, settings_columns
+from ...runs.rows import SETTINGS, settings_columns
 from ...tables import format_rows
 from ..spec import SweepSpec
-from .data import best_first
+from .collect import best_first
 
 
 def leaderboard(study: optuna.Study, spec: SweepSpec) -> list[dict]:

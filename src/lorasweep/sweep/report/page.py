@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ...fileio import atomic_directory
-from ...metrics import BY_NAME
-from ...runstore import RunDir
+from ...runs.metrics import BY_NAME
+from ...runs.store import RunDir
 from ...tables import cell
-from .data import COSTS, ReportData, state_summary
+from .collect import COSTS, ReportData, state_summary
 from .figures import Figure
 from .numbers import full, short
 from .pivot import Pivot, pivot_html

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ...errors import UserError
 from ...tables import cell
 from ..spec import SweepSpec
-from .data import ReportData
+from .collect import ReportData
 
 
 @dataclass

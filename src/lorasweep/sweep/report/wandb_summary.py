@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from ..spec import SweepSpec
-from .data import ReportData
+from .collect import ReportData
 from .pivot import Pivot
 
 
