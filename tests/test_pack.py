@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lorasweep.cli.main import main
 from lorasweep.config.schema import compose, config_hash
 from lorasweep.errors import UserError
 from lorasweep.pack.scheduler import Pack
@@ -218,26 +219,34 @@ def _cli(*args, cwd):
     )
 
 
-def test_bad_packs_from_the_command_line(tmp_path):
+def test_bad_packs_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """Through the CLI's own entry point, in this process (the exit codes and stderr a shell sees; a subprocess
+    each would only add its startup)."""
+    monkeypatch.chdir(tmp_path)
+
+    def cli(*args):
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
     spec = _spec(tmp_path, GRID)
     for args in (
         ["sweep", spec, "--pack", "0"],
         ["worker", "--study", "s", "--storage", "sqlite:///x.db", "--pack", "x"],
     ):
-        proc = _cli(*args, cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        assert "--pack must be a positive integer or auto" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        code, err = cli(*args)
+        assert code == 2, err
+        assert "--pack must be a positive integer or auto" in err and len(err.strip().splitlines()) == 1
     mixed = tmp_path / "mixed.yaml"  # an incompatible forced pack: accelerate holds one precision per process
     mixed.write_text(GRID + "  trainer.mixed_precision: {type: categorical, choices: ['no', bf16]}\n")
-    proc = _cli("sweep", str(mixed), "--pack", "2", "tracking=none", cwd=tmp_path)
-    assert proc.returncode == 2 and "searches trainer.mixed_precision" in proc.stderr, proc.stderr
+    code, err = cli("sweep", str(mixed), "--pack", "2", "tracking=none")
+    assert code == 2 and "searches trainer.mixed_precision" in err, err
     bad_spec = tmp_path / "bad.yaml"
     bad_spec.write_text(GRID + "pack: many\n")
-    proc = _cli("sweep", str(bad_spec), "tracking=none", cwd=tmp_path)
-    assert proc.returncode == 2 and "pack must be a positive integer or auto" in proc.stderr
+    code, err = cli("sweep", str(bad_spec), "tracking=none")
+    assert code == 2 and "pack must be a positive integer or auto" in err
     # eight trials of ~144 MiB each cannot fit 600 MiB: said before anything is queued
-    proc = _cli("sweep", spec, "--pack", "8", "--memory-cap", "600MiB", "tracking=none", cwd=tmp_path)
-    assert proc.returncode == 2 and "over the memory cap 600.0 MiB; at most 3 fit" in proc.stderr, proc.stderr
+    code, err = cli("sweep", spec, "--pack", "8", "--memory-cap", "600MiB", "tracking=none")
+    assert code == 2 and "over the memory cap 600.0 MiB; at most 3 fit" in err, err
     assert not (tmp_path / "runs" / "optuna.db").exists()  # no study (the estimate's data cache may be there)
 
 
