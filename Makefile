@@ -59,10 +59,13 @@ bench: setup
 	$(PY) benchmarks/qlora.py memory
 	$(PY) benchmarks/packed.py
 
-# On a CUDA machine (<= 10 min): demo in bf16, 2-process DDP (>= 2 GPUs), QLoRA nf4 runs, GPU benchmarks; one
-# pass/fail table, also written to runs/gpu_check.md. gpu-check-cpu: the same checks shrunk, on CPU (CI, ~2 min).
-gpu-check: setup
-	$(PY) scripts/gpu_check.py --device cuda --out runs/gpu_check.md
+# On a CUDA machine, in two calls of at most 8 minutes each: `make gpu-check GROUP=1` (training runs, the new GPU
+# paths), then GROUP=2 (benchmarks), which merges its rows into the same table, runs/gpu_check.md; no GROUP: every
+# check in one call. PY=python3: that interpreter's packages, no venv (a machine with its own CUDA environment).
+# gpu-check-cpu: the same checks shrunk, on CPU (CI, ~3 min).
+GROUP ?=
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),setup)
+	$(PY) scripts/gpu_check.py --device cuda --out runs/gpu_check.md $(if $(GROUP),--group $(GROUP))
 gpu-check-cpu: setup
 	$(PY) scripts/gpu_check.py --device cpu --out runs/gpu_check_cpu.md
 

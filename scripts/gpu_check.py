@@ -1,350 +1,125 @@
 """One command that proves the GPU paths: `make gpu-check` (CUDA) or `make gpu-check-cpu` (CI: the same checks,
 small, on CPU, so this script cannot rot).
 
-    python scripts/gpu_check.py [--device cuda|cpu] [--out runs/gpu_check.md] [--work DIR] [--only CHECK ...]
+    python scripts/gpu_check.py [--device cuda|cpu] [--group 1|2] [--only CHECK ...] [--out runs/gpu_check.md]
+                                [--work DIR] [--list]
 
-Checks (each a subprocess with its own time limit; a failure does not stop the others):
-  demo-bf16        `lorasweep train` with the demo's defaults in bf16 mixed precision: finite, better than untrained
-  ddp-2proc        (≥ 2 GPUs) the same config under `accelerate launch --multi_gpu --num_processes 2`: same config
-                   hash, eval loss within 2e-2 of the 1-process run
-  qlora-nf4-llama  tiny Llama (causal LM) on a 4-bit nf4 base with double quantization and adamw8bit
-  qlora-nf4-minilm MiniLM (classification) on a 4-bit nf4 base, bf16 compute
-  bench-lora-step  benchmarks/lora_step.py --device D   (lorasweep vs peft vs the bound)
-  bench-mixed      benchmarks/mixed_batch.py --device D (one batch, many adapters)
-  bench-qlora      benchmarks/qlora.py step --device D  (QLoRA nf4, lorasweep vs peft)
-  memory-estimate  benchmarks/memory_estimate.py --device D: `lorasweep estimate`'s predicted peak against the
-                   measured one (CUDA: torch.cuda.max_memory_allocated of a real step; CPU: 3 configs), passes
-                   at median |error| <= 5 % and worst <= 10 %
-  bench-packed     benchmarks/packed.py --device D: the headline sweep packed (CUDA: 8 trials of 30 steps at pack 1
-                   and 8; CPU: 3 trials of 2 steps at pack 1 and 2), each packed trial's eval/loss against its
-                   config trained alone; passes when every sweep accounts for all its trials and the max relative
-                   difference is <= 1e-4; figures: the speedup at the largest pack
-One table of pass/fail and figures is printed and written to --out (markdown). Exit status 1 if any check failed.
-On CUDA the full demo (200 steps) runs; on CPU every check is shrunk to seconds (about 2 minutes in all).
+On one H200 it runs in two calls of at most 8 minutes each: `--group 1`, then `--group 2` (`make gpu-check
+GROUP=1`, `GROUP=2`); each group's time limits add up to at most 8 minutes, and a check that outruns its limit is
+killed and is a failed row. The second call merges its rows into the first's table (--out): one table in the end,
+each row saying which call ran it, each call its GPU, torch/CUDA and library versions and when. With no --group
+and no --only every check runs and the table starts afresh.
+
+Group 1, training runs and the new GPU paths (each a subprocess with its own time limit; a failure does not stop
+the others):
+  demo-bf16          `lorasweep train` with the demo's defaults in bf16 mixed precision: finite, better than untrained
+  ddp-1proc/-2proc   (>= 2 GPUs) 60 steps under `accelerate launch --multi_gpu --num_processes 2` against one process:
+                     same config hash, eval loss within 2e-2 (adds 150 s of limits to the group)
+  qlora-nf4-llama    tiny Llama (causal LM) on a 4-bit nf4 base with double quantization and adamw8bit
+  qlora-nf4-minilm   MiniLM (classification) on a 4-bit nf4 base, bf16 compute
+  bf16-fp32-adapters scripts/gpu_checks/bf16_adapters.py: a tiny Llama saved in bf16 trained with bf16 autocast:
+                     memory/trainable_bytes = 4 x params/trainable (fp32 LoRA), the base bf16, the losses finite
+  pack-checkpointing scripts/gpu_checks/pack_checkpointing.py: gradient checkpointing inside a pack (2 trials,
+                     dropout on) equals each trial trained alone within 1e-4, every metric and history record
+  mixed-serving      scripts/gpu_checks/mixed_serving.py: one batch mixing 2 adapters and the base on bf16, nf4+bf16
+                     and int8 bases: finite, each row its adapter served alone within bf16 rounding
+  chunked-loss       scripts/gpu_checks/chunked_loss.py: step/lm_loss.py's chunked LM loss against the full-
+                     vocabulary one on 4 architectures, training and evaluation: within 1e-6 relative
+  bench-lora-step    benchmarks/lora_step.py --device D   (lorasweep vs peft vs the bound)
+Group 2, the benchmarks:
+  bench-qlora        benchmarks/qlora.py step --device D  (QLoRA nf4, lorasweep vs peft)
+  bench-mixed        benchmarks/mixed_batch.py --device D (one batch, many adapters)
+  memory-estimate    benchmarks/memory_estimate.py --device D: `lorasweep estimate`'s predicted peak against the
+                     measured one (CUDA: torch.cuda.max_memory_allocated of a real step, 28 configs; CPU: 3),
+                     passes at median |error| <= 5 % and worst <= 10 %
+  bench-packed       benchmarks/packed.py --device D: the headline sweep packed (CUDA: 8 trials of 30 steps at pack 1
+                     and 8; CPU: 2 trials of 2 steps at pack 2), each packed trial's eval/loss against its
+                     config trained alone; passes when every sweep accounts for all its trials and the max relative
+                     difference is <= 1e-4; figures: the speedup at the largest pack
+The table is printed and written to --out (markdown); logs go to --work/logs. Exit status 1 if a check of this
+call failed, 2 on bad arguments. On CPU every check is shrunk to seconds (about 3 minutes in all on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from gpu_checks.catalog import BUDGET_S, GROUPS, checks, group_of
+from gpu_checks.runner import machine, merge, read, render
 
 
-def _lorasweep(*args):
-    return [PY, "-m", "lorasweep.cli", "train", *args]
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available")
+    parser.add_argument("--group", choices=sorted(GROUPS), default=None, help="run one group (one call)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CHECK", help="run only these checks")
+    parser.add_argument("--out", default="runs/gpu_check.md", help="the table (merged into with --group/--only)")
+    parser.add_argument("--work", default=None, help="run directories and logs (default: a temporary folder)")
+    parser.add_argument("--list", action="store_true", help="print the checks, groups and time limits, run nothing")
+    return parser.parse_args(argv)
 
 
-class Check:
-    def __init__(self, name, command, timeout, judge, env=None):
-        self.name, self.command, self.timeout, self.judge, self.env = name, command, timeout, judge, env or {}
-
-    def run(self, log_dir: Path) -> dict:
-        start = time.perf_counter()
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "WANDB_MODE": "offline",
-            **self.env,
-        }
-        try:
-            proc = subprocess.run(self.command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=self.timeout)
-            output, code = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            output = (
-                (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            )
-            output, code = output + f"\n[timed out after {self.timeout} s]", 124
-        seconds = time.perf_counter() - start
-        (log_dir / f"{self.name}.log").write_text(" ".join(map(str, self.command)) + "\n\n" + output)
-        if code != 0:
-            last = [l for l in output.strip().splitlines() if l.strip()][-1:] or ["(no output)"]
-            return {"check": self.name, "ok": False, "seconds": seconds, "figures": f"exit {code}: {last[0][:140]}"}
-        try:
-            ok, figures = self.judge(output)
-        except Exception as exc:  # a judge that cannot read the output is a failure, with the reason
-            ok, figures = False, f"unreadable output: {exc}"
-        return {"check": self.name, "ok": ok, "seconds": seconds, "figures": figures}
-
-
-def _metrics(run_root: Path) -> dict:
-    files = sorted(run_root.glob("*/metrics.json"))
-    if len(files) != 1:
-        raise ValueError(f"expected one run under {run_root}, found {len(files)}")
-    return {**json.loads(files[0].read_text()), "config_hash": files[0].parent.name}
-
-
-def _train_judge(run_root: Path, need_accuracy_gain: bool):
-    def judge(output):
-        m = _metrics(run_root)
-        loss = m["eval/loss"]
-        ok = m.get("status") == "completed" and loss == loss and loss != float("inf")
-        figures = f"hash {m['config_hash']}, eval/loss {loss:.4f}"
-        if "eval/accuracy" in m:
-            figures += f", acc {m['eval/accuracy']:.3f}"
-            if need_accuracy_gain and "eval/initial_accuracy" in m:
-                ok = ok and m["eval/accuracy"] > m["eval/initial_accuracy"]
-                figures += f" (untrained {m['eval/initial_accuracy']:.3f})"
-        for key, label in (
-            ("memory/peak_bytes", "peak"),
-            ("memory/base_weights_bytes", "base"),
-            ("memory/optimizer_state_bytes", "optim"),
-        ):
-            if key in m:
-                figures += f", {label} {m[key] / 2**20:.1f} MiB"
-        return ok, figures
-
-    return judge
-
-
-def _ratio_judge(pattern: str, label: str):
-    def judge(output):
-        found = re.findall(pattern, output, flags=re.M)
-        if not found:
-            raise ValueError(f"no line matching {pattern!r}")
-        return True, ", ".join(f"{label} {name}: {float(r):.2f}×" for name, r in found)
-
-    return judge
-
-
-def _mixed_judge(output):
-    """mixed_batch.py's ratio rows: `model r distinct ours_s vs_peft vs_split vs_merged` (>1: lorasweep faster)."""
-    rows = re.findall(r"^(\S+)\s+(\d+)\s+(\d+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", output, flags=re.M)
-    if not rows:
-        raise ValueError("no throughput-ratio rows")
-    return True, "; ".join(f"{m} r={r} {d} adapters: {p}× peft's speed" for m, r, d, p, _, _ in rows)
-
-
-def _estimate_judge(output):
-    """memory_estimate.py's summary: `N configs on D: median |error| X%, worst Y%`."""
-    found = re.search(r"^(\d+) configs on \S+: median \|error\| ([\d.]+)%, worst ([\d.]+)%", output, flags=re.M)
-    if not found:
-        raise ValueError("no summary line")
-    n, median, worst = int(found.group(1)), float(found.group(2)), float(found.group(3))
-    return (
-        median <= 5 and worst <= 10,
-        f"predicted vs measured peak, {n} configs: median abs error {median:.2f}%, worst {worst:.2f}%",
-    )
-
-
-# bench-packed on CPU: a small eval set and no per-run memory prediction, so two sweeps take well under a minute.
-CPU_PACKED = ["data.max_eval_examples=32", "trainer.predict_memory=false"]
-
-
-def _packed_judge(output):
-    """packed.py's verdict: `packed: PASS|FAIL; ...; speedup at pack K: X.XXx; max rel diff vs solo: D (...)`."""
-    found = re.search(
-        r"^packed: (PASS|FAIL); .*speedup at pack (\d+): ([\d.]+)x; max rel diff vs solo: (.+?) \(tolerance",
-        output,
-        re.M,
-    )
-    if not found:
-        raise ValueError("no verdict line")
-    verdict, pack, speedup, diff = found.groups()
-    return verdict == "PASS", f"pack {pack}: {float(speedup):.2f}× pack 1's trials/hour; max rel diff vs solo {diff}"
-
-
-def checks(device: str, work: Path, gpus: int) -> list[Check]:
-    cuda = device == "cuda"
-    small = (
-        []
-        if cuda
-        else ["trainer=smoke", "data.max_train_examples=64", "data.max_eval_examples=32", "data.max_length=32"]
-    )
-    common = ["tracking=none", "trainer.progress=false"]
-    out: list[Check] = []
-
-    root = work / "demo-bf16"
-    out.append(
-        Check(
-            "demo-bf16",
-            _lorasweep(
-                *small, *common, "trainer.mixed_precision=bf16", "trainer.eval_at_start=true", f"run_root={root}"
-            ),
-            600 if cuda else 120,
-            _train_judge(root, need_accuracy_gain=cuda),
-        )
-    )
-    if cuda and gpus >= 2:
-        root1, root2 = work / "ddp-1proc", work / "ddp-2proc"
-        args = ["model.dropout=0.0", "trainer.max_steps=60", "trainer.eval_every=30", *common]
-        one = Check("ddp-1proc", _lorasweep(*args, f"run_root={root1}"), 300, _train_judge(root1, False))
-        out.append(one)
-
-        def ddp_judge(output):
-            m1, m2 = _metrics(root1), _metrics(root2)
-            same = m1["config_hash"] == m2["config_hash"]
-            close = abs(m1["eval/loss"] - m2["eval/loss"]) < 2e-2
-            return same and close, (
-                f"hash {m2['config_hash']} ({'same' if same else 'DIFFERENT'}), eval/loss "
-                f"{m2['eval/loss']:.4f} vs 1-process {m1['eval/loss']:.4f}"
-            )
-
-        out.append(
-            Check(
-                "ddp-2proc",
-                [
-                    "accelerate",
-                    "launch",
-                    "--multi_gpu",
-                    "--num_processes",
-                    "2",
-                    "-m",
-                    "lorasweep.cli",
-                    "train",
-                    *args,
-                    f"run_root={root2}",
-                ],
-                300,
-                ddp_judge,
-            )
-        )
-    root = work / "qlora-llama"
-    out.append(
-        Check(
-            "qlora-nf4-llama",
-            _lorasweep(
-                "model=tiny_llama",
-                "data=synth_sft",
-                "lora=all",
-                "model.quantization=nf4",
-                "model.double_quant=true",
-                "optim.name=adamw8bit",
-                *small,
-                *common,
-                f"run_root={root}",
-                *([] if not cuda else ["trainer.max_steps=60"]),
-            ),
-            300 if cuda else 120,
-            _train_judge(root, False),
-        )
-    )
-    root = work / "qlora-minilm"
-    out.append(
-        Check(
-            "qlora-nf4-minilm",
-            _lorasweep(
-                "model.quantization=nf4",
-                "model.compute_dtype=bfloat16",
-                *small,
-                *common,
-                f"run_root={root}",
-                *([] if not cuda else ["trainer.max_steps=100"]),
-            ),
-            300 if cuda else 120,
-            _train_judge(root, False),
-        )
-    )
-    tiny = [] if cuda else ["--repeats", "1", "--batch", "4", "--seq", "16"]
-    out.append(
-        Check(
-            "bench-lora-step",
-            [PY, "benchmarks/lora_step.py", "--device", device, *tiny],
-            300 if cuda else 120,
-            _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft"),
-        )
-    )
-    mixed = (
-        []
-        if cuda
-        else ["--repeats", "1", "--batch", "8", "--seq", "16", "--models", "minilm", "--ranks", "8", "--distinct", "4"]
-    )
-    out.append(
-        Check(
-            "bench-mixed",
-            [PY, "benchmarks/mixed_batch.py", "--device", device, *mixed],
-            300 if cuda else 120,
-            _mixed_judge,
-        )
-    )
-    out.append(
-        Check(
-            "bench-qlora",
-            [PY, "benchmarks/qlora.py", "step", "--device", device, *tiny],
-            300 if cuda else 120,
-            _ratio_judge(r"^lorasweep (\S+)\s.*\s(\d+\.\d+)\s*$", "/peft"),
-        )
-    )
-    out.append(
-        Check(
-            "memory-estimate",
-            [PY, "benchmarks/memory_estimate.py", "--device", device, *([] if cuda else ["--quick"])],
-            600 if cuda else 180,
-            _estimate_judge,
-        )
-    )
-    # CUDA: pack 1 against pack 8, 8 trials of 30 steps (sized for the device's 10-minute calls); CPU: seconds.
-    packed = (
-        ["--trials", "8", "--packs", "1", "8", "--steps", "30"]
-        if cuda
-        else ["--trials", "3", "--packs", "1", "2", "--steps", "2", "--eval-every", "1", *CPU_PACKED]
-    )
-    out.append(
-        Check(
-            "bench-packed",
-            [PY, "benchmarks/packed.py", "--device", device, *packed],
-            420 if cuda else 180,
-            _packed_judge,
-        )
-    )
-    return out
-
-
-def table(results: list[dict], device: str, gpus: int) -> str:
-    lines = [
-        f"# lorasweep gpu-check ({device}, {gpus} GPU(s))",
-        "",
-        "| check | result | seconds | figures |",
-        "|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(f"| {r['check']} | {'PASS' if r['ok'] else 'FAIL'} | {r['seconds']:.0f} | {r['figures']} |")
-    passed = sum(r["ok"] for r in results)
-    lines += ["", f"{passed}/{len(results)} passed"]
-    return "\n".join(lines) + "\n"
+def select(all_checks, group: str | None, only: list[str] | None):
+    """The checks of this call; unknown --only names are an error (a typo must not pass as 'nothing failed')."""
+    names = {c.name for c in all_checks}
+    unknown = sorted(set(only or []) - names - set(GROUPS["1"] + GROUPS["2"]))
+    if unknown:
+        raise ValueError(f"unknown check {', '.join(unknown)}; known: {', '.join(c.name for c in all_checks)}")
+    chosen = [c for c in all_checks if (group is None or group_of(c.name) == group) and (not only or c.name in only)]
+    if not chosen:
+        raise ValueError("no check selected (--group and --only leave none here; the DDP pair needs two GPUs)")
+    return chosen
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available")
-    parser.add_argument("--out", default="runs/gpu_check.md", help="where the table is written")
-    parser.add_argument("--work", default=None, help="run directories and logs (default: a temporary folder)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these checks")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available() and not args.list:
         print("gpu-check: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    gpus = torch.cuda.device_count() if device == "cuda" else 0
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    work.mkdir(parents=True, exist_ok=True)
+    gpus = (torch.cuda.device_count() or 1) if device == "cuda" else 0  # --list without a GPU: as on one
+    work = Path(args.work or ("WORK" if args.list else tempfile.mkdtemp(prefix="gpu_check_")))
+    all_checks = checks(device, work, gpus)
+    try:
+        chosen = select(all_checks, args.group, args.only)
+    except ValueError as exc:
+        print(f"gpu-check: {exc}", file=sys.stderr)
+        return 2
+    if args.list:
+        for c in all_checks:
+            print(f"group {group_of(c.name)}  {c.name:<20} limit {c.timeout:>4} s  {' '.join(map(str, c.command[1:]))}")
+        for g in GROUPS:
+            print(f"group {g}: limits sum to {sum(c.timeout for c in all_checks if group_of(c.name) == g)} s")
+        return 0
+    limits = sum(c.timeout for c in chosen)
+    budget = f" (a group's budget: {BUDGET_S} s)" if device == "cuda" else ""
+    print(f"gpu-check on {device}: {len(chosen)} checks, time limits {limits} s{budget}")
     logs = work / "logs"
-    logs.mkdir(exist_ok=True)
-    results = []
-    for check in checks(device, work, gpus):
-        if args.only and check.name not in args.only:
-            continue
-        result = check.run(logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    call = {"id": f"{time.time():.3f}", "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **machine(device)}
+    call["command"] = "scripts/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    start, results = time.perf_counter(), []
+    for check in chosen:
+        result = check.run(logs, device)
         print(
             f"{'PASS' if result['ok'] else 'FAIL'} {check.name} ({result['seconds']:.0f} s): {result['figures']}",
             flush=True,
         )
         results.append(result)
-    text = table(results, device, gpus)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print("\n" + text + f"\ntable: {args.out}; logs: {logs}")
+    call["seconds"] = time.perf_counter() - start
+    out = Path(args.out)
+    partial = args.group is not None or args.only is not None
+    table = merge(read(out) if partial else {}, call, results, [c.name for c in all_checks])
+    text = render(table, {c.name: group_of(c.name) for c in all_checks})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print("\n" + text.split("<!--")[0] + f"table: {out}; logs: {logs}")
     return 0 if all(r["ok"] for r in results) else 1
 
 
