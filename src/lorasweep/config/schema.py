@@ -151,7 +151,10 @@ class ClusterConfig:
     signal_seconds: int = 120  # SLURM signals the worker this long before the time limit: checkpoint, requeue
     log_dir: str = "slurm-logs"
     setup: List[str] = field(default_factory=list)  # shell lines run before lorasweep (module load, venv)
-    memory_cap: Optional[str] = None  # one device's memory here (e.g. 80GiB): sweeps skip trials predicted over it
+    memory_cap: Optional[str] = None  # what a run may use on one device (e.g. 76GiB): sweeps skip trials over it
+    # Kept free when a fit measures the device (micro_batch=auto, --pack auto without a cap): a size, a % of the
+    # free memory, or both (docs/memory.md: the CUDA context, cuBLAS workspaces, allocator rounding)
+    memory_margin: str = "1GiB+5%"
 
 
 @dataclass

@@ -1,30 +1,28 @@
 """What runs and sweeps do with a prediction: stay under a memory cap, choose a micro batch that fits.
 
 The cap, first given first: `--memory-cap` (sweep / worker), the spec's `memory_cap`, then the config's
-`cluster.memory_cap` (a cluster file says what one device of its nodes holds). `trainer.micro_batch=auto`
-without any cap fits the device: CUDA's total memory, or the memory available on a CPU machine.
+`cluster.memory_cap` (what a run may use on one device of a cluster's nodes). `trainer.micro_batch=auto` fits
+the cap as given, or without one the device's free memory less `cluster.memory_margin`; a packed trial fits
+its share of that (headroom.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from ..errors import UserError
-from .byte_sizes import format_bytes, parse_memory_size
+from .byte_sizes import format_bytes
+from .headroom import (
+    CAP_NOTE,
+    free_memory,
+    margin_setting,
+    memory_budget,
+    memory_cap,
+    pack_share,
+    same_on_every_rank,
+)
 from .peak import default_device, estimate_config, micro_batch_of, processes, sequence_length
 
 OVER_CAP_ATTR = "memory_over_cap"  # trial user attr: (predicted - cap) / cap; > 0 is infeasible (Optuna's rule)
 PREDICTED_ATTR = "memory_predicted_peak_bytes"
-
-
-def memory_cap(cfg, cap=None) -> int | None:
-    """Bytes of the cap that applies to `cfg` (None: no cap)."""
-    if cap is not None:
-        return parse_memory_size(cap, "--memory-cap")
-    value = cfg.cluster.get("memory_cap")
-    return parse_memory_size(value, "cluster.memory_cap") if value is not None else None
 
 
 def run_peak(estimate: dict) -> tuple[int, str]:
@@ -39,19 +37,27 @@ def over_cap(estimate: dict, cap: int) -> str | None:
     return f"predicted {format_bytes(peak)}{where} > cap {format_bytes(cap)}" if peak > cap else None
 
 
+def fit_summary(cfg, budget, estimate: dict) -> dict:
+    """What `lorasweep estimate` adds to the account: the budget (headroom.memory_budget) micro_batch=auto and
+    --pack auto would fit it into here (limit_bytes None: not measurable on this machine), the margin, and the
+    line it prints."""
+    line = f"fits (trainer.micro_batch=auto, --pack auto) use {budget.describe()}"
+    if budget.limit is not None:
+        line += f": {over_cap(estimate, budget.limit) or 'the predicted peak fits'}"
+    if memory_cap(cfg) is not None:
+        line += f" ({CAP_NOTE})"
+    return {
+        "limit_bytes": budget.limit,
+        "margin_bytes": budget.margin,
+        "margin": margin_setting(cfg),
+        "against": budget.name,
+        "line": line,
+    }
+
+
 def constraint(trial) -> list[float]:
     """Optuna's constraints_func (TPE, NSGA-II): ≤ 0 feasible. Trials predicted over the cap carry how far."""
     return [float(trial.user_attrs.get(OVER_CAP_ATTR, 0.0))]
-
-
-def device_memory(device: str) -> int:
-    """What one device holds: CUDA's total memory, or MemAvailable on a CPU machine."""
-    if device == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise UserError("cannot tell this machine's memory: give a cap (cluster.memory_cap or --memory-cap)")
 
 
 def cached_estimate(
@@ -68,11 +74,12 @@ def cached_estimate(
     return per_shape(cfg, device, micro, n, lambda: estimate_config(cfg, device, micro_batch=micro, num_processes=n))
 
 
-def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
+def plan_run(cfg, device: str, num_processes: int = 1, pack=None) -> tuple[int, dict]:
     """What training/lifecycle.py records beside what it measures: (the micro batch to train with, figures):
     the micro batch (trainer.micro_batch) and memory/predicted_peak_bytes for it. A prediction that fails does not
-    stop the run (it is said, one line); a micro batch that cannot be chosen does (UserError)."""
-    micro, figures = plan_micro_batch(cfg, device)
+    stop the run (it is said, one line); a micro batch that cannot be chosen does (UserError). `pack`: the
+    pack.Pack the run trains in (micro_batch=auto fits its share)."""
+    micro, figures = plan_micro_batch(cfg, device, pack=pack)
     if "memory/predicted_peak_bytes" not in figures and cfg.trainer.get("predict_memory", True):
         try:
             estimate = cached_estimate(cfg, device, micro_batch=micro, num_processes=num_processes)
@@ -83,11 +90,12 @@ def plan_run(cfg, device: str, num_processes: int = 1) -> tuple[int, dict]:
     return micro, figures
 
 
-def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
+def plan_micro_batch(cfg, device: str, cap=None, pack=None) -> tuple[int, dict]:
     """(the global micro batch a run takes, figures for its record) from trainer.micro_batch:
     null: batch_size / grad_accum; a number: that (a divisor of batch_size); auto: the largest divisor of
-    batch_size (a multiple of the processes) whose predicted peak fits the cap or the device. The global batch,
-    and so the config hash and what the run means, stay the same."""
+    batch_size (a multiple of the processes) whose predicted peak fits the cap, or the device's free memory less
+    cluster.memory_margin; in a pack, this trial's share of it. The global batch, and so the config hash and what
+    the run means, stay the same."""
     setting = cfg.trainer.get("micro_batch")
     batch = int(cfg.trainer.batch_size)
     if setting is None:
@@ -95,7 +103,9 @@ def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
     if str(setting) != "auto":
         micro = _fixed_micro_batch(setting, batch)
         return micro, {"trainer/micro_batch": micro}
-    limit = memory_cap(cfg, cap) or device_memory(device)
+    budget = _budget(cfg, device, cap, pack)
+    limit, trials = same_on_every_rank(budget.limit, pack.most_trials() if pack is not None else 1)
+    share = lambda estimate: pack_share(limit, trials, int(estimate["memory/base_weights_bytes"]))  # noqa: E731
     candidates = [m for m in range(batch, 0, -1) if batch % m == 0 and m % processes(cfg) == 0]
     sequence = sequence_length(cfg)
     fitting, last = None, None
@@ -103,22 +113,34 @@ def plan_micro_batch(cfg, device: str, cap=None) -> tuple[int, dict]:
     while low <= high:
         middle = (low + high) // 2
         last = estimate_config(cfg, device, micro_batch=candidates[middle], sequence=sequence)
-        if over_cap(last, limit) is None:
+        if over_cap(last, share(last)) is None:
             fitting, high = (candidates[middle], last), middle - 1
         else:
             low = middle + 1
+    of_pack = f"this trial's share of a pack of {trials} in " if trials > 1 else ""
     if fitting is None:
         raise UserError(
-            f"trainer.micro_batch=auto: nothing fits in {format_bytes(limit)}, not even micro batch "
-            f"{candidates[-1]} ({over_cap(last, limit)}); lower data.max_length, set "
-            f"trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap"
+            f"trainer.micro_batch=auto: nothing fits in {format_bytes(share(last))}, not even micro batch "
+            f"{candidates[-1]} ({over_cap(last, share(last))}); that is {of_pack}{budget.describe()}; lower "
+            f"data.max_length, set trainer.gradient_checkpointing=true or model.quantization=nf4, or raise the cap"
         )
     micro, estimate = fitting
     return micro, {
         "trainer/micro_batch": micro,
+        "memory/fit_limit_bytes": share(estimate),  # what it was fitted into: a cap, free less margin, a share
         "memory/predicted_peak_bytes": estimate["memory/predicted_peak_bytes"],
         "memory/predicted_eval_peak_bytes": estimate["memory/predicted_eval_peak_bytes"],
     }
+
+
+def _budget(cfg, device: str, cap, pack):
+    """The budget of a run; in a pack, the device measured once, at its first trial, before any of its trials
+    held memory (the share model divides what the whole pack may take)."""
+    if pack is None:
+        return memory_budget(cfg, device, cap)
+    if pack.free_memory is None and memory_cap(cfg, cap) is None:
+        pack.free_memory = free_memory(device)
+    return memory_budget(cfg, device, cap, measured=pack.free_memory)
 
 
 def _fixed_micro_batch(setting, batch: int) -> int:

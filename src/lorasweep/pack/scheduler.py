@@ -56,14 +56,22 @@ class Slot:
 class Pack:
     """The hub: `start` trials, then `run(on_done)` until none is left; `on_done(slot)` may start more (refill)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int | None = None) -> None:
         self.slots: dict[Any, Slot] = {}
+        # The trials it was planned for (sweep/pack_plan.py): each trial's micro_batch=auto fits its share of the
+        # memory (estimate/headroom.py). Kept when an out of memory halves the pack, so the trials left do not
+        # grow into the memory freed. None: as many as are started.
+        self.size = size
+        self.free_memory: tuple | None = None  # (bytes, what): the device measured at its first trial's plan
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.memory = PeakMemory(device).start()  # the pack's peak from here on: what its trials record
         self.batched_calls = 0  # base matmuls that served more than one trial (for the benchmark's record)
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def most_trials(self) -> int:
+        return max(self.size or 0, len(self.slots), 1)
 
     def start(self, label: str, fn: Callable, *args, **kwargs) -> Slot:
         glet = greenlet.greenlet(lambda: fn(*args, **kwargs))

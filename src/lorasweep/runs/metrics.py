@@ -130,6 +130,13 @@ METRICS: tuple[Metric, ...] = (
         "examples per forward pass when trainer.micro_batch is set (auto: chosen to fit)",
         unit="count",
     ),
+    Metric(
+        "memory/fit_limit_bytes",
+        "what trainer.micro_batch=auto fitted the prediction into: a cap, the free memory less "
+        "cluster.memory_margin, or a packed trial's share (docs/memory.md)",
+        unit="bytes",
+        deterministic=False,
+    ),
     Metric("perf/loop_time_s", "seconds inside the training loop", "minimize", "s", deterministic=False),
     Metric(
         "perf/step_time_s",

@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..config.schema import compose
 from ..estimate.byte_sizes import format_bytes
 from ..estimate.fit import memory_cap, over_cap, run_peak
-from ..estimate.peak import estimate_config
+from ..estimate.headroom import CAP_NOTE, memory_budget
+from ..estimate.peak import default_device, estimate_config
 from .spec import grid_points, trial_overrides
 
 
@@ -15,10 +16,12 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
     space (each numeric range at its low and high, every categorical choice), and which exceed the cap.
     Params that cannot change memory (learning rate, alpha, ...) are held at one value, so each memory-relevant
     point is traced once."""
-    rows = []
+    rows, budget = [], None
     for point in sweep_points(spec):
         cfg = compose(trial_overrides(spec, overrides, point))
         limit = memory_cap(cfg, cap)  # the spec's memory_cap is in its fixed overrides (cluster.memory_cap)
+        if budget is None:  # what micro_batch=auto and --pack auto would fit here (a bad margin: said first)
+            budget = memory_budget(cfg, device or default_device(cfg), cap, fallback=False).describe()
         estimate = estimate_config(cfg, device)
         rows.append(
             {
@@ -27,6 +30,7 @@ def estimate_sweep(spec, overrides: list[str], cap=None, device: str | None = No
                 "memory/predicted_peak_bytes": run_peak(estimate)[0],
                 "cap_bytes": limit,
                 "over_cap": over_cap(estimate, limit) if limit else None,
+                "budget": budget,
             }
         )
     return rows
@@ -77,9 +81,11 @@ def format_sweep_estimate(rows: list[dict]) -> str:
             + (f"  {verdict}" if verdict else "")
         )
     over = sum(1 for r in rows if r["over_cap"])
+    budget = rows[0].get("budget") if rows else None
     lines.append(
-        f"{len(rows)} points, {over} over the cap"
+        f"{len(rows)} points, {over} over the cap ({CAP_NOTE})"
         if any(r["cap_bytes"] for r in rows)
-        else f"{len(rows)} points (no cap given)"
+        else f"{len(rows)} points (no cap given: none is skipped"
+        + (f"; trainer.micro_batch=auto and --pack auto fit {budget})" if budget else ")")
     )
     return "\n".join(lines)

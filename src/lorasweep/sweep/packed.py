@@ -30,7 +30,7 @@ def run_packed(state, study, size: int, resources, should_stop, run_trial, reque
     (`follow_packed` starts as many), and each trial broadcasts its overrides as an unpacked one does. The pack
     runs the same on every rank, so their collectives (DDP's gradient reduction included) pair up."""
     multi = state.num_processes > 1
-    pack = Pack()
+    pack = Pack(size)  # its trials' micro_batch=auto fits a share of `size` (the pack shrinks, the share stays)
     resources.pack = pack
     storage = internals.study_storage(study)
     done = 0

@@ -46,8 +46,9 @@ def build_components(cfg, accelerator, resources) -> Components:
     from ..lora.accounting import count_parameters, memory_account
     from ..step.optim import build_optimizer
 
-    # trainer.micro_batch (auto: the largest that fits) and the predicted peak, recorded beside the measured one
-    micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes)
+    # trainer.micro_batch (auto: the largest that fits; in a pack, its share) and the predicted peak, recorded
+    # beside the measured one
+    micro, planned = plan_run(cfg, accelerator.device.type, accelerator.num_processes, resources.pack)
     if micro % accelerator.num_processes:
         raise UserError(
             f"the micro batch {micro} (trainer.batch_size / grad_accum, or trainer.micro_batch) must "
