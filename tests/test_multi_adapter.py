@@ -304,3 +304,8 @@ def test_predict_command_line(minilm_adapters, references, tmp_path, capsys):
     requests.write_text(json.dumps({"text": "x", "adapter": "nope"}) + "\n")
     assert main(["predict", "--adapter", f"{name}={path}", "--input", str(requests)]) == 2
     assert "nope" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # auto served on the CPU above; asking for a GPU that is not here is one line
+        argv = ["predict", "--adapter", f"{name}={path}", "--input", str(requests), "--device", "cuda"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--device cuda: no CUDA device here" in err, err

@@ -114,13 +114,21 @@ def estimate(overrides, as_json, device, run_root, config_dir):
 
     config = compose(overrides_of(overrides, run_root, config_dir))
     check_config(config)  # the checks train makes first
+    from ..estimate.fit import fit_summary
+    from ..estimate.headroom import memory_budget
+    from ..estimate.peak import default_device
+
+    # What a fit would use here (free memory less cluster.memory_margin, or a cap): a bad value is said first
+    budget = memory_budget(config, device or default_device(config), fallback=False)
     account = estimate_config(config, device)
+    fit = fit_summary(config, budget, account)
     if as_json:
         import json
 
-        click.echo(json.dumps(account, indent=2, sort_keys=True))
+        click.echo(json.dumps({**account, "fit": fit}, indent=2, sort_keys=True))
     else:
         click.echo(format_account(account))
+        click.echo(fit["line"])
     return 0
 
 
@@ -206,7 +214,10 @@ def compare(hashes, study, run_root, out):
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
-def predict(adapters, input_path, output, base, run_root, task, batch_size, max_new_tokens):
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto: CUDA if any"
+)
+def predict(adapters, input_path, output, base, run_root, task, batch_size, max_new_tokens, device):
     """One pass over a batch whose lines each use their own adapter."""
     from ..serve.predict import parse_adapter_specs, predict_file
 
@@ -219,6 +230,7 @@ def predict(adapters, input_path, output, base, run_root, task, batch_size, max_
         run_root=run_root,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        device=device,
     )
     return 0
 

@@ -138,6 +138,19 @@ def _declared_base(paths: Mapping[str, Path]) -> str | None:
     return None
 
 
+def serving_device(device: str) -> torch.device:
+    """Where predict runs: auto is CUDA when this machine has it; cuda without it is bad input."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _load_base(cfg):
     """The base model exactly as training built it (seeded, lorasweep.model.load.build_model), in eval mode."""
     from ..training.resources import Resources
@@ -156,10 +169,12 @@ def predict_file(
     max_new_tokens: int = 32,
     max_length: int = 512,
     run_root: str | Path = "runs",
+    device: str = "auto",
 ) -> list[dict]:
     """Predict every input line with its own adapter, batches mixing adapters freely; returns the predictions
     and writes them as JSON lines to output_file (stdout when None). The base model is the adapters' runs' (or
-    `base`: a model config name or a hub-format directory)."""
+    `base`: a model config name or a hub-format directory). `device`: auto (CUDA when there is one), cpu, cuda."""
+    device = serving_device(device)
     paths = {name: resolve_adapter_path(spec, run_root) for name, spec in adapters.items()}
     requests = read_requests(input_file, set(paths))
     tasks, num_labels = _adapter_facts(paths)
@@ -170,6 +185,7 @@ def predict_file(
     if task == "classification" and num_labels == 1:
         task = "regression"  # a one-output head: scores
     model, tokenizer = _load_base(base_config(paths, None if base is None else str(base), task, num_labels))
+    model = model.to(device)  # before the adapters: their stacks go where each layer's weight is
     loaded = load_adapters(model, paths) if paths else None
     context = Serving(model, tokenizer, loaded, max_length, max_new_tokens, _labels(paths), _chat_templates(paths))
     out = []
@@ -218,12 +234,13 @@ def _score(s: Serving, batch: list[Request], task: str):
     texts, names = [r.text for r in batch], [r.adapter for r in batch]
     pairs = [r.text_pair or "" for r in batch] if any(r.text_pair is not None for r in batch) else None
     enc = s.tokenizer(texts, pairs, padding=True, truncation=True, max_length=s.max_length, return_tensors="pt")
+    enc = enc.to(_model_device(s.model))
     with _selected(s.loaded, names):
         logits = s.model(**enc).logits.float()
     if task == "regression":
         return [{"adapter": n, "score": float(v)} for n, v in zip(names, logits[:, 0])]
     out = []
-    for n, p in zip(names, logits.softmax(-1)):
+    for n, p in zip(names, logits.softmax(-1).cpu()):
         label = int(p.argmax())
         label_names = s.label_names.get(n)
         out.append({"adapter": n, "label": label_names[label] if label_names else label, "probabilities": p.tolist()})
@@ -274,12 +291,13 @@ def _generate(s: Serving, batch: list[Request], task: str):
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p) :] = torch.tensor(p)
         attention_mask[i, width - len(p) :] = 1
+    device = _model_device(s.model)
     generated = generate_mixed(
         s.model,
         s.loaded,
         names,
-        input_ids,
-        attention_mask,
+        input_ids.to(device),
+        attention_mask.to(device),
         s.max_new_tokens,
         eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
