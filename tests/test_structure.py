@@ -178,3 +178,22 @@ def test_every_part_says_what_it_owns_and_may_import():
         owner = init.parent.name
         assert len(doc) > 40, f"{owner}/__init__.py: say what the package owns"
         assert "May import" in doc or owner == "cli", f"{owner}/__init__.py: say what it may import"  # cli: the top
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    """A module that .gitignore hides is on this machine and missing from every clone (a root-level `runs/` once
+    hid src/lorasweep/runs/__init__.py, and the wheel lost the package)."""
+    import shutil
+    import subprocess
+
+    root = PACKAGE.parents[1]
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return  # an unpacked sdist or wheel: nothing to compare with
+    hidden = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "src", "conf", "sweeps", "slurm"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert [h for h in hidden if "__pycache__" not in h and ".egg-info" not in h] == []
