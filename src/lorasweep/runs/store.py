@@ -9,7 +9,8 @@
                     step it reached, its last evaluation, params and memory figures; complete = "completed"
     adapter/        the LoRA adapter in peft's format
     checkpoints/    step_<N>/ when trainer.checkpoint_every > 0 or a run is interrupted (resume); the newest two
-runs/.locks/<hash>.lock is held (flock) by the one process training the run; .locks/<hash>.holder says who (runs/lock.py).
+runs/.locks/<hash>.lock is held (flock) by the one process training the run; .locks/<hash>.holder says who
+(runs/lock.py).
 Every file but history.jsonl is written atomically, so an interrupted write never leaves half a file;
 history.jsonl is appended a line at a time and rewritten atomically on resume.
 """
