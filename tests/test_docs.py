@@ -45,6 +45,8 @@ COVERED = {
     r"^sweep .*--slurm": [
         "tests/test_slurm_submit.py::test_sweep_dry_run_renders_the_array_from_the_cluster_config",
         "tests/test_slurm.py::test_array_of_two_workers_runs_every_trial",
+        "tests/test_placement.py::test_slurm_one_worker_per_gpu_is_gpus_per_task",
+        "tests/test_placement.py::test_slurm_several_workers_share_a_gpu_under_a_cap",
     ],
     r"^train .*--slurm": [
         "tests/test_slurm_submit.py::test_train_dry_run_passes_the_overrides_to_the_script",

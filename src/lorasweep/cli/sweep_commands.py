@@ -12,7 +12,12 @@ from .options import CONFIG_DIR, DRY_RUN, MEMORY_CAP, OPTIONS, OVERRIDES, PACK, 
 @click.argument("spec")
 @OVERRIDES
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="local worker processes; 0: create and queue only"
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="K|auto",
+    help="local worker processes (with --slurm: per array task); 0: create and queue only; auto: as many as the "
+    "GPUs (or CPU cores) and the memory estimate allow",
 )
 @click.option("--n-trials", type=int, default=None, help="trial budget (default: the spec's)")
 @STORAGE
@@ -64,8 +69,10 @@ def sweep(
 ):
     """An Optuna sweep from sweeps/SPEC.yaml with K local workers."""
     from ..sources import find_spec
+    from ..sweep.placement import parse_workers
     from . import console
 
+    workers = parse_workers(workers)  # a bad value is one line before anything is composed
     overrides = overrides_of(overrides, run_root, config_dir)
     if memory_cap is not None:  # stored with the study's overrides, so every worker (and SLURM task) applies it
         from ..estimate import parse_memory_size
@@ -84,20 +91,23 @@ def sweep(
             raise click.UsageError("--array and --dry-run go with --slurm")
         from ..sweep.slurm_array import submit_sweep
 
-        console.print_submission(
-            submit_sweep(
-                spec,
-                overrides,
-                array=array,
-                n_trials=n_trials,
-                storage=storage,
-                study=study,
-                dry_run=dry_run,
-                pack=pack,
-                retry_failed=retry_failed,
-            ),
-            dry_run,
+        submission = submit_sweep(
+            spec,
+            overrides,
+            array=array,
+            n_trials=n_trials,
+            storage=storage,
+            study=study,
+            dry_run=dry_run,
+            pack=pack,
+            retry_failed=retry_failed,
+            workers=workers,
         )
+        for line in submission["placement"]:  # a dry run's stdout is the script alone
+            click.echo(line, err=dry_run)
+        console.print_submission(submission, dry_run)
+        if not dry_run and submission["workers_per_task"] > 1:
+            click.echo(f"each array task runs {submission['workers_per_task']} workers (one srun task each)")
         return 0
     from ..sweep.launch import run_sweep
     from ..sweep.outcome import short_notes, study_outcome

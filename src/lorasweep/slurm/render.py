@@ -58,18 +58,24 @@ def slurm_settings(cluster: DictConfig) -> dict:
     return values
 
 
-def sbatch_lines(settings: dict, kind: str, array: int | None, job_name: str) -> list[str]:
-    """The #SBATCH header for one job of `kind`; a worker array gets --array=0-(K-1)."""
+def sbatch_lines(settings: dict, kind: str, array: int | None, job_name: str, tasks_per_node: int = 1) -> list[str]:
+    """The #SBATCH header for one job of `kind`; a worker array gets --array=0-(K-1). `tasks_per_node` > 1: that
+    many one-process tasks per node (sweep workers), each with its own GPUs where there are enough."""
     log = "%x-%A_%a.out" if array else "%x-%j.out"
+    gpus = settings["gpus_per_node"]
+    per_task = gpus // tasks_per_node if tasks_per_node > 1 and gpus and gpus % tasks_per_node == 0 else None
     options = [
         ("job-name", job_name),
         ("array", f"0-{array - 1}" if array else None),
         ("partition", settings["partition"]),
         ("account", settings["account"]),
         ("nodes", settings["nodes"]),
-        ("ntasks-per-node", 1),  # one launcher per node: accelerate launch starts processes_per_node
-        ("cpus-per-task", settings["cpus_per_task"]),
-        ("gpus-per-node", settings["gpus_per_node"] or None),
+        # one launcher per node (accelerate launch starts processes_per_node), or one task per worker
+        ("ntasks-per-node", tasks_per_node),
+        ("cpus-per-task", max(1, settings["cpus_per_task"] // tasks_per_node)),  # the node's CPUs, split
+        # SLURM binds each task its own GPUs; more tasks than GPUs share them (slurm/launch.sh: GPU i mod n)
+        ("gpus-per-task", per_task),
+        ("gpus-per-node", None if per_task else gpus or None),
         ("mem", settings["mem"]),
         ("time", settings["time"]),
         ("requeue", True),
@@ -88,6 +94,7 @@ def render(
     job_name: str,
     array: int | None = None,
     args: list[str] | None = None,
+    tasks_per_node: int = 1,
 ) -> str:
     """The template `slurm/<kind>.sbatch` with this job's header, setup lines, variables and arguments."""
     template = (TEMPLATE_DIR / f"{kind}.sbatch").read_text()
@@ -97,13 +104,18 @@ def render(
             continue
         (body if body or (head and not line.startswith("#")) else head).append(line)
     python = "python3" if settings["setup"] else sys.executable  # no setup: the Python that rendered this
-    fixed = {**variables, "PROCS_PER_NODE": str(settings["processes_per_node"]), "PYTHON": python}
+    fixed = {
+        **variables,
+        "PROCS_PER_NODE": str(settings["processes_per_node"]),
+        "TASKS_PER_NODE": str(tasks_per_node),
+        "PYTHON": python,
+    }
     if os.environ.get(CONFIG_DIR_ENV):  # --config-dir: the job composes from the same folders
         fixed[CONFIG_DIR_ENV] = str(Path(os.environ[CONFIG_DIR_ENV]).resolve())
     prelude = [f"export {k}={shlex.quote(v)}" for k, v in fixed.items()]
     if args:
         prelude.append("set -- " + " ".join(shlex.quote(a) for a in args))
-    lines = [*head, *sbatch_lines(settings, kind, array, job_name), *prelude]
+    lines = [*head, *sbatch_lines(settings, kind, array, job_name, tasks_per_node), *prelude]
     for line in body:
         if line.startswith("# @setup"):
             lines.extend(settings["setup"])

@@ -1,4 +1,5 @@
-"""`lorasweep sweep SPEC`: validate the spec, create (or continue) the study, run K local workers on it."""
+"""`lorasweep sweep SPEC`: validate the spec, create (or continue) the study, run K local workers on it (K, or
+auto: sweep/placement.py chooses between K processes and a pack, and gives each worker its GPU)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import replace
 from ..errors import UserError
 from ..pack.size import parse_pack
 from .pack_plan import plan_pack
+from .placement import parse_workers, place_local, visible_gpus, worker_env
 from .samplers import make_pruner
 from .spec import SweepSpec, load_spec, validate_against_config
 from .storage import default_storage_url
@@ -24,9 +26,11 @@ def prepare(
     storage: str | None = None,
     study: str | None = None,
     pack=None,
+    check_pack: bool = True,
 ) -> tuple[SweepSpec, str]:
     """The validated spec (with command-line choices applied) and the storage URL; nothing runs yet. A pack
-    (--pack, else the spec's) is stored with the spec, so every worker of the study packs alike."""
+    (--pack, else the spec's) is stored with the spec, so every worker of the study packs alike. `check_pack`
+    False: the caller checks (and sizes) the pack itself (sweep/placement.py)."""
     spec = load_spec(spec_path)
     pack = spec.pack if pack is None else parse_pack(pack)
     spec = replace(spec, n_trials=n_trials or spec.n_trials, study=study or spec.study, pack=pack)
@@ -34,7 +38,7 @@ def prepare(
         raise UserError(f"--n-trials must be > 0, got {spec.n_trials}")
     cfg = validate_against_config(spec, overrides)
     make_pruner(spec)  # a pruner option Optuna does not take fails here, not in the first worker
-    if spec.pack not in (None, 1):  # a pack that cannot fit the cap fails here, before anything is queued
+    if check_pack and spec.pack not in (None, 1):  # a pack that cannot fit the cap fails here, before any queueing
         plan_pack(spec, overrides, spec.pack)
     url = storage or spec.storage or default_storage_url(cfg.run_root)
     return spec, url
@@ -43,7 +47,7 @@ def prepare(
 def run_sweep(
     spec_path: str,
     overrides: list[str],
-    workers: int = 1,
+    workers: int | str = 1,
     n_trials: int | None = None,
     storage: str | None = None,
     study: str | None = None,
@@ -51,13 +55,19 @@ def run_sweep(
     pack=None,
     retry_failed: int = DEFAULT_RETRY_FAILED,
 ):
-    """Run the sweep to its budget with `workers` local processes; returns (study, spec). `should_stop` (a
+    """Run the sweep to its budget with `workers` local processes (or auto); returns (study, spec). `should_stop` (a
     StopOnSignal) ends it cleanly: the workers checkpoint and re-queue their trials. On an existing study each
-    failed trial is re-queued first, up to `retry_failed` times in all (sweep/retry.py)."""
-    if workers < 0:
-        raise UserError(f"--workers must be >= 0, got {workers}")
+    failed trial is re-queued first, up to `retry_failed` times in all (sweep/retry.py). Worker i of K gets GPU
+    i mod n of the n this process sees (within CUDA_VISIBLE_DEVICES); `--workers auto` and `--pack auto` say
+    what they chose, one line each."""
+    workers = parse_workers(workers)
     check_retry_failed(retry_failed)
-    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)
+    # queue only (0): whoever starts the workers sizes a pack of auto; else placement checks and sizes it here
+    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack, check_pack=workers == 0)
+    if workers != 0:
+        placement = place_local(spec, overrides, workers, say=lambda line: print(line, flush=True))
+        # the pack chosen here is stored with the study: every worker packs alike, none estimates again
+        spec, workers = replace(spec, pack=placement.pack), placement.workers
     optuna_study = create_study(spec, url, overrides, retry_failed)  # an unreachable storage fails here
     if workers == 0:  # queue only: workers are started elsewhere (`lorasweep worker`, a SLURM array)
         return optuna_study, spec
@@ -66,11 +76,11 @@ def run_sweep(
 
         run_worker(spec.study, url, should_stop=should_stop)
         return optuna_study, spec
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = visible_gpus()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "lorasweep.cli", "worker", "--study", spec.study, "--storage", url],
-            env={**os.environ, "LORASWEEP_WORKER_INDEX": str(i), "OMP_NUM_THREADS": str(threads)},
+            env={**os.environ, **worker_env(i, workers, gpus)},
         )
         for i in range(workers)
     ]

@@ -44,7 +44,7 @@ def plan_pack(spec, overrides: list[str], requested, cap=None, device: str | Non
         return requested
     root = Path(first.run_root)
     root_existed = root.exists()
-    base, own, budget = _need(spec, overrides, cap, device)
+    base, own, budget = sweep_memory_need(spec, overrides, cap, device)
     limit, where = budget.limit, budget.describe()
     fits = trials_that_fit(limit, base, own)
     if requested == "auto":
@@ -73,7 +73,7 @@ def _first_point(spec) -> dict:
     return {p.key: (p.choices[0] if p.type == "categorical" else p.low) for p in spec.params}
 
 
-def _need(spec, overrides, cap, device):
+def sweep_memory_need(spec, overrides, cap, device):
     """(base bytes, the largest trial's own bytes, the budget) over the sweep's corners."""
     base = own = 0
     budget = None

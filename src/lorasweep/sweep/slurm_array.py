@@ -8,6 +8,7 @@ sweep's way to start workers; slurm/ renders and submits but knows nothing of st
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..config.schema import compose
@@ -15,6 +16,7 @@ from ..errors import UserError
 from ..slurm import client, queue
 from ..slurm.render import render, save_script, slurm_settings
 from .launch import prepare
+from .placement import place_slurm
 from .study import DEFAULT_RETRY_FAILED, check_retry_failed, create_study
 
 
@@ -28,22 +30,42 @@ def submit_sweep(
     dry_run: bool = False,
     pack=None,
     retry_failed: int = DEFAULT_RETRY_FAILED,
+    workers: int | str = 1,
 ) -> dict:
     """The array's script, and unless `dry_run` the job submitted after the study's trials are queued (its failed
-    ones re-queued first, up to `retry_failed` times each: the same queueing as a local sweep)."""
+    ones re-queued first, up to `retry_failed` times each: the same queueing as a local sweep). `workers`: the
+    workers of each array task (K or auto, sweep/placement.py), one srun task each on the task's node: with as
+    many GPUs, `--gpus-per-task=1`; with fewer, they share the node's GPUs (slurm/launch.sh)."""
     check_retry_failed(retry_failed)
-    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack)  # workers read the pack from the study
+    # workers read the pack from the study; place_slurm checks it (and sizes auto where it can)
+    spec, url = prepare(spec_path, overrides, n_trials, storage, study, pack, check_pack=False)
     settings = slurm_settings(compose([*spec.fixed, *overrides]).cluster)
     array = settings["array"] if array is None else array
     if array <= 0:
         raise UserError(f"--array must be > 0, got {array}")
+    lines: list[str] = []
+    placement = place_slurm(spec, overrides, workers, settings, say=lines.append)
+    spec = replace(spec, pack=placement.pack)
     # more workers than trials (or than packs of trials) would only wait
-    array = min(array, -(-spec.n_trials // spec.pack) if isinstance(spec.pack, int) else spec.n_trials)
+    runs = -(-spec.n_trials // spec.pack) if isinstance(spec.pack, int) else spec.n_trials
+    array = min(array, -(-runs // placement.workers))
     check_storage_for_array(url, settings)
     text = render(
-        "sweep_array", settings, {"STUDY": spec.study, "STORAGE": url}, job_name=f"lorasweep-{spec.study}", array=array
+        "sweep_array",
+        settings,
+        {"STUDY": spec.study, "STORAGE": url},
+        job_name=f"lorasweep-{spec.study}",
+        array=array,
+        tasks_per_node=placement.workers,
     )
-    result = {"study": spec.study, "storage": url, "array": array, "script": text}
+    result = {
+        "study": spec.study,
+        "storage": url,
+        "array": array,
+        "workers_per_task": placement.workers,
+        "placement": lines,
+        "script": text,
+    }
     if dry_run:
         return result
     client.check_with_sbatch(text)  # SLURM's own verdict on the request, before the study exists
