@@ -15,21 +15,13 @@ from lorasweep.config.schema import compose, config_hash
 from lorasweep.sources import CONFIG_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "runs",
-    "wandb",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".pytest_cache",
-    "slurm-logs",
-    "tests",
-    "benchmarks",
-    "local",
-)
+_ANYWHERE = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", ".pytest_cache")
+# Only at the repository's root (or conf/local): src/lorasweep/runs/ is a package, not a run root.
+_AT = {REPO: {"runs", "wandb", "build", "dist", "slurm-logs", "tests", "benchmarks"}, REPO / "conf": {"local"}}
+
+
+def SKIP(folder, names):
+    return set(_ANYWHERE(folder, names)) | (_AT.get(Path(folder), set()) & set(names))
 
 
 @pytest.fixture(autouse=True)
